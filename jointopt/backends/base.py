@@ -1,0 +1,45 @@
+"""The Backend extension point: the only thing that produces generations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from ..generation import GenerationRequest, GenerationResult
+
+__all__ = ["Backend"]
+
+
+class Backend(ABC):
+    """Turns batches of :class:`GenerationRequest` into :class:`GenerationResult`.
+
+    Implementations must:
+
+    * return exactly one result per request, in order, each with ``request.n`` completions;
+    * count ``prompt_tokens`` and completion ``token_ids`` with the model's own tokenizer;
+    * send a whole batch to the engine at once when the engine can batch;
+    * fill ``Completion.logprobs`` when ``request.logprobs`` is true.
+
+    ``jointopt.testing.BackendContract`` is the test suite every backend passes.
+    """
+
+    #: Registry name, e.g. ``"vllm"``.
+    name: str = "backend"
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str:
+        """A stable identifier of the model (part of every cache key)."""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate completions for a batch of requests."""
+
+    def close(self) -> None:
+        """Release the engine (no-op by default)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

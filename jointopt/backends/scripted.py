@@ -1,0 +1,105 @@
+"""A deterministic backend for tests and offline examples.
+
+Completions come from a *responder* function instead of a model. Tokens are words and
+punctuation marks with stable ids, logprobs are derived from a hash, and everything is a
+pure function of (request, sample index), so tests are exact and repeatable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+
+from ..errors import BackendError
+from ..generation import Completion, GenerationRequest, GenerationResult
+from .base import Backend
+
+__all__ = ["ScriptedBackend", "Responder", "tokenize"]
+
+#: ``responder(request, sample_index, rng) -> text``.
+Responder = Callable[[GenerationRequest, int, random.Random], str]
+
+_TOKEN = re.compile(r"\s*(\w+|[^\w\s])")
+
+
+def tokenize(text: str) -> list[str]:
+    """Split into word and punctuation tokens, each keeping its leading whitespace."""
+    return [m.group(0) for m in _TOKEN.finditer(text)]
+
+
+def _token_id(token: str) -> int:
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=4).digest(), "big") % 50_000
+
+
+def _echo(request: GenerationRequest, index: int, rng: random.Random) -> str:
+    return request.messages[-1].content
+
+
+class ScriptedBackend(Backend):
+    """Answers requests with ``responder``; counts tokens with :func:`tokenize`.
+
+    Args:
+        responder: produces the text of sample ``index`` of a request; gets a
+            ``random.Random`` seeded from the request content, its seed and the index.
+            Defaults to echoing the last message.
+        model_id: identifier used in cache keys.
+    """
+
+    name = "scripted"
+
+    def __init__(self, responder: Responder | None = None, model_id: str = "scripted") -> None:
+        self._respond = responder or _echo
+        self._model_id = model_id
+        #: Number of ``generate`` calls and of requests seen (for tests of batching).
+        self.calls = 0
+        self.requests_seen = 0
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def prompt_tokens(self, request: GenerationRequest) -> int:
+        text = "".join(f"<{m.role}>{m.content}" for m in request.messages) + request.continuation
+        return len(tokenize(text)) + 1
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        self.calls += 1
+        self.requests_seen += len(requests)
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: GenerationRequest) -> GenerationResult:
+        if request.n < 1 or request.max_tokens < 1:
+            raise BackendError("request needs n >= 1 and max_tokens >= 1",
+                               where="GenerationRequest", value=(request.n, request.max_tokens))
+        completions = []
+        for index in range(request.n):
+            digest = hashlib.sha256(
+                f"{request.sampling_key()}|{request.seed}|{index}".encode()
+            ).digest()
+            rng = random.Random(int.from_bytes(digest[:8], "big"))
+            text = self._respond(request, index, rng)
+            completions.append(self._complete(text, request, rng))
+        return GenerationResult(request, self.prompt_tokens(request), tuple(completions))
+
+    @staticmethod
+    def _complete(text: str, request: GenerationRequest, rng: random.Random) -> Completion:
+        finish = "stop"
+        for stop in request.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text = text[:cut]
+        tokens = tokenize(text)
+        if len(tokens) > request.max_tokens:
+            tokens, finish = tokens[: request.max_tokens], "length"
+        logprobs = None
+        if request.logprobs:
+            logprobs = tuple(math.log(0.05 + 0.95 * rng.random()) for _ in tokens)
+        return Completion(
+            text="".join(tokens),
+            token_ids=tuple(_token_id(t) for t in tokens),
+            finish_reason=finish,
+            logprobs=logprobs,
+        )

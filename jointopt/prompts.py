@@ -1,0 +1,187 @@
+"""Prompt templates: definition, validation against a task, safe rendering.
+
+Templates are Jinja2 text rendered in a sandbox (no access to Python internals) with
+strict undefined variables. Every variable a template uses is checked against the task's
+input fields *before* any generation, so a typo fails fast with the field list.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import TemplateError
+from .generation import ChatMessage
+
+if TYPE_CHECKING:
+    from .tasks import Example, Task
+
+__all__ = ["PromptTemplate", "render_messages", "validate_template"]
+
+
+def _environment() -> jinja2.Environment:
+    return ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A chat prompt with optional few-shot demonstrations.
+
+    Attributes:
+        id: short unique name, shown in trial parameters and policy files.
+        user: Jinja2 text of the user turn; variables are the task's input fields.
+        system: optional Jinja2 text of the system turn.
+        shots: number of demonstrations taken, in order, from the task's demo pool; each
+            becomes a user turn (``user`` rendered with the demo's inputs) followed by an
+            assistant turn (``shot_answer`` rendered with the demo's inputs and ``target``).
+        shot_answer: Jinja2 text of a demonstration's answer turn.
+        answer_regex: when set, answers are read from the first capture group of this
+            pattern before falling back to the task's own extraction (for templates that
+            ask for a strict format such as ``Answer: <x>``).
+        description: what the template does, for humans.
+    """
+
+    id: str
+    user: str
+    system: str | None = None
+    shots: int = 0
+    shot_answer: str = "{{ target }}"
+    answer_regex: str | None = None
+    description: str = ""
+    _env: jinja2.Environment = field(
+        default_factory=_environment, init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        where = f"prompt {self.id!r}"
+        if not self.id or not self.id.replace("_", "").replace("-", "").isalnum():
+            raise TemplateError(
+                "template id must be a non-empty name of letters, digits, '_' or '-'",
+                where="prompts[].id",
+                value=self.id,
+                fix="use a short name such as 'fewshot_3'",
+            )
+        if self.shots < 0:
+            raise TemplateError(
+                "`shots` must be >= 0", where=f"{where}.shots", value=self.shots,
+                fix="use 0 for no demonstrations",
+            )
+        for part, text in self._texts().items():
+            try:
+                self._env.parse(text)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"template syntax error: {exc.message} (line {exc.lineno})",
+                    where=f"{where}.{part}",
+                    value=text,
+                    fix="fix the Jinja2 syntax; variables are written {{ name }}",
+                ) from None
+
+    def _texts(self) -> dict[str, str]:
+        texts = {"user": self.user}
+        if self.system is not None:
+            texts["system"] = self.system
+        if self.shots:
+            texts["shot_answer"] = self.shot_answer
+        return texts
+
+    @cached_property
+    def _compiled(self) -> dict[str, jinja2.Template]:
+        return {k: self._env.from_string(v) for k, v in self._texts().items()}
+
+    def variables(self) -> dict[str, set[str]]:
+        """Variables each part of the template uses."""
+        return {
+            part: set(meta.find_undeclared_variables(self._env.parse(text)))
+            for part, text in self._texts().items()
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "user": self.user}
+        if self.system is not None:
+            out["system"] = self.system
+        if self.shots:
+            out["shots"] = self.shots
+            out["shot_answer"] = self.shot_answer
+        if self.answer_regex:
+            out["answer_regex"] = self.answer_regex
+        if self.description:
+            out["description"] = self.description
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PromptTemplate":
+        return cls(**data)
+
+    def _render(self, part: str, variables: dict[str, Any]) -> str:
+        try:
+            return self._compiled[part].render(**variables).strip()
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateError(
+                f"template tried an unsafe operation: {exc}",
+                where=f"prompt {self.id!r}.{part}",
+                fix="templates may only use the task's fields and simple filters",
+            ) from None
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(
+                f"template variable is undefined: {exc.message}",
+                where=f"prompt {self.id!r}.{part}",
+                fix="use only the task's input fields",
+            ) from None
+
+
+def validate_template(template: PromptTemplate, task: "Task") -> None:
+    """Check a template against a task before any compute.
+
+    Raises :class:`TemplateError` naming the template, the unknown variable, the fields
+    that exist, and the closest match.
+    """
+    fields = set(task.fields)
+    for part, used in template.variables().items():
+        allowed = fields | ({"target"} if part == "shot_answer" else set())
+        for name in sorted(used - allowed):
+            close = difflib.get_close_matches(name, sorted(allowed), n=1)
+            hint = f"did you mean {{{{ {close[0]} }}}}? " if close else ""
+            raise TemplateError(
+                f"template variable {name!r} is not a field of task {task.name!r}",
+                where=f"prompt {template.id!r}.{part}",
+                value=name,
+                fix=f"{hint}available fields: {', '.join(sorted(allowed))}",
+            )
+    if template.shots > len(task.demos):
+        raise TemplateError(
+            f"template asks for {template.shots} demonstrations but task {task.name!r} "
+            f"has {len(task.demos)}",
+            where=f"prompt {template.id!r}.shots",
+            value=template.shots,
+            fix="lower `shots`, or give the dataset a demos file (task.dataset.demos)",
+        )
+    # Render once on a real example so filters and syntax fail here, not mid-study.
+    if task.examples:
+        render_messages(template, task, task.examples[0])
+
+
+def render_messages(
+    template: PromptTemplate, task: "Task", example: "Example"
+) -> tuple[ChatMessage, ...]:
+    """Render the chat prompt of one example."""
+    messages: list[ChatMessage] = []
+    if template.system is not None:
+        messages.append(ChatMessage("system", template._render("system", dict(example.inputs))))
+    for demo in task.demos[: template.shots]:
+        demo_vars = dict(demo.inputs)
+        messages.append(ChatMessage("user", template._render("user", demo_vars)))
+        demo_vars["target"] = demo.target
+        messages.append(ChatMessage("assistant", template._render("shot_answer", demo_vars)))
+    messages.append(ChatMessage("user", template._render("user", dict(example.inputs))))
+    return tuple(messages)

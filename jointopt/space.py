@@ -1,0 +1,240 @@
+"""Search spaces: which policies a study may try, and how a trial becomes a Policy.
+
+A search space lists prompt templates, strategies with their parameters, and the sampling
+budget (temperature, max_tokens). Strategy parameters are *conditional*: the trial
+parameter ``majority.n`` exists only in trials whose ``strategy`` is ``majority``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from .errors import ConfigError, JointoptError, StrategyError
+from .policy import Allocation, Policy
+from .prompts import PromptTemplate, validate_template
+from .strategies import get_strategy_class
+from .tasks import Task
+
+__all__ = ["Fixed", "Choice", "IntRange", "FloatRange", "Param", "SearchSpace"]
+
+Scalar = Union[str, int, float, bool, None]
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A parameter that is not searched."""
+
+    value: Scalar
+
+    def suggest(self, trial: Any, name: str) -> Scalar:
+        return self.value
+
+    def extremes(self) -> list[Scalar]:
+        return [self.value]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a list of values."""
+
+    choices: tuple[Scalar, ...]
+
+    def suggest(self, trial: Any, name: str) -> Scalar:
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def extremes(self) -> list[Scalar]:
+        return list(self.choices)
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer in [low, high]."""
+
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[Scalar]:
+        return [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A real number in [low, high]."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[Scalar]:
+        return [self.low, self.high]
+
+
+Param = Union[Fixed, Choice, IntRange, FloatRange]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The joint space: prompt x strategy (x its parameters) x temperature x max_tokens.
+
+    Attributes:
+        prompts: candidate templates (ids unique).
+        strategies: strategy name -> parameter name -> :data:`Param`.
+        temperature: sampling temperature.
+        max_tokens: completion-token cap per generation.
+        source: where the space was defined (for error messages).
+    """
+
+    prompts: tuple[PromptTemplate, ...]
+    strategies: Mapping[str, Mapping[str, Param]]
+    temperature: Param = Fixed(0.7)
+    max_tokens: Param = Fixed(64)
+    source: str = "search space"
+
+    def prompt(self, prompt_id: str) -> PromptTemplate:
+        return next(p for p in self.prompts if p.id == prompt_id)
+
+    def validate(self, task: Task) -> None:
+        """Check every template against the task and every parameter value the space can
+        produce against its strategy, before any compute."""
+        for template in self.prompts:
+            validate_template(template, task)
+        for name, params in self.strategies.items():
+            cls = get_strategy_class(name, where=f"{self.source}: strategies.{name}")
+            defaults = {f.name for f in dataclasses.fields(cls.Params)}
+            for pname, spec in params.items():
+                values = spec.extremes()
+                for value in values:
+                    try:
+                        strategy = cls(**{pname: value})
+                    except StrategyError as exc:
+                        raise ConfigError(
+                            exc.message, where=f"{self.source}: strategies.{name}.{pname}",
+                            value=value, fix=exc.fix,
+                        ) from None
+                    try:
+                        strategy.check_task(task)
+                    except StrategyError as exc:
+                        raise ConfigError(
+                            exc.message, where=f"{self.source}: strategies.{name}.{pname}",
+                            value=value, fix=exc.fix,
+                        ) from None
+            if not params and defaults:
+                cls().check_task(task)
+        for label, spec, low in (("temperature", self.temperature, 0.0),
+                                 ("max_tokens", self.max_tokens, 1)):
+            for value in spec.extremes():
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+                    raise ConfigError(
+                        f"`{label}` must be a number >= {low}",
+                        where=f"{self.source}: {label}", value=value,
+                        fix=f"use values >= {low}",
+                    )
+                if label == "max_tokens" and not isinstance(value, int):
+                    raise ConfigError("`max_tokens` must be an integer",
+                                      where=f"{self.source}: max_tokens", value=value,
+                                      fix="use whole numbers of tokens")
+
+    def build_policy(self, trial: Any, model: str) -> Policy:
+        """Suggest every parameter on an Optuna trial (or anything with its ``suggest_*``
+        methods) and return the resulting frozen Policy."""
+        prompt_id = trial.suggest_categorical("prompt", [p.id for p in self.prompts])
+        strategy = trial.suggest_categorical("strategy", list(self.strategies))
+        params = {
+            pname: spec.suggest(trial, f"{strategy}.{pname}")
+            for pname, spec in self.strategies[strategy].items()
+        }
+        allocation = Allocation(
+            strategy=strategy,
+            temperature=float(self.temperature.suggest(trial, "temperature")),
+            max_tokens=int(self.max_tokens.suggest(trial, "max_tokens")),
+            params=params,
+        )
+        return Policy(model=model, prompt=self.prompt(prompt_id), bins={"all": allocation})
+
+    @staticmethod
+    def param_from_spec(spec: Any, where: str) -> Param:
+        """Turn a YAML value (scalar, ``{choices: [...]}`` or ``{low, high, ...}``) into a Param."""
+        if not isinstance(spec, Mapping):
+            return Fixed(spec)
+        keys = set(spec)
+        if keys == {"choices"}:
+            choices = spec["choices"]
+            if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices:
+                raise ConfigError("`choices` must be a non-empty list", where=where,
+                                  value=choices, fix="write choices: [a, b, c]")
+            return Choice(tuple(choices))
+        allowed = {"low", "high", "step", "log"}
+        if not keys or not keys <= allowed or not {"low", "high"} <= keys:
+            unknown = sorted(keys - allowed)
+            raise ConfigError(
+                "a searched parameter is {choices: [...]} or {low: .., high: .., step?, log?}"
+                + (f"; unknown key(s) {unknown}" if unknown else ""),
+                where=where, value=dict(spec), fix="e.g. n: {low: 2, high: 8}",
+            )
+        low, high = spec["low"], spec["high"]
+        for label, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"`{label}` must be a number", where=f"{where}.{label}",
+                                  value=value, fix="use a number")
+        if low > high:
+            raise ConfigError("`low` must be <= `high`", where=where, value=(low, high),
+                              fix="swap them")
+        log_scale = bool(spec.get("log", False))
+        if log_scale and low <= 0:
+            raise ConfigError("a log-scale range needs `low` > 0", where=f"{where}.low",
+                              value=low, fix="raise low or drop log")
+        step = spec.get("step")
+        if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))
+                                 or step <= 0):
+            raise ConfigError("`step` must be a number > 0", where=f"{where}.step",
+                              value=step, fix="use a positive step")
+        if isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int)):
+            return IntRange(low, high, step or 1, log_scale)
+        return FloatRange(float(low), float(high), None if step is None else float(step),
+                          log_scale)
+
+
+def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
+    """Build a :class:`SearchSpace` from an already schema-checked mapping."""
+    prompts = []
+    seen: set[str] = set()
+    for i, spec in enumerate(data["prompts"]):
+        try:
+            template = PromptTemplate(**spec)
+        except JointoptError as exc:
+            raise ConfigError(exc.message, where=f"{source}: prompts[{i}]",
+                              value=exc.value if exc.has_value else spec.get("id"),
+                              fix=exc.fix) from None
+        if template.id in seen:
+            raise ConfigError("duplicate prompt id", where=f"{source}: prompts[{i}].id",
+                              value=template.id, fix="give every prompt a unique id")
+        seen.add(template.id)
+        prompts.append(template)
+    strategies = {}
+    for name, params in data["strategies"].items():
+        get_strategy_class(name, where=f"{source}: strategies.{name}")
+        strategies[name] = {
+            pname: SearchSpace.param_from_spec(spec, f"{source}: strategies.{name}.{pname}")
+            for pname, spec in (params or {}).items()
+        }
+    return SearchSpace(
+        prompts=tuple(prompts),
+        strategies=strategies,
+        temperature=SearchSpace.param_from_spec(data.get("temperature", 0.7),
+                                                f"{source}: temperature"),
+        max_tokens=SearchSpace.param_from_spec(data.get("max_tokens", 64),
+                                               f"{source}: max_tokens"),
+        source=source,
+    )

@@ -1,0 +1,199 @@
+"""The Strategy extension point.
+
+A strategy answers one example by asking a backend for generations. It is written as a
+generator: it *yields* a list of :class:`GenerationRequest` and *receives* the list of
+:class:`GenerationResult` for them, as many rounds as it needs, then *returns* a
+:class:`StrategyOutcome`. The evaluator runs the generators of all examples of a trial
+side by side and sends each round of every example to the engine as one batch, so
+strategies never call an engine and never see each other. Every result a strategy
+receives is counted in its cost: there is no way to generate tokens off the books.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import StrategyError
+from ..generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from ..tasks import Example, Task
+
+__all__ = [
+    "Strategy",
+    "StrategyContext",
+    "StrategyOutcome",
+    "Candidate",
+    "Run",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "completions_of",
+]
+
+Run = Generator[list[GenerationRequest], list[GenerationResult], "StrategyOutcome"]
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """Everything a strategy needs to answer one example.
+
+    Attributes:
+        example: the input (its ``target`` must not be read by strategies).
+        task: answer extraction, canonical forms and the optional serve-time verifier.
+        messages: the rendered chat prompt.
+        temperature: sampling temperature for this example's allocation.
+        max_tokens: completion-token cap per generation.
+        seed: base seed for this example; strategies derive request seeds from it.
+        answer_regex: template-specific answer pattern tried before task extraction.
+    """
+
+    example: "Example"
+    task: "Task"
+    messages: tuple[ChatMessage, ...]
+    temperature: float
+    max_tokens: int
+    seed: int = 0
+    answer_regex: str | None = None
+
+    def request(self, n: int = 1, **overrides: Any) -> GenerationRequest:
+        """A request for this prompt with the allocation's sampling parameters."""
+        params: dict[str, Any] = dict(
+            messages=self.messages,
+            n=n,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            logprobs=True,
+            seed=self.seed,
+        )
+        params.update(overrides)
+        return GenerationRequest(**params)
+
+    def extract(self, text: str) -> str | None:
+        """The answer in a completion, canonicalised so equal answers compare equal."""
+        if self.answer_regex:
+            import re
+
+            match = re.search(self.answer_regex, text)
+            if match:
+                text = match.group(1) if match.groups() else match.group(0)
+        return self.task.canonical(self.task.extract(text))
+
+    def verify(self, answer: str | None) -> bool | None:
+        """The task's serve-time verifier on an answer, or None if the task has none."""
+        if self.task.verifier is None:
+            return None
+        if answer is None:
+            return False
+        return bool(self.task.verifier(self.example, answer))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One completion read as an answer."""
+
+    text: str
+    answer: str | None
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class StrategyOutcome:
+    """A strategy's final answer and the candidates it considered."""
+
+    answer: str | None
+    candidates: tuple[Candidate, ...] = ()
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+def check_int(where: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    """Validate an integer parameter, naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise StrategyError(
+            "must be an integer", where=where, value=value, fix=f"use an integer >= {minimum}"
+        )
+    if value < minimum or (maximum is not None and value > maximum):
+        rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise StrategyError(f"`{where.rsplit('.', 1)[-1]}` must be {rng}", where=where,
+                            value=value, fix=f"use a value {rng}")
+    return value
+
+
+def check_float(where: str, value: Any, minimum: float, maximum: float | None = None) -> float:
+    """Validate a real-valued parameter, naming it in the error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise StrategyError("must be a number", where=where, value=value,
+                            fix=f"use a number >= {minimum}")
+    if value < minimum or (maximum is not None and value > maximum):
+        rng = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise StrategyError(f"`{where.rsplit('.', 1)[-1]}` must be {rng}", where=where,
+                            value=value, fix=f"use a value {rng}")
+    return float(value)
+
+
+def check_choice(where: str, value: Any, choices: Sequence[str]) -> str:
+    """Validate a categorical parameter, suggesting the closest valid choice."""
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), list(choices), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise StrategyError(f"unknown value for `{where.rsplit('.', 1)[-1]}`", where=where,
+                            value=value, fix=f"{hint}choose one of: {', '.join(choices)}")
+    return value
+
+
+class Strategy(ABC):
+    """Base class of inference strategies.
+
+    Subclasses set :attr:`name`, declare a frozen dataclass :attr:`Params` whose
+    ``__post_init__`` validates every field with :func:`check_int` & co., and implement
+    :meth:`run` and :meth:`max_completions`. ``jointopt.testing.StrategyContract`` is the
+    test suite every strategy passes.
+    """
+
+    #: Registry name used in search spaces and policy files.
+    name: ClassVar[str]
+    #: Frozen dataclass of the strategy's parameters.
+    Params: ClassVar[type]
+
+    def __init__(self, **params: Any) -> None:
+        self.params = self.parse_params(params)
+
+    @classmethod
+    def parse_params(cls, params: Mapping[str, Any]) -> Any:
+        """Build and validate :attr:`Params`; unknown names raise :class:`StrategyError`."""
+        known = [f.name for f in dataclasses.fields(cls.Params)]
+        for key in params:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise StrategyError(
+                    f"unknown parameter for strategy {cls.name!r}",
+                    where=f"{cls.name}.{key}",
+                    value=params[key],
+                    fix=f"{hint}known parameters: {', '.join(known) or '(none)'}",
+                )
+        return cls.Params(**params)
+
+    def check_task(self, task: "Task") -> None:
+        """Raise :class:`StrategyError` if the strategy cannot run on ``task`` (hook)."""
+
+    @abstractmethod
+    def max_completions(self) -> int:
+        """Upper bound on the completions one example may cost (the budget cap)."""
+
+    @abstractmethod
+    def run(self, ctx: StrategyContext) -> Run:
+        """Answer one example (a generator; see the module docstring)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+def completions_of(results: Sequence[GenerationResult]) -> list[Completion]:
+    """All completions of a round, in order."""
+    return [c for r in results for c in r.completions]

@@ -1,0 +1,104 @@
+"""Parallel strategies: one round of samples, then an aggregation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..scorers import SCORERS, get_scorer
+from .base import (
+    Candidate,
+    Run,
+    Strategy,
+    StrategyContext,
+    StrategyOutcome,
+    check_choice,
+    check_int,
+    completions_of,
+)
+from .voting import plurality
+
+__all__ = ["SingleSample", "MajorityVote", "BestOfN"]
+
+#: Largest n a parallel strategy accepts (a guard against budget typos).
+MAX_N = 1024
+
+
+class SingleSample(Strategy):
+    """One sample; its answer is the answer."""
+
+    name = "single"
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def max_completions(self) -> int:
+        return 1
+
+    def run(self, ctx: StrategyContext) -> Run:
+        results = yield [ctx.request(n=1)]
+        completion = completions_of(results)[0]
+        answer = ctx.extract(completion.text)
+        return StrategyOutcome(answer, (Candidate(completion.text, answer),))
+
+
+class MajorityVote(Strategy):
+    """``n`` samples; the most frequent answer wins (self-consistency)."""
+
+    name = "majority"
+
+    @dataclass(frozen=True)
+    class Params:
+        #: Number of samples that vote.
+        n: int = 5
+
+        def __post_init__(self) -> None:
+            check_int("majority.n", self.n, 1, MAX_N)
+
+    def max_completions(self) -> int:
+        return self.params.n
+
+    def run(self, ctx: StrategyContext) -> Run:
+        results = yield [ctx.request(n=self.params.n)]
+        candidates = tuple(
+            Candidate(c.text, ctx.extract(c.text)) for c in completions_of(results)
+        )
+        answer = plurality([c.answer for c in candidates])
+        return StrategyOutcome(answer, candidates)
+
+
+class BestOfN(Strategy):
+    """``n`` samples; the one the scorer ranks highest wins."""
+
+    name = "best_of_n"
+
+    @dataclass(frozen=True)
+    class Params:
+        #: Number of candidates.
+        n: int = 4
+        #: ``logprob`` (mean token logprob), ``verifier`` (the task's serve-time
+        #: verifier) or ``auto`` (verifier when the task has one).
+        scorer: str = "auto"
+
+        def __post_init__(self) -> None:
+            check_int("best_of_n.n", self.n, 1, MAX_N)
+            check_choice("best_of_n.scorer", self.scorer, list(SCORERS))
+
+    def check_task(self, task) -> None:
+        get_scorer(self.params.scorer, "best_of_n.scorer").check_task(task)
+
+    def max_completions(self) -> int:
+        return self.params.n
+
+    def run(self, ctx: StrategyContext) -> Run:
+        scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
+        results = yield [ctx.request(n=self.params.n)]
+        candidates = []
+        for completion in completions_of(results):
+            answer = ctx.extract(completion.text)
+            candidates.append(
+                Candidate(completion.text, answer, scorer.score(ctx, completion, answer))
+            )
+        # max() keeps the first of equal scores: deterministic.
+        best = max(candidates, key=lambda c: c.score)
+        return StrategyOutcome(best.answer, tuple(candidates))
