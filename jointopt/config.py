@@ -256,8 +256,8 @@ def _validation_error(exc: ValidationError, model: type[BaseModel], source: str)
             shown = repr(value)
             if len(shown) > 120:
                 shown = shown[:117] + "..."
-            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: change the value of "
-                         f"`{err['loc'][-1]}` as described")
+            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{err['loc'][-1]}` "
+                         f"to a value that satisfies: {err['msg'][0].lower()}{err['msg'][1:]}")
     return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "BackendError",
     "StrategyError",
     "ModelError",
+    "relocate",
 ]
 
 _MISSING = object()
@@ -81,3 +82,12 @@ class StrategyError(JointoptError):
 
 class ModelError(JointoptError):
     """A model could not be found or prepared."""
+
+
+def relocate(exc: JointoptError, prefix: str) -> JointoptError:
+    """The same error with ``prefix`` (a file or config section) put before its location."""
+    where = f"{prefix}{exc.where}" if exc.where else prefix.rstrip(": .")
+    kwargs = {"where": where, "fix": exc.fix}
+    if exc.has_value:
+        kwargs["value"] = exc.value
+    return type(exc)(exc.message, **kwargs)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .errors import ConfigError, JointoptError, StrategyError
+from .errors import ConfigError, JointoptError, StrategyError, relocate
 from .policy import Allocation, Policy
 from .prompts import PromptTemplate, validate_template
 from .strategies import get_strategy_class
@@ -109,7 +109,10 @@ class SearchSpace:
         """Check every template against the task and every parameter value the space can
         produce against its strategy, before any compute."""
         for template in self.prompts:
-            validate_template(template, task)
+            try:
+                validate_template(template, task)
+            except JointoptError as exc:
+                raise relocate(exc, f"{self.source}: ") from None
         for name, params in self.strategies.items():
             cls = get_strategy_class(name, where=f"{self.source}: strategies.{name}")
             defaults = {f.name for f in dataclasses.fields(cls.Params)}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, CachedBackend, SampleStore, make_backend
 from .config import StudyConfig, load_space_file
-from .errors import BackendError, ConfigError, JointoptError
+from .errors import BackendError, ConfigError, DataError, JointoptError, relocate
 from .evaluation import EvaluationResult, evaluate
 from .policy import Policy
 from .space import SearchSpace, space_from_dict
@@ -48,6 +48,20 @@ class StudyPlan:
     storage: str
     study_name: str
     out_dir: Path
+
+    @property
+    def task_hash(self) -> str:
+        """Content hash of the evaluation examples (provenance of measured numbers)."""
+        return task_hash(self.task)
+
+
+def task_hash(task: Task) -> str:
+    """sha256 over the examples' ids, inputs and targets, in order."""
+    import hashlib
+    import json
+
+    payload = [[e.id, dict(e.inputs), e.target, e.difficulty] for e in task.examples]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -94,10 +108,22 @@ def build_task(config: StudyConfig) -> Task:
     spec = config.task
     if spec.builtin is not None:
         b = spec.builtin
-        return make_task(b.family, levels=tuple(b.levels), n_per_level=b.n_per_level,
-                         seed=b.seed, n_demos=b.n_demos)
+        try:
+            return make_task(b.family, levels=tuple(b.levels), n_per_level=b.n_per_level,
+                             seed=b.seed, n_demos=b.n_demos)
+        except JointoptError as exc:
+            raise relocate(exc, "task.builtin.") from None
     d = spec.dataset
-    assert d is not None  # guaranteed by load_config
+    if d is None:
+        raise ConfigError("the task needs `builtin` or `dataset`", where="task",
+                          fix="see experiments/quickstart.yaml")
+    for key, rel in (("path", d.path), ("demos", d.demos)):
+        if rel is not None and not config.resolve(rel).is_file():
+            raise DataError(
+                "dataset file not found", where=f"task.dataset.{key}", value=rel,
+                fix=f"relative paths start at the config file's folder; looked for "
+                    f"{config.resolve(rel).resolve()}",
+            )
     return make_dataset_task(
         config.resolve(d.path),
         name=d.name,
@@ -120,7 +146,10 @@ def _check_model(config: StudyConfig) -> str:
             "the vLLM engine is not installed", where="model.backend", value="vllm",
             fix="run `bash scripts/setup.sh` (CPU) or `pip install 'jointopt[vllm]'` (GPU)",
         )
-    return resolve_model(config.model.model)
+    try:
+        return resolve_model(config.model.model)
+    except JointoptError as exc:
+        raise relocate(exc, "model.") from None
 
 
 def _check_tracking(config: StudyConfig) -> None:
@@ -158,8 +187,14 @@ def _sampler(config: StudyConfig) -> "optuna.samplers.BaseSampler":
         return optuna.samplers.NSGAIISampler(seed=opt.seed)
     if opt.sampler == "random":
         return optuna.samplers.RandomSampler(seed=opt.seed)
-    return optuna.samplers.TPESampler(seed=opt.seed, multivariate=True, group=True,
-                                      n_startup_trials=8, constant_liar=True)
+    import warnings
+
+    with warnings.catch_warnings():
+        # multivariate/group/constant_liar are marked experimental but are what makes
+        # TPE handle conditional (strategy-specific) parameters well.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=opt.seed, multivariate=True, group=True,
+                                          n_startup_trials=8, constant_liar=True)
 
 
 def open_study(plan: StudyPlan) -> "optuna.Study":
@@ -315,15 +350,21 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     trial.set_user_attr("policy", policy_dict)
     try:
         result: EvaluationResult = evaluate(policy, plan.task, backend, seed=plan.config.seed)
-    except JointoptError as exc:
-        trial.set_user_attr("fail_reason", str(exc))
+    except BaseException as exc:
+        trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if not isinstance(exc, JointoptError):
+            raise
         if tracker is not None:
             tracker.log_trial(trial.number, trial.params, {}, policy, failed=str(exc))
         log.warning("trial %d failed: %s", trial.number, exc)
         return TrialSummary(trial.number, "FAIL", None, None, dict(trial.params), policy)
     for key, value in result.metrics().items():
         trial.set_user_attr(key, value)
+    # Per-example outcomes, in task order, so intervals can be computed later.
+    trial.set_user_attr("correct", "".join("1" if r.correct else "0" for r in result.records))
+    trial.set_user_attr("tokens", [r.tokens for r in result.records])
+    trial.set_user_attr("dataset_hash", plan.task_hash)
     study.tell(trial, [result.accuracy, result.mean_tokens])
     if tracker is not None:
         tracker.log_trial(trial.number, trial.params, result.metrics(), policy)

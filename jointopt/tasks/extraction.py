@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Literal, get_args
 
 from ..errors import ConfigError
@@ -47,8 +49,10 @@ _LEAD_MAX_WORDS = 8
 _ANSWER_IS_RE = re.compile(
     r"^\s*(?:so\s*,?\s*)?(?:the\s+|my\s+)?(?:final\s+|correct\s+)?answer\s+is\s*:?\s*", re.I
 )
-_PAIRS = {"[": "]", "(": ")", "{": "}", "<": ">", '"': '"', "'": "'", "`": "`",
-          "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb"}
+_PAIRS: Mapping[str, str] = MappingProxyType(
+    {"[": "]", "(": ")", "{": "}", "<": ">", '"': '"', "'": "'", "`": "`",
+     "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb"}
+)
 
 # --- letters -------------------------------------------------------------------------------
 _LETTERS = "A-J"

@@ -40,7 +40,8 @@ _WORDS: tuple[str, ...] = (
     "red", "black", "white", "brown", "pink", "happy", "quiet", "small", "large", "warm",
     "cold", "fast", "slow", "soft", "sweet", "bright", "dark", "early", "late", "young",
     "city", "field", "forest", "garden", "island", "market", "window", "pencil", "orange", "banana",
-    "lemon", "tiger", "rabbit", "candle", "basket", "bottle", "button", "carpet", "guitar", "letter",
+    "lemon", "tiger", "rabbit", "candle", "basket", "bottle", "button", "carpet", "guitar",
+    "letter",
     "money", "night", "ocean", "party", "queen", "radio", "smile", "sugar", "voice", "wheel",
 )
 

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError
@@ -27,7 +28,9 @@ logger = logging.getLogger(__name__)
 
 DatasetFormat = Literal["jsonl", "csv"]
 _FORMATS: tuple[str, ...] = ("jsonl", "csv")
-_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+_SUFFIXES: Mapping[str, str] = MappingProxyType(
+    {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+)
 
 # (where, position, record); where is "file:line" or "file: item N", position the line
 # number (item index for a JSON array) used for default ids.
@@ -226,9 +229,9 @@ def _scalar(value: Any, field: str, where: str) -> str:
             value=value,
             fix=f"give {field!r} a value or drop the record",
         )
+    kind = {dict: "object", list: "array"}.get(type(value), type(value).__name__)
     raise DataError(
-        f"field {field!r} must be a string or number, not a JSON "
-        f"{'object' if isinstance(value, dict) else 'array' if isinstance(value, list) else type(value).__name__}",
+        f"field {field!r} must be a string or number, not a JSON {kind}",
         where=where,
         value=value,
         fix=f"flatten {field!r} into a string (e.g. join a list) or leave it out of the inputs",
@@ -284,14 +287,20 @@ def load_examples(
     file = Path(path)
     fmt = _resolve_format(file, format)
     if input_fields is not None:
-        if isinstance(input_fields, str) or not all(isinstance(f, str) for f in input_fields):
+        if isinstance(input_fields, str):
+            raise ConfigError(
+                "input_fields must be a list of field names, not one string",
+                where="input_fields",
+                value=input_fields,
+                fix=f"pass input_fields=[{input_fields!r}]",
+            )
+        input_fields = tuple(input_fields)
+        if not all(isinstance(f, str) for f in input_fields):
             raise ConfigError(
                 "input_fields must be a list of field names",
                 where="input_fields",
                 value=input_fields,
-                fix=f"pass e.g. input_fields=[{input_fields!r}]"
-                if isinstance(input_fields, str)
-                else "pass a list of strings",
+                fix="pass a list of strings",
             )
         if not input_fields:
             raise ConfigError(
@@ -302,7 +311,8 @@ def load_examples(
             )
         if target_field in input_fields:
             raise ConfigError(
-                "the target field cannot also be an input field (the answer would be in the prompt)",
+                "the target field cannot also be an input field "
+                "(the answer would be in the prompt)",
                 where="input_fields",
                 value=list(input_fields),
                 fix=f"remove {target_field!r} from input_fields",

@@ -1,0 +1,81 @@
+"""A whole study on the scripted backend: Optuna, Pareto front, MLflow, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jointopt.backends import ScriptedBackend
+from jointopt.config import load_config
+from jointopt.study import run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reverse_responder(request, index, rng):
+    """Reverses the word list right more often with demonstrations in the prompt."""
+    words = request.messages[-1].content.split(":")[-1].strip().split(", ")
+    p_right = 0.8 if len(request.messages) > 3 else 0.35
+    if rng.random() < p_right:
+        return ", ".join(reversed(words))
+    return ", ".join(rng.sample(words, len(words)))
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_config(ROOT / "experiments/quickstart.yaml", {
+        "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 8}})
+
+
+def test_study_runs_logs_and_resumes(config, tmp_path):
+    backend = ScriptedBackend(reverse_responder)
+    result = run_study(config, backend=backend)
+    assert len(result.trials) == 8
+    assert result.pareto, "a Pareto front"
+    # non-dominated and sorted by tokens
+    for a in result.pareto:
+        for b in result.trials:
+            assert not (b.accuracy > a.accuracy and b.mean_tokens < a.mean_tokens)
+    tokens = [p.mean_tokens for p in result.pareto]
+    assert tokens == sorted(tokens)
+    assert all(p.policy is not None for p in result.pareto)
+
+    out = tmp_path / "run"
+    for name in ("pareto.csv", "trials.csv", "pareto.png", "optuna.db", "samples.sqlite"):
+        assert (out / name).exists(), name
+    assert len(list((out / "policies").glob("*.yaml"))) == len(result.pareto)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("jointopt.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("jointopt.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 8
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
+    assert all({"accuracy", "mean_tokens"} <= set(r.data.metrics) for r in trials)
+    assert all("prompt" in r.data.params and "strategy" in r.data.params for r in trials)
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"pareto.png", "pareto.csv", "policies"} <= artifacts
+
+    # Rerunning continues the same study up to the new target and reuses samples.
+    again = run_study(config, backend=backend, n_trials=11)
+    assert len(again.trials) == 11
+    assert sorted(t.number for t in again.trials) == list(range(11))
+    runs = client.search_runs([exp.experiment_id])
+    assert len([r for r in runs if r.data.tags.get("jointopt.role") == "study"]) == 1
+    assert len([r for r in runs if r.data.tags.get("jointopt.role") == "trial"]) == 11
+
+
+def test_same_seed_same_study(tmp_path):
+    def run(sub):
+        cfg = load_config(ROOT / "experiments/quickstart.yaml", {
+            "output_dir": str(tmp_path / sub), "optimizer": {"n_trials": 6},
+            "tracking": {"enabled": False}})
+        return run_study(cfg, backend=ScriptedBackend(reverse_responder))
+
+    a, b = run("a"), run("b")
+    assert [(t.params, t.accuracy, t.mean_tokens) for t in a.trials] == [
+        (t.params, t.accuracy, t.mean_tokens) for t in b.trials]
