@@ -107,15 +107,12 @@ def _run(args: argparse.Namespace) -> int:
                            on_engine_ready=on_ready)
     table = Table(title=f"Pareto front of {result.study_name} "
                         f"({len(result.trials)} complete trials)")
-    for col in ("trial", "accuracy", "mean tokens", "prompt", "strategy", "params"):
+    for col in ("trial", "accuracy", "mean tokens", "prompt", "allocation"):
         table.add_column(col)
     for t in result.pareto:
-        alloc = t.policy.bins["all"] if t.policy else None
-        params = ", ".join(f"{k}={v}" for k, v in (alloc.params.items() if alloc else []))
-        extra = f"T={alloc.temperature}, max_tokens={alloc.max_tokens}" if alloc else ""
         table.add_row(str(t.number), f"{t.accuracy:.3f}", f"{t.mean_tokens:.1f}",
-                      t.policy.prompt.id if t.policy else "", alloc.strategy if alloc else "",
-                      ", ".join(x for x in (params, extra) if x))
+                      t.policy.prompt.id if t.policy else "",
+                      t.policy.describe() if t.policy else "")
     console.print(table)
     console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
                   f"storage {result.storage}; wall time {result.wall_time:.0f}s")

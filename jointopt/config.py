@@ -28,6 +28,7 @@ __all__ = [
     "TrackingConfig",
     "SearchSpaceFile",
     "PromptConfig",
+    "DifficultyConfig",
     "load_config",
     "load_space_file",
     "read_yaml",
@@ -135,6 +136,9 @@ class OptimizerConfig(_Strict):
     """Optuna storage URL; default ``sqlite:///<output_dir>/optuna.db``."""
     study_name: str | None = None
     """Name inside the storage; default: the config's ``name``."""
+    max_mean_tokens: float | None = Field(None, gt=0)
+    """Optional constraint: trials spending more mean tokens per example are infeasible
+    (Optuna constraints; they never enter the Pareto front)."""
 
 
 class TrackingConfig(_Strict):
@@ -206,6 +210,17 @@ class PromptConfig(_Strict):
 ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
 
 
+class DifficultyConfig(_Strict):
+    """How inputs are split into difficulty bins, each with its own strategy and budget."""
+
+    source: Literal["none", "label"] = "none"
+    """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field picks the bin."""
+    bins: list[str] | None = None
+    """Bin labels; default: the difficulty labels found in the task's examples, sorted."""
+    default_bin: str | None = None
+    """Bin for inputs without a known label; default: the last bin (the most compute)."""
+
+
 class SearchSpaceFile(_Strict):
     """A search-space file: prompts x strategies x sampling budget.
 
@@ -220,6 +235,9 @@ class SearchSpaceFile(_Strict):
     """Sampling temperature."""
     max_tokens: ParamValue = 64
     """Completion-token cap per generation."""
+    difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
+    """Per-difficulty allocation: with a source other than ``none``, every bin gets its own
+    strategy, strategy parameters, temperature and max_tokens (the prompt is shared)."""
 
 
 def read_yaml(path: Path, what: str) -> Any:

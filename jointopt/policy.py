@@ -46,6 +46,11 @@ class Allocation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen(self.params))
 
+    def describe(self) -> str:
+        """Short human form, e.g. ``majority(n=4) T=0.4 max_tokens=12``."""
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.strategy}({params}) T={self.temperature:g} max_tokens={self.max_tokens}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
@@ -65,11 +70,16 @@ class DifficultySpec:
 
     Attributes:
         source: ``none`` (one bin for everything) or ``label`` (the input carries its bin).
+        bins: the bin labels, in order of increasing difficulty.
         default_bin: bin used when an input has no label or its label has no allocation.
     """
 
     source: Literal["none", "label"] = "none"
+    bins: tuple[str, ...] = ()
     default_bin: str = DEFAULT_BIN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
 
     def bin_of(self, example: "Example") -> str:
         if self.source == "label" and example.difficulty is not None:
@@ -77,7 +87,7 @@ class DifficultySpec:
         return self.default_bin
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "default_bin": self.default_bin}
+        return {"source": self.source, "bins": list(self.bins), "default_bin": self.default_bin}
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,18 @@ class Policy:
                 value=sorted(self.bins),
                 fix=f"add an allocation for bin {self.difficulty.default_bin!r}",
             )
+
+    @property
+    def strategy_label(self) -> str:
+        """The strategy name, or ``per-bin`` when bins use different strategies."""
+        names = {a.strategy for a in self.bins.values()}
+        return names.pop() if len(names) == 1 else "per-bin"
+
+    def describe(self) -> str:
+        """Short human form of the allocations (one per bin)."""
+        if len(self.bins) == 1:
+            return next(iter(self.bins.values())).describe()
+        return "; ".join(f"[{name}] {a.describe()}" for name, a in self.bins.items())
 
     def allocation_for(self, example: "Example") -> tuple[str, Allocation]:
         """The bin of an example and the allocation that answers it."""

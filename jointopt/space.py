@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from .errors import ConfigError, JointoptError, StrategyError, relocate
-from .policy import Allocation, Policy
+from .policy import DEFAULT_BIN, Allocation, DifficultySpec, Policy
 from .prompts import PromptTemplate, validate_template
 from .strategies import get_strategy_class
 from .tasks import Task
@@ -101,6 +101,7 @@ class SearchSpace:
     temperature: Param = Fixed(0.7)
     max_tokens: Param = Fixed(64)
     source: str = "search space"
+    difficulty: DifficultySpec = DifficultySpec()
 
     def prompt(self, prompt_id: str) -> PromptTemplate:
         return next(p for p in self.prompts if p.id == prompt_id)
@@ -151,20 +152,55 @@ class SearchSpace:
 
     def build_policy(self, trial: Any, model: str) -> Policy:
         """Suggest every parameter on an Optuna trial (or anything with its ``suggest_*``
-        methods) and return the resulting frozen Policy."""
+        methods) and return the resulting frozen Policy.
+
+        Parameter names: ``prompt``, ``strategy``, ``<strategy>.<param>``, ``temperature``,
+        ``max_tokens``; with difficulty bins each but ``prompt`` is prefixed ``<bin>.``.
+        """
         prompt_id = trial.suggest_categorical("prompt", [p.id for p in self.prompts])
-        strategy = trial.suggest_categorical("strategy", list(self.strategies))
+        if self.difficulty.source == "none":
+            bins = {self.difficulty.default_bin: self._allocation(trial, "")}
+        else:
+            bins = {b: self._allocation(trial, f"{b}.") for b in self.difficulty.bins}
+        return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins,
+                      difficulty=self.difficulty)
+
+    def _allocation(self, trial: Any, prefix: str) -> Allocation:
+        strategy = trial.suggest_categorical(f"{prefix}strategy", list(self.strategies))
         params = {
-            pname: spec.suggest(trial, f"{strategy}.{pname}")
+            pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
             for pname, spec in self.strategies[strategy].items()
         }
-        allocation = Allocation(
+        return Allocation(
             strategy=strategy,
-            temperature=float(self.temperature.suggest(trial, "temperature")),
-            max_tokens=int(self.max_tokens.suggest(trial, "max_tokens")),
+            temperature=float(self.temperature.suggest(trial, f"{prefix}temperature")),
+            max_tokens=int(self.max_tokens.suggest(trial, f"{prefix}max_tokens")),
             params=params,
         )
-        return Policy(model=model, prompt=self.prompt(prompt_id), bins={"all": allocation})
+
+    def with_task(self, task: Task) -> "SearchSpace":
+        """Fill in difficulty bins from the task's labels when the space does not list them."""
+        spec = self.difficulty
+        if spec.source != "label":
+            return self
+        labels = sorted({e.difficulty for e in task.examples if e.difficulty is not None})
+        bins = spec.bins or tuple(labels)
+        if not bins:
+            raise ConfigError(
+                "difficulty source 'label' but the task's examples carry no difficulty labels",
+                where=f"{self.source}: difficulty.source", value="label",
+                fix="add a difficulty column to the data, or use source: none",
+            )
+        unknown = sorted(set(labels) - set(bins))
+        if unknown:
+            raise ConfigError(
+                "the data has difficulty labels that are not bins of the space",
+                where=f"{self.source}: difficulty.bins", value=unknown,
+                fix=f"list every label in difficulty.bins (found: {', '.join(labels)})",
+            )
+        default = spec.default_bin if spec.default_bin in bins else bins[-1]
+        return dataclasses.replace(self, difficulty=DifficultySpec(
+            source="label", bins=tuple(bins), default_bin=default))
 
     @staticmethod
     def param_from_spec(spec: Any, where: str) -> Param:
@@ -232,7 +268,19 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
             pname: SearchSpace.param_from_spec(spec, f"{source}: strategies.{name}.{pname}")
             for pname, spec in (params or {}).items()
         }
+    difficulty = data.get("difficulty") or {}
+    source_kind = difficulty.get("source", "none")
+    bins = tuple(str(b) for b in (difficulty.get("bins") or ()))
+    default_bin = difficulty.get("default_bin")
+    if default_bin is not None and bins and default_bin not in bins:
+        raise ConfigError("`default_bin` must be one of the bins",
+                          where=f"{source}: difficulty.default_bin", value=default_bin,
+                          fix=f"choose one of: {', '.join(bins)}")
+    spec = (DifficultySpec() if source_kind == "none" else
+            DifficultySpec(source=source_kind, bins=bins,
+                           default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
     return SearchSpace(
+        difficulty=spec,
         prompts=tuple(prompts),
         strategies=strategies,
         temperature=SearchSpace.param_from_spec(data.get("temperature", 0.7),

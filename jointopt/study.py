@@ -168,6 +168,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     task = build_task(config)
     if not task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
+    space = space.with_task(task)
     space.validate(task)
     model_path = _check_model(config)
     _check_tracking(config)
@@ -183,8 +184,9 @@ def _sampler(config: StudyConfig) -> "optuna.samplers.BaseSampler":
     import optuna
 
     opt = config.optimizer
+    constraints = _constraints if opt.max_mean_tokens is not None else None
     if opt.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=opt.seed)
+        return optuna.samplers.NSGAIISampler(seed=opt.seed, constraints_func=constraints)
     if opt.sampler == "random":
         return optuna.samplers.RandomSampler(seed=opt.seed)
     import warnings
@@ -194,7 +196,13 @@ def _sampler(config: StudyConfig) -> "optuna.samplers.BaseSampler":
         # TPE handle conditional (strategy-specific) parameters well.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(seed=opt.seed, multivariate=True, group=True,
-                                          n_startup_trials=8, constant_liar=True)
+                                          n_startup_trials=8, constant_liar=True,
+                                          constraints_func=constraints)
+
+
+def _constraints(trial: "optuna.trial.FrozenTrial") -> list[float]:
+    """Optuna constraint: <= 0 is feasible (set per trial from ``max_mean_tokens``)."""
+    return list(trial.user_attrs.get("constraint", [0.0]))
 
 
 def open_study(plan: StudyPlan) -> "optuna.Study":
@@ -233,7 +241,9 @@ def pareto_front(study: "optuna.Study") -> tuple[TrialSummary, ...]:
     """Distinct non-dominated points of ``study.best_trials``, by increasing tokens."""
     seen: set[tuple[float, float]] = set()
     front = []
-    for trial in sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number)):
+    feasible = [t for t in study.best_trials
+                if all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))]
+    for trial in sorted(feasible, key=lambda t: (t.values[1], -t.values[0], t.number)):
         point = (round(trial.values[0], 9), round(trial.values[1], 6))
         if point not in seen:
             seen.add(point)
@@ -250,14 +260,13 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
         with paths[key].open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
-                             "temperature", "max_tokens", "params"])
+                             "allocation"])
             for t in rows:
-                alloc = t.policy.bins["all"] if t.policy else None
                 writer.writerow([
                     t.number, f"{t.accuracy:.4f}", f"{t.mean_tokens:.2f}",
                     t.policy.prompt.id if t.policy else "",
-                    alloc.strategy if alloc else "", alloc.temperature if alloc else "",
-                    alloc.max_tokens if alloc else "", dict(alloc.params) if alloc else "",
+                    t.policy.strategy_label if t.policy else "",
+                    t.policy.describe() if t.policy else "",
                 ])
     policy_dir = result_dir / "policies"
     policy_dir.mkdir(exist_ok=True)
@@ -365,6 +374,9 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     trial.set_user_attr("correct", "".join("1" if r.correct else "0" for r in result.records))
     trial.set_user_attr("tokens", [r.tokens for r in result.records])
     trial.set_user_attr("dataset_hash", plan.task_hash)
+    limit = plan.config.optimizer.max_mean_tokens
+    if limit is not None:
+        trial.set_user_attr("constraint", [result.mean_tokens - limit])
     study.tell(trial, [result.accuracy, result.mean_tokens])
     if tracker is not None:
         tracker.log_trial(trial.number, trial.params, result.metrics(), policy)

@@ -144,9 +144,9 @@ def plot_pareto(trials: Sequence["TrialSummary"], front: Sequence["TrialSummary"
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    strategies = sorted({t.policy.bins["all"].strategy for t in trials if t.policy})
+    strategies = sorted({t.policy.strategy_label for t in trials if t.policy})
     for strategy in strategies:
-        pts = [t for t in trials if t.policy and t.policy.bins["all"].strategy == strategy]
+        pts = [t for t in trials if t.policy and t.policy.strategy_label == strategy]
         ax.scatter([t.mean_tokens for t in pts], [t.accuracy for t in pts], alpha=0.55,
                    label=strategy, s=28)
     if front:
