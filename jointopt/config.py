@@ -26,6 +26,7 @@ __all__ = [
     "MatcherConfig",
     "OptimizerConfig",
     "TrackingConfig",
+    "BankConfig",
     "SearchSpaceFile",
     "PromptConfig",
     "DifficultyConfig",
@@ -141,6 +142,17 @@ class OptimizerConfig(_Strict):
     (Optuna constraints; they never enter the Pareto front)."""
 
 
+class BankConfig(_Strict):
+    """Sample once, score many: how parallel strategies are evaluated."""
+
+    enabled: bool = True
+    """Score single / majority / best-of-n / weighted vote from shared sample pools with
+    the exact expected accuracy over k-subsets, instead of running them trial by trial."""
+    pool_size: int = Field(8, ge=1)
+    """Samples per (prompt, temperature, max_tokens, example) pool; a trial that needs
+    more grows the pool."""
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking."""
 
@@ -173,6 +185,8 @@ class StudyConfig(_Strict):
     """MLflow tracking."""
     cache: bool = True
     """Keep generations in ``<output_dir>/samples.sqlite`` and reuse them across trials and runs."""
+    bank: BankConfig = Field(default_factory=BankConfig)
+    """Sample pools for the parallel strategies (needs ``cache``)."""
     seed: int = 0
     """Seed of request seeds (evaluation)."""
     #: Directory of the config file (set by :func:`load_config`, not a YAML key).

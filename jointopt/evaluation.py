@@ -28,21 +28,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExampleRecord:
-    """What answering one example cost and whether it was right."""
+    """What answering one example cost and whether it was right.
+
+    For a strategy scored from a sample pool (``pooled``), ``correct`` is the exact
+    expected accuracy over random subsets of the pool (a probability), ``completion_tokens``
+    the expected completion tokens, and ``answer`` is None; otherwise ``correct`` is 0 or 1.
+    """
 
     example_id: str
     bin: str
     answer: str | None
-    correct: bool
-    prompt_tokens: int
-    completion_tokens: int
+    correct: float
+    prompt_tokens: float
+    completion_tokens: float
     engine_calls: int
     completions: int
     cached: int
     wall_time: float
+    pooled: bool = False
 
     @property
-    def tokens(self) -> int:
+    def tokens(self) -> float:
         return self.prompt_tokens + self.completion_tokens
 
 
@@ -58,6 +64,8 @@ class EvaluationResult:
     generated: int
     cached: int
     records: tuple[ExampleRecord, ...]
+    """``generated``/``cached``: completions produced by the engine / served from the store
+    during this evaluation (pools included)."""
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -132,14 +140,53 @@ def check_policy(policy: Policy, task: Task) -> dict[str, Strategy]:
     return strategies
 
 
-def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0) -> EvaluationResult:
-    """Answer every example of ``task`` with ``policy`` and score the answers."""
+def _pool_size(ctx: StrategyContext, k: int, pool_size: int) -> int:
+    # Greedy decoding gives the same completion every time: one sample is the pool.
+    return 1 if ctx.temperature == 0 else max(pool_size, k)
+
+
+def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: GenerationResult,
+                     k: int, bin_name: str) -> ExampleRecord:
+    from .bank import PoolSample
+
+    completions = list(result.completions)
+    if len(completions) < k:  # greedy pool: every draw is this completion
+        completions = completions * k
+    pool = []
+    for c in completions:
+        answer = ctx.extract(c.text)
+        pool.append(PoolSample(
+            answer=answer, correct=ctx.task.is_correct(ctx.example, answer),
+            completion_tokens=c.num_tokens, mean_logprob=c.mean_logprob,
+            sum_logprob=c.sum_logprob,
+        ))
+    expected = strategy.score_pool(pool, completions, ctx)
+    return ExampleRecord(
+        example_id=ctx.example.id, bin=bin_name, answer=None,
+        correct=float(expected.accuracy), prompt_tokens=result.prompt_tokens,
+        completion_tokens=float(expected.completion_tokens), engine_calls=1,
+        completions=k, cached=result.cached, wall_time=result.wall_time, pooled=True,
+    )
+
+
+def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
+             pool_size: int | None = None) -> EvaluationResult:
+    """Answer every example of ``task`` with ``policy`` and score the answers.
+
+    Args:
+        pool_size: when set, parallel strategies (``Strategy.pool_k()`` not None) are not
+            run but scored from a pool of ``max(pool_size, k)`` samples per example with
+            the exact expected accuracy over random k-subsets (see :mod:`jointopt.bank`).
+            With a :class:`~jointopt.backends.CachedBackend`, pools are shared by every
+            trial with the same prompt, temperature and max_tokens, so most trials
+            generate nothing. None runs every strategy as it would run in serving.
+    """
     strategies = check_policy(policy, task)
     start = time.perf_counter()
-    bins, runs = [], []
+    bins, contexts = [], []
     for example in task.examples:
         bin_name, allocation = policy.allocation_for(example)
-        ctx = StrategyContext(
+        contexts.append(StrategyContext(
             example=example,
             task=task,
             messages=render_messages(policy.prompt, task, example),
@@ -147,38 +194,53 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0) -> 
             max_tokens=allocation.max_tokens,
             seed=_seed(seed, example.id),
             answer_regex=policy.prompt.answer_regex,
-        )
+        ))
         bins.append(bin_name)
-        runs.append(strategies[bin_name].run(ctx))
-    driven = drive(backend, runs)
-    wall = time.perf_counter() - start
 
-    records = []
-    for example, bin_name, (outcome, results) in zip(task.examples, bins, driven):
-        records.append(ExampleRecord(
+    pooled = [i for i, b in enumerate(bins)
+              if pool_size is not None and strategies[b].pool_k() is not None]
+    records: list[ExampleRecord | None] = [None] * len(contexts)
+    all_results: list[GenerationResult] = []
+    if pooled:
+        ks = {i: strategies[bins[i]].pool_k() for i in pooled}
+        requests = [contexts[i].request(n=_pool_size(contexts[i], ks[i], pool_size))
+                    for i in pooled]
+        results = backend.generate(requests)
+        all_results.extend(results)
+        for i, result in zip(pooled, results):
+            records[i] = _score_from_pool(strategies[bins[i]], contexts[i], result, ks[i],
+                                          bins[i])
+    direct = [i for i in range(len(contexts)) if records[i] is None]
+    driven = drive(backend, [strategies[bins[i]].run(contexts[i]) for i in direct])
+    for i, (outcome, results) in zip(direct, driven):
+        all_results.extend(results)
+        example = contexts[i].example
+        records[i] = ExampleRecord(
             example_id=example.id,
-            bin=bin_name,
+            bin=bins[i],
             answer=outcome.answer,
-            correct=task.is_correct(example, outcome.answer),
+            correct=float(task.is_correct(example, outcome.answer)),
             prompt_tokens=sum(r.prompt_tokens for r in results),
             completion_tokens=sum(r.completion_tokens for r in results),
             engine_calls=len(results),
             completions=sum(len(r.completions) for r in results),
             cached=sum(r.cached for r in results),
             wall_time=sum(r.wall_time for r in results),
-        ))
-    count = max(len(records), 1)
-    completions = sum(r.completions for r in records)
-    cached = sum(r.cached for r in records)
+        )
+    wall = time.perf_counter() - start
+    final = [r for r in records if r is not None]
+    count = max(len(final), 1)
+    cached = sum(r.cached for r in all_results)
+    generated = sum(len(r.completions) for r in all_results) - cached
     result = EvaluationResult(
-        accuracy=sum(r.correct for r in records) / count,
-        mean_tokens=sum(r.tokens for r in records) / count,
-        mean_prompt_tokens=sum(r.prompt_tokens for r in records) / count,
-        mean_completion_tokens=sum(r.completion_tokens for r in records) / count,
+        accuracy=sum(r.correct for r in final) / count,
+        mean_tokens=sum(r.tokens for r in final) / count,
+        mean_prompt_tokens=sum(r.prompt_tokens for r in final) / count,
+        mean_completion_tokens=sum(r.completion_tokens for r in final) / count,
         wall_time=wall,
-        generated=completions - cached,
+        generated=generated,
         cached=cached,
-        records=tuple(records),
+        records=tuple(final),
     )
     log.info("evaluated %s: accuracy=%.3f tokens=%.1f (%d generated, %d cached) in %.1fs",
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,

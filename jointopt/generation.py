@@ -42,6 +42,11 @@ class GenerationRequest:
             seed the whole engine instead; see the backend's documentation.
         continuation: text the assistant turn already starts with (MCTS prefixes,
             revision contexts); the completion continues it.
+        offset: position of the first requested sample among all samples of this exact
+            request: a strategy that draws more samples of the same prompt later (adaptive
+            voting, repeated DSPy calls) asks for ``offset=<samples drawn so far>`` so it
+            gets fresh samples, from the engine or from a sample store. Not part of
+            :meth:`sampling_key`.
     """
 
     messages: tuple[ChatMessage, ...]
@@ -53,6 +58,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     continuation: str = ""
+    offset: int = 0
 
     def sampling_key(self) -> str:
         """Content hash of everything but ``n`` and ``seed`` (the identity of a sample pool)."""

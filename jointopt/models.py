@@ -193,7 +193,8 @@ def find_gguf(alias: str = DEFAULT_ALIAS) -> Path:
         path = Path(str(dist.locate_file(entry)))
         if path.is_file():
             if entry.name != model.gguf_file:
-                logger.warning("expected %s in %s, using %s", model.gguf_file, model.distribution, path)
+                logger.warning("expected %s in %s, using %s",
+                               model.gguf_file, model.distribution, path)
             return path.resolve()
     raise ModelError(
         f"no .gguf file found in the installed package {model.distribution!r}",
@@ -391,10 +392,20 @@ def prepare(alias: str = DEFAULT_ALIAS, force: bool = False) -> Path:
     return target
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where Linux allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)  # elsewhere: read it by setting it, then restore
+    os.umask(umask)
+    return umask
+
+
 def _normalise_permissions(folder: Path) -> None:
     """Give the built folder ordinary permissions (mkdtemp and some writers use 0700/0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     with contextlib.suppress(OSError):
         folder.chmod(0o777 & ~umask)
         for path in folder.rglob("*"):

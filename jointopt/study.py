@@ -358,7 +358,10 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     policy_dict = policy.to_dict()
     trial.set_user_attr("policy", policy_dict)
     try:
-        result: EvaluationResult = evaluate(policy, plan.task, backend, seed=plan.config.seed)
+        bank = plan.config.bank
+        result: EvaluationResult = evaluate(
+            policy, plan.task, backend, seed=plan.config.seed,
+            pool_size=bank.pool_size if bank.enabled and plan.config.cache else None)
     except BaseException as exc:
         trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -371,8 +374,8 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     for key, value in result.metrics().items():
         trial.set_user_attr(key, value)
     # Per-example outcomes, in task order, so intervals can be computed later.
-    trial.set_user_attr("correct", "".join("1" if r.correct else "0" for r in result.records))
-    trial.set_user_attr("tokens", [r.tokens for r in result.records])
+    trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
+    trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
     trial.set_user_attr("dataset_hash", plan.task_hash)
     limit = plan.config.optimizer.max_mean_tokens
     if limit is not None:

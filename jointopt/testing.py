@@ -70,6 +70,9 @@ def noisy_responder(p_correct: float = 0.6):
     def respond(request: GenerationRequest, index: int, rng: random.Random) -> str:
         text = request.messages[-1].content
         numbers = [int(tok) for tok in text.replace("?", " ").split() if tok.isdigit()]
+        previous = request.messages[-2] if len(request.messages) > 1 else None
+        if len(numbers) < 2 and previous is not None and previous.role == "assistant":
+            return previous.content  # a revision turn: echo the previous attempt
         truth = sum(numbers[-2:]) if len(numbers) >= 2 else 0
         roll = rng.random()
         if roll < p_correct:

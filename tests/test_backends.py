@@ -69,3 +69,17 @@ def test_cache_keys_include_the_model(tmp_path):
     other = ScriptedBackend(_ramble, model_id="b")
     CachedBackend(other, store).generate([_req(2)])
     assert other.requests_seen == 1
+
+
+def test_offset_requests_get_later_samples_of_the_same_pool(tmp_path):
+    inner = ScriptedBackend(_ramble)
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    first = cached.generate([_req(2)])[0]
+    later = cached.generate([_req(3, offset=2)])[0]
+    assert later.cached == 0 and inner.requests_seen == 2
+    whole = cached.generate([_req(5)])[0]
+    assert whole.cached == 5
+    assert whole.completions == first.completions + later.completions
+    # the same samples without the store: offsets index the same sequence
+    direct = ScriptedBackend(_ramble).generate([_req(3, offset=2)])[0]
+    assert direct.completions == later.completions

@@ -111,13 +111,12 @@ class CachedBackend(Backend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         keys = [self.key(r) for r in requests]
-        have = [self.store.pool(k, r.n) for k, r in zip(keys, requests)]
+        have = [self.store.pool(k, r.offset + r.n) for k, r in zip(keys, requests)]
         todo: list[tuple[int, GenerationRequest]] = []
         for i, (request, (_, pool)) in enumerate(zip(requests, have)):
-            missing = request.n - len(pool)
+            missing = request.offset + request.n - len(pool)
             if missing > 0:
-                seed = None if request.seed is None else request.seed + len(pool)
-                todo.append((i, replace(request, n=missing, seed=seed)))
+                todo.append((i, replace(request, n=missing, offset=len(pool))))
         fresh: dict[int, GenerationResult] = {}
         if todo:
             start = time.perf_counter()
@@ -134,13 +133,16 @@ class CachedBackend(Backend):
             if new is not None:
                 prompt_tokens = new.prompt_tokens
                 pool = pool + list(new.completions)
-            cached = request.n - (new.request.n if new is not None else 0)
-            self.generated += request.n - cached
+            # Samples the pool had to grow by before reaching the requested ones are
+            # generated (and kept) but belong to no one's answer.
+            fresh_used = min(new.request.n, request.n) if new is not None else 0
+            cached = request.n - fresh_used
+            self.generated += new.request.n if new is not None else 0
             self.hits += cached
             out.append(GenerationResult(
                 request=request,
                 prompt_tokens=int(prompt_tokens or 0),
-                completions=tuple(pool[: request.n]),
+                completions=tuple(pool[request.offset: request.offset + request.n]),
                 wall_time=new.wall_time if new is not None else 0.0,
                 cached=cached,
             ))

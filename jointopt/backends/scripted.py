@@ -77,10 +77,10 @@ class ScriptedBackend(Backend):
         completions = []
         for index in range(request.n):
             digest = hashlib.sha256(
-                f"{request.sampling_key()}|{request.seed}|{index}".encode()
+                f"{request.sampling_key()}|{request.seed}|{request.offset + index}".encode()
             ).digest()
             rng = random.Random(int.from_bytes(digest[:8], "big"))
-            text = self._respond(request, index, rng)
+            text = self._respond(request, request.offset + index, rng)
             completions.append(self._complete(text, request, rng))
         return GenerationResult(request, self.prompt_tokens(request), tuple(completions))
 

@@ -185,7 +185,8 @@ class VLLMBackend(Backend):
             import vllm
         except ImportError as exc:
             hint = (
-                "bash scripts/setup.sh (or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
+                "bash scripts/setup.sh "
+                "(or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
                 if self._on_cpu
                 else "pip install 'jointopt[vllm]'"
             )
@@ -223,7 +224,8 @@ class VLLMBackend(Backend):
                 f"vLLM failed to start: {type(exc).__name__}: {exc}",
                 where="model",
                 value=self._path,
-                fix="check the model folder, max_model_len and memory; the vLLM log above has details",
+                fix="check the model folder, max_model_len and memory; "
+                "the vLLM log above has details",
             ) from exc
         self.load_seconds = time.perf_counter() - started
         logger.info("vLLM ready in %.1f s", self.load_seconds)
@@ -295,7 +297,7 @@ class VLLMBackend(Backend):
             logprobs=0 if request.logprobs else None,
             # FlatLogprobs: one flat list of floats instead of a dict per position.
             flat_logprobs=True,
-            seed=None if self._on_cpu else request.seed,
+            seed=None if self._on_cpu or request.seed is None else request.seed + request.offset,
         )
 
     # ------------------------------------------------------------------ generate

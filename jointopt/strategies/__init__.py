@@ -27,6 +27,11 @@ STRATEGIES: dict[str, str] = {
     "single": "jointopt.strategies.parallel:SingleSample",
     "majority": "jointopt.strategies.parallel:MajorityVote",
     "best_of_n": "jointopt.strategies.parallel:BestOfN",
+    "weighted_vote": "jointopt.strategies.weighted:WeightedVote",
+    "adaptive_majority": "jointopt.strategies.adaptive:AdaptiveVote",
+    "revision": "jointopt.strategies.sequential:RevisionChain",
+    "parallel_revision": "jointopt.strategies.hybrid:ParallelRevision",
+    "mcts": "jointopt.strategies.mcts:MCTS",
 }
 
 

@@ -22,6 +22,7 @@ from ..errors import StrategyError
 from ..generation import ChatMessage, Completion, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
+    from ..bank import Expected, PoolSample
     from ..tasks import Example, Task
 
 __all__ = [
@@ -185,6 +186,22 @@ class Strategy(ABC):
     @abstractmethod
     def max_completions(self) -> int:
         """Upper bound on the completions one example may cost (the budget cap)."""
+
+    def pool_k(self) -> int | None:
+        """Samples used, if the strategy is a function of i.i.d. samples of one prompt.
+
+        Such *parallel* strategies are scored from a shared sample pool (see
+        :mod:`jointopt.bank`) by :meth:`score_pool` instead of being run; others return None.
+        """
+        return None
+
+    def score_pool(self, pool: Sequence["PoolSample"], completions: Sequence[Completion],
+                   ctx: StrategyContext) -> "Expected":
+        """Expected accuracy and completion tokens over random ``pool_k()``-subsets of ``pool``.
+
+        ``completions[i]`` is the completion behind ``pool[i]`` (for scorers that need it).
+        """
+        raise NotImplementedError(f"strategy {self.name!r} cannot be scored from a pool")
 
     @abstractmethod
     def run(self, ctx: StrategyContext) -> Run:

@@ -35,6 +35,14 @@ class SingleSample(Strategy):
     def max_completions(self) -> int:
         return 1
 
+    def pool_k(self) -> int:
+        return 1
+
+    def score_pool(self, pool, completions, ctx):
+        from ..bank import expected_single
+
+        return expected_single(pool)
+
     def run(self, ctx: StrategyContext) -> Run:
         results = yield [ctx.request(n=1)]
         completion = completions_of(results)[0]
@@ -57,6 +65,14 @@ class MajorityVote(Strategy):
 
     def max_completions(self) -> int:
         return self.params.n
+
+    def pool_k(self) -> int:
+        return self.params.n
+
+    def score_pool(self, pool, completions, ctx):
+        from ..bank import expected_majority
+
+        return expected_majority(pool, self.params.n)
 
     def run(self, ctx: StrategyContext) -> Run:
         results = yield [ctx.request(n=self.params.n)]
@@ -89,6 +105,19 @@ class BestOfN(Strategy):
 
     def max_completions(self) -> int:
         return self.params.n
+
+    def pool_k(self) -> int:
+        return self.params.n
+
+    def score_pool(self, pool, completions, ctx):
+        from dataclasses import replace
+
+        from ..bank import expected_best_of
+
+        scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
+        scored = [replace(s, score=scorer.score(ctx, c, s.answer))
+                  for s, c in zip(pool, completions)]
+        return expected_best_of(scored, self.params.n, key="score")
 
     def run(self, ctx: StrategyContext) -> Run:
         scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
