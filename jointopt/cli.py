@@ -51,7 +51,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING" if verbose < 2 else "INFO")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR" if verbose < 2 else "INFO")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     for noisy in ("optuna", "mlflow", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -217,6 +217,9 @@ class PromptConfig(_Strict):
     """Jinja2 text of a demonstration's answer (variables: fields and ``target``)."""
     answer_regex: str | None = None
     """Pattern whose first group is the answer, tried before the task's extraction."""
+    shot_selection: Literal["first", "nearest"] = "first"
+    """``first``: the first ``shots`` demos for every input; ``nearest``: the demos closest
+    in length to the input, the closest last (uses only the input: serve-time safe)."""
     description: str = ""
     """What the template does."""
 

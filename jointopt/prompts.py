@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from jinja2 import meta
@@ -22,7 +22,7 @@ from .generation import ChatMessage
 if TYPE_CHECKING:
     from .tasks import Example, Task
 
-__all__ = ["PromptTemplate", "render_messages", "validate_template"]
+__all__ = ["PromptTemplate", "render_messages", "select_demos", "validate_template"]
 
 
 def _environment() -> jinja2.Environment:
@@ -48,6 +48,11 @@ class PromptTemplate:
         answer_regex: when set, answers are read from the first capture group of this
             pattern before falling back to the task's own extraction (for templates that
             ask for a strict format such as ``Answer: <x>``).
+        shot_selection: ``first`` takes the first ``shots`` demos of the pool for every
+            input; ``nearest`` takes the demos whose inputs are closest in length to the
+            input's (word count), the closest shown last. Small models copy the shape of
+            the last demonstration, so similar demonstrations help them; the choice uses
+            only the input, so it works the same at serve time.
         description: what the template does, for humans.
     """
 
@@ -57,6 +62,7 @@ class PromptTemplate:
     shots: int = 0
     shot_answer: str = "{{ target }}"
     answer_regex: str | None = None
+    shot_selection: Literal["first", "nearest"] = "first"
     description: str = ""
     _env: jinja2.Environment = field(
         default_factory=_environment, init=False, repr=False, compare=False, hash=False
@@ -70,6 +76,11 @@ class PromptTemplate:
                 where="prompts[].id",
                 value=self.id,
                 fix="use a short name such as 'fewshot_3'",
+            )
+        if self.shot_selection not in ("first", "nearest"):
+            raise TemplateError(
+                "unknown shot selection", where=f"{where}.shot_selection",
+                value=self.shot_selection, fix="use 'first' or 'nearest'",
             )
         if self.shots < 0:
             raise TemplateError(
@@ -113,6 +124,8 @@ class PromptTemplate:
         if self.shots:
             out["shots"] = self.shots
             out["shot_answer"] = self.shot_answer
+            if self.shot_selection != "first":
+                out["shot_selection"] = self.shot_selection
         if self.answer_regex:
             out["answer_regex"] = self.answer_regex
         if self.description:
@@ -171,6 +184,22 @@ def validate_template(template: PromptTemplate, task: "Task") -> None:
         render_messages(template, task, task.examples[0])
 
 
+def _size(example: "Example") -> int:
+    return sum(len(value.split()) for value in example.inputs.values())
+
+
+def select_demos(template: PromptTemplate, task: "Task", example: "Example") -> list["Example"]:
+    """The demonstrations shown before ``example``, in the order they are shown."""
+    if template.shots == 0:
+        return []
+    if template.shot_selection == "first":
+        return list(task.demos[: template.shots])
+    size = _size(example)
+    ranked = sorted(range(len(task.demos)),
+                    key=lambda i: (abs(_size(task.demos[i]) - size), i))[: template.shots]
+    return [task.demos[i] for i in reversed(ranked)]
+
+
 def render_messages(
     template: PromptTemplate, task: "Task", example: "Example"
 ) -> tuple[ChatMessage, ...]:
@@ -178,7 +207,7 @@ def render_messages(
     messages: list[ChatMessage] = []
     if template.system is not None:
         messages.append(ChatMessage("system", template._render("system", dict(example.inputs))))
-    for demo in task.demos[: template.shots]:
+    for demo in select_demos(template, task, example):
         demo_vars = dict(demo.inputs)
         messages.append(ChatMessage("user", template._render("user", demo_vars)))
         demo_vars["target"] = demo.target

@@ -153,7 +153,7 @@ def plot_pareto(trials: Sequence["TrialSummary"], front: Sequence["TrialSummary"
         ax.step([t.mean_tokens for t in front], [t.accuracy for t in front], where="post",
                 color="black", linewidth=1.4, label="Pareto front")
         for t in front:
-            ax.annotate(f"#{t.number} {t.policy.prompt.id if t.policy else ''}",
+            ax.annotate(f"#{t.number}",
                         (t.mean_tokens, t.accuracy), fontsize=7, xytext=(4, -10),
                         textcoords="offset points")
     ax.set_xlabel("mean tokens per example (prompt + completion)")
