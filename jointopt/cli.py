@@ -1,9 +1,11 @@
-"""``jointopt`` command line: a thin layer over the Python API.
+"""jointopt command line: a thin layer over the Python API.
 
 Commands:
   run CONFIG        run (or continue) a study; progress bar, then the Pareto table
   validate CONFIG   check config, search space, data, templates, strategy parameters and
                     model without starting any engine
+  export CONFIG     write a tuned policy and serving-stack configs from a study
+  serve             OpenAI-compatible proxy that runs a policy against an upstream server
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     val = sub.add_parser("validate", help="check a study config without running anything")
     val.add_argument("config", help="study YAML file")
+    from .cli_export import add_export_parser, add_serve_parser
+
+    add_export_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -129,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "export":
+            from .cli_export import run_export
+
+            return run_export(args)
+        if args.command == "serve":
+            from .cli_export import run_serve
+
+            return run_serve(args)
         return _run(args)
     except JointoptError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ __all__ = [
     "OptimizerConfig",
     "TrackingConfig",
     "BankConfig",
+    "ValidationConfig",
     "SearchSpaceFile",
     "PromptConfig",
     "DifficultyConfig",
@@ -153,6 +154,20 @@ class BankConfig(_Strict):
     more grows the pool."""
 
 
+class ValidationConfig(_Strict):
+    """Held-out validation of the Pareto front."""
+
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of examples held out (stratified by difficulty); the search sees only the
+    rest (dev). The Pareto policies are re-scored on the test split. 0 = no test split."""
+    seed: int = 0
+    """Seed of the split."""
+    resamples: int = Field(2000, ge=100)
+    """Bootstrap resamples for the confidence intervals."""
+    level: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the intervals."""
+
+
 class TrackingConfig(_Strict):
     """MLflow tracking."""
 
@@ -187,6 +202,8 @@ class StudyConfig(_Strict):
     """Keep generations in ``<output_dir>/samples.sqlite`` and reuse them across trials and runs."""
     bank: BankConfig = Field(default_factory=BankConfig)
     """Sample pools for the parallel strategies (needs ``cache``)."""
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    """Dev/test split and confidence intervals."""
     seed: int = 0
     """Seed of request seeds (evaluation)."""
     #: Directory of the config file (set by :func:`load_config`, not a YAML key).

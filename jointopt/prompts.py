@@ -184,8 +184,8 @@ def validate_template(template: PromptTemplate, task: "Task") -> None:
         render_messages(template, task, task.examples[0])
 
 
-def _size(example: "Example") -> int:
-    return sum(len(value.split()) for value in example.inputs.values())
+def _size(example: "Example", fields: set[str]) -> int:
+    return sum(len(example.inputs[f].split()) for f in sorted(fields) if f in example.inputs)
 
 
 def select_demos(template: PromptTemplate, task: "Task", example: "Example") -> list["Example"]:
@@ -194,9 +194,11 @@ def select_demos(template: PromptTemplate, task: "Task", example: "Example") -> 
         return []
     if template.shot_selection == "first":
         return list(task.demos[: template.shots])
-    size = _size(example)
+    # Only the fields the template shows count, so serving needs no other input.
+    fields = template.variables()["user"]
+    size = _size(example, fields)
     ranked = sorted(range(len(task.demos)),
-                    key=lambda i: (abs(_size(task.demos[i]) - size), i))[: template.shots]
+                    key=lambda i: (abs(_size(task.demos[i], fields) - size), i))[: template.shots]
     return [task.demos[i] for i in reversed(ranked)]
 
 

@@ -25,6 +25,7 @@ from .evaluation import EvaluationResult, evaluate
 from .policy import Policy
 from .space import SearchSpace, space_from_dict
 from .tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
+from .validation import Interval, bootstrap, split_task
 
 if TYPE_CHECKING:
     import optuna
@@ -34,6 +35,8 @@ __all__ = ["StudyPlan", "TrialSummary", "StudyResult", "plan_study", "run_study"
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("accuracy", "mean_tokens")
+#: Study user attribute holding the held-out scores of Pareto trials, by trial number.
+TEST_ATTR = "test_scores"
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -48,6 +51,7 @@ class StudyPlan:
     storage: str
     study_name: str
     out_dir: Path
+    test_task: Task | None = None
 
     @property
     def task_hash(self) -> str:
@@ -66,7 +70,12 @@ def task_hash(task: Task) -> str:
 
 @dataclass(frozen=True)
 class TrialSummary:
-    """One finished trial."""
+    """One finished trial.
+
+    ``dev`` holds bootstrap intervals of accuracy and mean tokens on the examples the
+    study searched on; ``test`` the same on the held-out split (Pareto trials only, when
+    the study has one).
+    """
 
     number: int
     state: str
@@ -77,6 +86,8 @@ class TrialSummary:
     wall_time: float | None = None
     generated: int | None = None
     cached: int | None = None
+    dev: dict[str, Interval] | None = None
+    test: dict[str, Interval] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,10 +176,12 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     space_path = config.resolve(config.search_space)
     space_file = load_space_file(space_path)
     space = space_from_dict(space_file.model_dump(exclude_unset=False), str(space_path))
-    task = build_task(config)
-    if not task.examples:
+    full_task = build_task(config)
+    if not full_task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
-    space = space.with_task(task)
+    split = split_task(full_task, config.validation.test_fraction, config.validation.seed)
+    task = split.dev
+    space = space.with_task(full_task)
     space.validate(task)
     model_path = _check_model(config)
     _check_tracking(config)
@@ -177,7 +190,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=config.model.model,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
-                     out_dir=out_dir)
+                     out_dir=out_dir, test_task=split.test)
 
 
 def _sampler(config: StudyConfig) -> "optuna.samplers.BaseSampler":
@@ -221,10 +234,19 @@ def open_study(plan: StudyPlan) -> "optuna.Study":
                           value=plan.storage, fix="use a fresh study_name or storage") from None
 
 
-def summarize(trial: "optuna.trial.FrozenTrial") -> TrialSummary:
+def _intervals(data: dict[str, Any] | None) -> dict[str, Interval] | None:
+    if not data:
+        return None
+    return {k: Interval(**v) for k, v in data.items()}
+
+
+def summarize(trial: "optuna.trial.FrozenTrial",
+              tests: dict[str, Any] | None = None) -> TrialSummary:
     policy_data = trial.user_attrs.get("policy")
     values = trial.values or [None, None]
     return TrialSummary(
+        dev=_intervals(trial.user_attrs.get("dev_intervals")),
+        test=_intervals((tests or {}).get(str(trial.number))),
         number=trial.number,
         state=trial.state.name,
         accuracy=values[0],
@@ -238,7 +260,9 @@ def summarize(trial: "optuna.trial.FrozenTrial") -> TrialSummary:
 
 
 def pareto_front(study: "optuna.Study") -> tuple[TrialSummary, ...]:
-    """Distinct non-dominated points of ``study.best_trials``, by increasing tokens."""
+    """Distinct non-dominated points of ``study.best_trials``, by increasing tokens
+    (with their held-out scores when the study has a test split)."""
+    tests = study.user_attrs.get(TEST_ATTR, {})
     seen: set[tuple[float, float]] = set()
     front = []
     feasible = [t for t in study.best_trials
@@ -247,7 +271,7 @@ def pareto_front(study: "optuna.Study") -> tuple[TrialSummary, ...]:
         point = (round(trial.values[0], 9), round(trial.values[1], 6))
         if point not in seen:
             seen.add(point)
-            front.append(summarize(trial))
+            front.append(summarize(trial, tests))
     return tuple(front)
 
 
@@ -260,13 +284,20 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
         with paths[key].open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
-                             "allocation"])
+                             "allocation", "dev_accuracy_ci", "test_accuracy",
+                             "test_accuracy_ci", "test_mean_tokens"])
             for t in rows:
+                dev = (t.dev or {}).get("accuracy")
+                test = t.test or {}
                 writer.writerow([
                     t.number, f"{t.accuracy:.4f}", f"{t.mean_tokens:.2f}",
                     t.policy.prompt.id if t.policy else "",
                     t.policy.strategy_label if t.policy else "",
                     t.policy.describe() if t.policy else "",
+                    f"[{dev.low:.4f}, {dev.high:.4f}]" if dev else "",
+                    f"{test['accuracy'].value:.4f}" if test else "",
+                    f"[{test['accuracy'].low:.4f}, {test['accuracy'].high:.4f}]" if test else "",
+                    f"{test['mean_tokens'].value:.2f}" if test else "",
                 ])
     policy_dir = result_dir / "policies"
     policy_dir.mkdir(exist_ok=True)
@@ -331,6 +362,8 @@ def run_study(
             done += summary.state == "COMPLETE"
             if on_trial:
                 on_trial(summary, done, target)
+        if plan.test_task is not None:
+            engine = _score_front_on_test(study, plan, engine, backend)
     finally:
         if engine is not None and owned:
             engine.close()
@@ -349,6 +382,44 @@ def run_study(
                        wall_time=time.perf_counter() - start)
 
 
+def _pool_size(plan: StudyPlan) -> int | None:
+    bank = plan.config.bank
+    return bank.pool_size if bank.enabled and plan.config.cache else None
+
+
+def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, engine: Backend | None,
+                         backend: Backend | None) -> Backend | None:
+    """Re-score every Pareto policy not yet scored on the held-out split."""
+    tests = dict(study.user_attrs.get(TEST_ATTR, {}))
+    todo = [t for t in pareto_front(study) if str(t.number) not in tests and t.policy]
+    if not todo:
+        return engine
+    if engine is None:
+        engine = backend or make_backend(
+            plan.config.model.backend, model=plan.config.model.model,
+            seed=plan.config.model.seed, max_model_len=plan.config.model.max_model_len,
+            engine_kwargs=dict(plan.config.model.engine))
+        if plan.config.cache:
+            engine = CachedBackend(engine, SampleStore(plan.out_dir / "samples.sqlite"))
+    val = plan.config.validation
+    test_task = plan.test_task
+    if test_task is None:
+        return engine
+    for t in todo:
+        result = evaluate(t.policy, test_task, engine, seed=plan.config.seed,
+                          pool_size=_pool_size(plan))
+        tests[str(t.number)] = {
+            "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
+                                  level=val.level, seed=val.seed).to_dict(),
+            "mean_tokens": bootstrap([r.tokens for r in result.records],
+                                     resamples=val.resamples, level=val.level,
+                                     seed=val.seed).to_dict(),
+        }
+        log.info("trial %d on test: accuracy %.3f", t.number, result.accuracy)
+    study.set_user_attr(TEST_ATTR, tests)
+    return engine
+
+
 def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
                tracker: Any) -> TrialSummary:
     import optuna
@@ -358,10 +429,8 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     policy_dict = policy.to_dict()
     trial.set_user_attr("policy", policy_dict)
     try:
-        bank = plan.config.bank
-        result: EvaluationResult = evaluate(
-            policy, plan.task, backend, seed=plan.config.seed,
-            pool_size=bank.pool_size if bank.enabled and plan.config.cache else None)
+        result: EvaluationResult = evaluate(policy, plan.task, backend, seed=plan.config.seed,
+                                            pool_size=_pool_size(plan))
     except BaseException as exc:
         trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -377,6 +446,13 @@ def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
     trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
     trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
     trial.set_user_attr("dataset_hash", plan.task_hash)
+    val = plan.config.validation
+    trial.set_user_attr("dev_intervals", {
+        "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
+                              level=val.level, seed=val.seed).to_dict(),
+        "mean_tokens": bootstrap([r.tokens for r in result.records], resamples=val.resamples,
+                                 level=val.level, seed=val.seed).to_dict(),
+    })
     limit = plan.config.optimizer.max_mean_tokens
     if limit is not None:
         trial.set_user_attr("constraint", [result.mean_tokens - limit])

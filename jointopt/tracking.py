@@ -99,10 +99,9 @@ class StudyTracker:
             self.client.set_tag(run_id, "jointopt.fail_reason", failed[:5000])
         self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
         if not failed:
-            from mlflow.entities import Metric as M
-
             self.client.log_batch(self.parent_run_id, metrics=[
-                M(f"trial_{k}", float(metrics[k]), 0, number) for k in ("accuracy", "mean_tokens")
+                Metric(f"trial_{k}", float(metrics[k]), 0, number)
+                for k in ("accuracy", "mean_tokens")
             ])
         return run_id
 
@@ -117,6 +116,12 @@ class StudyTracker:
         self.client.log_artifact(self.parent_run_id, str(paths["pareto_csv"]))
         self.client.log_artifact(self.parent_run_id, str(paths["trials_csv"]))
         self.client.log_artifacts(self.parent_run_id, str(paths["policies"]), "policies")
+        for t in front:
+            if t.test:
+                self.client.log_batch(self.parent_run_id, metrics=[
+                    Metric("pareto_test_accuracy", t.test["accuracy"].value, 0, t.number),
+                    Metric("pareto_test_mean_tokens", t.test["mean_tokens"].value, 0, t.number),
+                ])
         if front:
             best = max(front, key=lambda t: t.accuracy or 0.0)
             self.client.log_batch(self.parent_run_id, metrics=[
@@ -151,7 +156,17 @@ def plot_pareto(trials: Sequence["TrialSummary"], front: Sequence["TrialSummary"
                    label=strategy, s=28)
     if front:
         ax.step([t.mean_tokens for t in front], [t.accuracy for t in front], where="post",
-                color="black", linewidth=1.4, label="Pareto front")
+                color="black", linewidth=1.4, label="Pareto front (dev)")
+        tested = [t for t in front if t.test]
+        if tested:
+            acc = [t.test["accuracy"] for t in tested]
+            tok = [t.test["mean_tokens"].value for t in tested]
+            ax.errorbar(tok, [a.value for a in acc],
+                        yerr=[[a.value - a.low for a in acc], [a.high - a.value for a in acc]],
+                        fmt="s", color="crimson", capsize=3, markersize=4,
+                        label=f"same policies on test ({acc[0].level:.0%} CI)")
+            ax.step(tok, [a.value for a in acc], where="post", color="crimson",
+                    linewidth=1.0, linestyle="--")
         for t in front:
             ax.annotate(f"#{t.number}",
                         (t.mean_tokens, t.accuracy), fontsize=7, xytext=(4, -10),

@@ -79,3 +79,28 @@ def test_same_seed_same_study(tmp_path):
     a, b = run("a"), run("b")
     assert [(t.params, t.accuracy, t.mean_tokens) for t in a.trials] == [
         (t.params, t.accuracy, t.mean_tokens) for t in b.trials]
+
+
+def test_held_out_split_rescores_the_front_on_test(tmp_path):
+    cfg = load_config(ROOT / "experiments/quickstart.yaml", {
+        "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 6},
+        "validation": {"test_fraction": 0.3, "seed": 1}, "tracking": {"enabled": True}})
+    from jointopt.study import plan_study
+
+    plan = plan_study(cfg)
+    dev_ids = {e.id for e in plan.task.examples}
+    test_ids = {e.id for e in plan.test_task.examples}
+    assert dev_ids and test_ids and not dev_ids & test_ids
+    assert len(dev_ids | test_ids) == 30
+    # stratified: every level is in both splits
+    level = lambda i: i.split("-")[1]  # noqa: E731
+    assert {level(i) for i in dev_ids} == {level(i) for i in test_ids} == {"L1", "L2", "L3"}
+
+    result = run_study(cfg, backend=ScriptedBackend(reverse_responder))
+    assert result.pareto and all(t.test is not None for t in result.pareto)
+    for t in result.pareto:
+        acc = t.test["accuracy"]
+        assert acc.low <= acc.value <= acc.high
+        assert t.dev["accuracy"].value == pytest.approx(t.accuracy)
+    text = (tmp_path / "run" / "pareto.csv").read_text()
+    assert "test_accuracy_ci" in text

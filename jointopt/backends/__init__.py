@@ -16,6 +16,7 @@ __all__ = ["Backend", "CachedBackend", "SampleStore", "ScriptedBackend", "BACKEN
 BACKENDS: dict[str, str] = {
     "vllm": "jointopt.backends.vllm:VLLMBackend",
     "scripted": "jointopt.backends.scripted:ScriptedBackend",
+    "openai": "jointopt.backends.openai:OpenAIBackend",
 }
 
 

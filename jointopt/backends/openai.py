@@ -1,0 +1,610 @@
+"""Generations from any OpenAI-compatible server (vLLM, llama.cpp, SGLang, TGI, OpenAI).
+
+Each :class:`~jointopt.generation.GenerationRequest` becomes one ``POST
+{base_url}/chat/completions`` with ``n``, ``temperature``, ``top_p``, ``max_tokens``,
+``stop``, ``seed`` and ``logprobs`` (``top_logprobs: 0``: only the sampled token). The
+requests of a batch are sent concurrently (at most ``max_concurrency`` at a time), so a
+server with continuous batching (vLLM) batches them itself.
+
+Token accounting (what the server says, never a guess where it says more):
+
+* prompt tokens: ``usage.prompt_tokens`` of the response (counted once per request,
+  whatever ``n``; this is also how vLLM and OpenAI report it).
+* completion tokens of each choice: the engine's token ids when the server returns them
+  (``token_ids=True`` asks vLLM for them with its ``return_token_ids`` extension); else
+  the number of entries of the choice's ``logprobs.content`` (one per generated token);
+  else, when neither is present, ``usage.completion_tokens`` is split across the choices
+  in proportion to their text length (largest-remainder rounding). The total is then
+  exact; only the split between choices of one request is an estimate. Token ids that
+  the server did not return are ``-1`` placeholders (one per token).
+* a server that returns fewer choices than ``n`` (llama.cpp ignores ``n``) is asked again
+  for the missing ones; every extra request's prompt tokens are counted too.
+
+``GenerationRequest.continuation`` (an assistant turn that is already started: MCTS
+prefixes, revision contexts) is sent as a final assistant message with vLLM's chat
+extensions ``continue_final_message: true, add_generation_prompt: false``, so the model
+continues that text with the server's own chat template (vLLM and SGLang support this;
+the OpenAI API does not). With ``continuation="error"`` such requests are refused
+instead.
+
+Failures become :class:`UpstreamError` (a :class:`~jointopt.errors.BackendError`) with a
+``kind``: ``unreachable`` (connection refused/reset, DNS), ``timeout`` (no answer within
+``timeout`` seconds; not retried, since the server may still be working on it), ``http``
+(a status code, with an excerpt of the body) or ``protocol`` (a response that is not
+the OpenAI format). Connection errors, HTTP 429 and 5xx are retried ``max_retries``
+times with exponential backoff (``Retry-After`` honoured up to ``max_backoff``), moving
+to the next ``base_url`` when several are given. The API key is read from the
+environment variable named by ``api_key_env`` and never logged or shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import BackendError
+from ..generation import Completion, GenerationRequest, GenerationResult
+from .base import Backend
+
+__all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_EXCERPT = 300
+
+
+class UpstreamError(BackendError):
+    """The OpenAI-compatible server failed a request.
+
+    Attributes:
+        kind: ``unreachable``, ``timeout``, ``http`` or ``protocol``.
+        status: the HTTP status for ``http`` errors, else None.
+        url: the URL that failed.
+    """
+
+    def __init__(self, message: str, *, kind: str, url: str, status: int | None = None,
+                 fix: str | None = None) -> None:
+        self.kind = kind
+        self.status = status
+        self.url = url
+        super().__init__(message, where=url, fix=fix)
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given.
+
+    Raises:
+        BackendError: not an ``http(s)://host[:port][/path]`` URL.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise BackendError("the server URL must be a non-empty string", where="base_url",
+                           value=url, fix="e.g. http://127.0.0.1:8000/v1")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendError("the server URL must start with http:// or https:// and name a host",
+                           where="base_url", value=url, fix="e.g. http://127.0.0.1:8000/v1")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _excerpt(response: Any) -> str:
+    try:
+        data = response.json()
+    except Exception:  # noqa: BLE001 - any body
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err:
+            text = str(err)
+            return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
+    text = response.text.strip().replace("\n", " ")
+    return (text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "...") or "(empty body)"
+
+
+def _split(total: int, weights: Sequence[int]) -> list[int]:
+    """Split ``total`` in proportion to ``weights`` (largest remainder; sums to ``total``)."""
+    if not weights:
+        return []
+    if sum(weights) <= 0:
+        weights = [1] * len(weights)
+    scale = sum(weights)
+    raw = [total * w / scale for w in weights]
+    out = [int(x) for x in raw]
+    order = sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))
+    for i in order[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+class OpenAIBackend(Backend):
+    """A :class:`Backend` in front of one or more OpenAI-compatible servers.
+
+    Args:
+        base_url: the API root (``http://127.0.0.1:8000/v1``; a bare ``host:port`` URL gets
+            ``/v1``), or several roots: requests are spread round-robin over them and a
+            retry moves to the next one.
+        model: the model name the server serves. None: the first id of ``GET /models``
+            (asked once, on first use).
+        api_key_env: name of the environment variable holding the API key (sent as
+            ``Authorization: Bearer``). None: no key. The value is never logged.
+        timeout: seconds to wait for one response (read timeout).
+        connect_timeout: seconds to wait for a connection.
+        max_retries: further attempts after a connection error, HTTP 429 or 5xx.
+        backoff: first retry delay in seconds; doubles each retry (with jitter).
+        max_backoff: cap on one delay (also on a server's ``Retry-After``).
+        max_concurrency: requests in flight at once.
+        send_seed: send ``GenerationRequest.seed`` as the request ``seed``.
+        token_ids: ask for the engine's token ids (vLLM's ``return_token_ids``
+            extension); other servers may reject the unknown field.
+        continuation: ``"prefill"`` (see the module docstring) or ``"error"``.
+        extra_body: further fields merged into every request body.
+        headers: further HTTP headers.
+        model_id: identifier in cache keys (default ``openai:<model>``).
+        transport: an ``httpx`` transport (tests: ``httpx.MockTransport``).
+        seed, max_model_len: accepted for registry compatibility (``make_backend`` passes
+            them); the server's own settings apply.
+        engine_kwargs: further keyword arguments of this class (so a study config's
+            ``model.engine`` section can hold ``base_url`` & co.).
+    """
+
+    name = "openai"
+    #: Safe to call ``generate`` from several threads at once.
+    thread_safe = True
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str] = "http://127.0.0.1:8000/v1",
+        model: str | None = None,
+        *,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_concurrency: int = 8,
+        send_seed: bool = True,
+        token_ids: bool = False,
+        continuation: Literal["prefill", "error"] = "prefill",
+        extra_body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        model_id: str | None = None,
+        transport: Any = None,
+        seed: int | None = None,
+        max_model_len: int | None = None,
+        engine_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        options: dict[str, Any] = dict(
+            base_url=base_url, model=model, api_key_env=api_key_env, timeout=timeout,
+            connect_timeout=connect_timeout, max_retries=max_retries, backoff=backoff,
+            max_backoff=max_backoff, max_concurrency=max_concurrency, send_seed=send_seed,
+            token_ids=token_ids, continuation=continuation, extra_body=extra_body,
+            headers=headers, model_id=model_id, transport=transport,
+        )
+        if engine_kwargs:
+            unknown = set(engine_kwargs) - set(options)
+            if unknown:
+                raise BackendError("unknown option for the openai backend",
+                                   where="model.engine", value=sorted(unknown),
+                                   fix=f"known options: {', '.join(sorted(options))}")
+            options.update(engine_kwargs)
+        self._configure(**options)
+
+    def _configure(
+        self,
+        base_url: str | Sequence[str],
+        model: str | None,
+        api_key_env: str | None,
+        timeout: float,
+        connect_timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_backoff: float,
+        max_concurrency: int,
+        send_seed: bool,
+        token_ids: bool,
+        continuation: str,
+        extra_body: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        model_id: str | None,
+        transport: Any,
+    ) -> None:
+        import httpx
+
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise BackendError("give at least one server URL", where="base_url", value=urls,
+                               fix="e.g. http://127.0.0.1:8000/v1")
+        self._bases = tuple(normalize_base_url(u) for u in urls)
+        for label, value, low in (("timeout", timeout, 0.0), ("connect_timeout", connect_timeout, 0.0),
+                                  ("backoff", backoff, 0.0), ("max_backoff", max_backoff, 0.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+                    or (label in ("timeout", "connect_timeout") and value == 0):
+                raise BackendError(f"`{label}` must be a number > 0", where=label, value=value,
+                                   fix="use seconds, e.g. 30")
+        for label, value, low in (("max_retries", max_retries, 0),
+                                  ("max_concurrency", max_concurrency, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise BackendError(f"`{label}` must be an integer >= {low}", where=label,
+                                   value=value, fix=f"use an integer >= {low}")
+        if continuation not in ("prefill", "error"):
+            raise BackendError("unknown continuation mode", where="continuation",
+                               value=continuation, fix="use 'prefill' or 'error'")
+        self._api_key: str | None = None
+        self._api_key_env = api_key_env
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise BackendError(f"the environment variable {api_key_env} is not set",
+                                   where="api_key_env",
+                                   fix=f"export {api_key_env}=... before starting, or drop "
+                                       "the API key option for a server without keys")
+            self._api_key = key
+        self._model = model
+        self._model_id = model_id
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.max_concurrency = max_concurrency
+        self.send_seed = send_seed
+        self.token_ids = token_ids
+        self.continuation = continuation
+        self._extra_body = dict(extra_body or {})
+        self._rng = random.Random(0)
+        self._lock = threading.Lock()
+        self._discover_lock = threading.Lock()
+        self._next = 0
+        self._warned: set[str] = set()
+        send_headers = {"User-Agent": "jointopt"}
+        send_headers.update(headers or {})
+        if self._api_key:
+            send_headers["Authorization"] = f"Bearer {self._api_key}"
+        limits = httpx.Limits(max_connections=max_concurrency + 2,
+                              max_keepalive_connections=max_concurrency)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout, connect=float(connect_timeout)),
+            headers=send_headers, limits=limits, transport=transport,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency,
+                                        thread_name_prefix="jointopt-openai")
+        self._closed = False
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        return self._bases
+
+    @property
+    def model(self) -> str:
+        """The served model name (discovered with ``GET /models`` when not given)."""
+        if self._model is None:
+            with self._discover_lock:
+                if self._model is None:
+                    self._model = self._discover_model()
+        return self._model
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id or f"openai:{self.model}"
+
+    def __repr__(self) -> str:
+        key = f", api_key_env={self._api_key_env!r}" if self._api_key_env else ""
+        return f"OpenAIBackend(base_url={list(self._bases)!r}, model={self._model!r}{key})"
+
+    # ---------------------------------------------------------------- HTTP
+
+    def _base_for(self, attempt_offset: int, start: int) -> str:
+        return self._bases[(start + attempt_offset) % len(self._bases)]
+
+    def _start(self) -> int:
+        with self._lock:
+            start = self._next
+            self._next += 1
+        return start
+
+    def _delay(self, attempt: int, response: Any = None) -> float:
+        if response is not None:
+            after = response.headers.get("retry-after")
+            if after:
+                try:
+                    return min(max(float(after), 0.0), self.max_backoff)
+                except ValueError:
+                    pass
+        with self._lock:
+            jitter = 0.5 + self._rng.random() / 2
+        return min(self.backoff * (2 ** attempt), self.max_backoff) * jitter
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One call with retries; returns the decoded JSON body."""
+        import httpx
+
+        if self._closed:
+            raise BackendError("the backend is closed", where="OpenAIBackend")
+        start = self._start()
+        last: UpstreamError | None = None
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            url = self._base_for(attempt, start) + path
+            response = None
+            try:
+                response = self._client.request(method, url, json=body)
+            except httpx.ConnectTimeout as exc:
+                last = UpstreamError(
+                    f"cannot connect to the OpenAI-compatible server ({type(exc).__name__})",
+                    kind="unreachable", url=url, fix=_UNREACHABLE_FIX)
+            except httpx.TimeoutException as exc:
+                raise UpstreamError(
+                    f"the server did not answer within {self.timeout:g}s "
+                    f"({type(exc).__name__})",
+                    kind="timeout", url=url,
+                    fix="raise the timeout, or lower max_tokens / n / the number of "
+                        "concurrent requests") from None
+            except httpx.TransportError as exc:
+                last = UpstreamError(
+                    f"cannot reach the OpenAI-compatible server "
+                    f"({type(exc).__name__}: {exc})",
+                    kind="unreachable", url=url, fix=_UNREACHABLE_FIX)
+            else:
+                if response.status_code < 400:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        raise UpstreamError(
+                            f"the server answered HTTP {response.status_code} with a body that "
+                            f"is not JSON: {_excerpt(response)}",
+                            kind="protocol", url=url,
+                            fix="check that the URL points at an OpenAI-compatible API "
+                                "(it usually ends in /v1)") from None
+                error = UpstreamError(
+                    f"the server answered HTTP {response.status_code}: {_excerpt(response)}",
+                    kind="http", url=url, status=response.status_code,
+                    fix=_http_fix(response.status_code))
+                if response.status_code not in _RETRY_STATUS:
+                    raise error
+                last = error
+            if attempt + 1 < attempts:
+                delay = self._delay(attempt, response)
+                log.debug("retrying %s in %.2fs after: %s", url, delay, last.message)
+                time.sleep(delay)
+        if last is None:  # pragma: no cover - the loop always runs once
+            raise BackendError("no attempt was made", where="OpenAIBackend")
+        if attempts > 1:
+            raise UpstreamError(f"{last.message} (after {attempts} attempts)", kind=last.kind,
+                                url=last.url, status=last.status, fix=last.fix)
+        raise last
+
+    def _discover_model(self) -> str:
+        data = self._send("GET", "/models")
+        models = data.get("data") if isinstance(data, dict) else None
+        if not models or not isinstance(models, list) or "id" not in models[0]:
+            raise UpstreamError("the server lists no models at GET /models",
+                                kind="protocol", url=self._bases[0] + "/models",
+                                fix="pass the model name (OpenAIBackend(model=...) or "
+                                    "--upstream-model)")
+        name = str(models[0]["id"])
+        log.info("upstream serves model %r", name)
+        return name
+
+    def health(self) -> dict[str, str]:
+        """``{base_url: "ok" | error message}`` from ``GET /models`` on every server."""
+        out = {}
+        for base in self._bases:
+            try:
+                response = self._client.get(base + "/models", timeout=min(self.timeout, 5.0))
+                out[base] = "ok" if response.status_code < 400 else \
+                    f"HTTP {response.status_code}: {_excerpt(response)}"
+            except Exception as exc:  # noqa: BLE001 - report, never raise
+                out[base] = f"unreachable ({type(exc).__name__})"
+        return out
+
+    # ---------------------------------------------------------------- generate
+
+    def body(self, request: GenerationRequest, n: int | None = None) -> dict[str, Any]:
+        """The JSON body sent for ``request`` (``n`` overrides ``request.n``)."""
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "n": request.n if n is None else n,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_tokens": request.max_tokens,
+            "logprobs": bool(request.logprobs),
+        }
+        if request.logprobs:
+            body["top_logprobs"] = 0
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.send_seed and request.seed is not None:
+            body["seed"] = int(request.seed)
+        if self.token_ids:
+            body["return_token_ids"] = True
+        if request.continuation:
+            if self.continuation == "error":
+                raise BackendError(
+                    "this backend is configured to refuse continuation requests",
+                    where="GenerationRequest.continuation", value=request.continuation[:80],
+                    fix="use continuation='prefill' with a server that supports "
+                        "continue_final_message (vLLM, SGLang)")
+            messages.append({"role": "assistant", "content": request.continuation})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        body.update(self._extra_body)
+        return body
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Send the batch concurrently; results keep the order of the requests."""
+        if self._closed:
+            raise BackendError("the backend is closed", where="OpenAIBackend")
+        requests = list(requests)
+        for index, request in enumerate(requests):
+            _validate(request, index)
+        if not requests:
+            return []
+        self.model  # noqa: B018 - discover once, before the threads start
+        started = time.perf_counter()
+        futures: list[Future[GenerationResult]] = [
+            self._pool.submit(self._generate_one, r) for r in requests]
+        done, not_done = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future.done() and future.exception() is not None:
+                for other in not_done:
+                    other.cancel()
+                raise future.exception()  # type: ignore[misc]
+        results = [f.result() for f in futures]
+        log.debug("%d requests in %.2fs", len(requests), time.perf_counter() - started)
+        return results
+
+    def _generate_one(self, request: GenerationRequest) -> GenerationResult:
+        started = time.perf_counter()
+        completions: list[Completion] = []
+        prompt_tokens = 0
+        asks = 0
+        while len(completions) < request.n:
+            missing = request.n - len(completions)
+            data = self._send("POST", "/chat/completions", self.body(request, n=missing))
+            got, used = self._parse(request, data)
+            asks += 1
+            prompt_tokens += used
+            if not got:
+                raise UpstreamError("the server returned no choices", kind="protocol",
+                                    url=self._bases[0] + "/chat/completions",
+                                    fix="check the server log")
+            if len(got) < missing and "n" not in self._warned:
+                self._warned.add("n")
+                log.warning("the server returned %d choice(s) for n=%d; asking again for the "
+                            "rest (each extra request's prompt tokens are counted)",
+                            len(got), missing)
+            completions.extend(got[:missing])
+        return GenerationResult(
+            request=request,
+            prompt_tokens=prompt_tokens,
+            completions=tuple(completions),
+            wall_time=time.perf_counter() - started,
+            extra={"requests": asks},
+        )
+
+    def _parse(self, request: GenerationRequest, data: Any) -> tuple[list[Completion], int]:
+        url = self._bases[0] + "/chat/completions"
+        try:
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            usage = data.get("usage") or {}
+            prompt_tokens = usage.get("prompt_tokens")
+            if prompt_tokens is None and data.get("prompt_token_ids") is not None:
+                prompt_tokens = len(data["prompt_token_ids"])
+            if prompt_tokens is None:
+                raise UpstreamError(
+                    "the response has no usage.prompt_tokens, so its cost cannot be counted",
+                    kind="protocol", url=url,
+                    fix="use a server that reports usage (vLLM, llama.cpp, OpenAI do)")
+            texts, counts, ids, logprobs, finishes = [], [], [], [], []
+            for choice in choices:
+                message = choice.get("message") or {}
+                text = message.get("content") or ""
+                texts.append(text)
+                finishes.append("length" if choice.get("finish_reason") == "length" else "stop")
+                content = (choice.get("logprobs") or {}).get("content")
+                token_ids = choice.get("token_ids")
+                if token_ids is not None:
+                    ids.append(tuple(int(t) for t in token_ids))
+                    counts.append(len(token_ids))
+                elif content is not None:
+                    ids.append(None)
+                    counts.append(len(content))
+                else:
+                    ids.append(None)
+                    counts.append(None)
+                if request.logprobs and content is not None:
+                    logprobs.append(tuple(float(e["logprob"]) for e in content))
+                else:
+                    logprobs.append(None)
+        except UpstreamError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamError(f"the response is not an OpenAI chat completion ({exc!r})",
+                                kind="protocol", url=url,
+                                fix="check that the URL points at an OpenAI-compatible API"
+                                ) from None
+        unknown = [i for i, c in enumerate(counts) if c is None]
+        if unknown:
+            known = sum(c for c in counts if c is not None)
+            total = usage.get("completion_tokens")
+            if total is None:
+                raise UpstreamError("the response has no usage.completion_tokens",
+                                    kind="protocol", url=url,
+                                    fix="use a server that reports usage")
+            shares = _split(max(int(total) - known, 0), [len(texts[i]) for i in unknown])
+            for i, share in zip(unknown, shares):
+                counts[i] = share
+            if "split" not in self._warned:
+                self._warned.add("split")
+                log.info("the server returned neither token ids nor logprobs: completion "
+                         "tokens are usage.completion_tokens split across the choices")
+        if request.logprobs and any(lp is None for lp in logprobs) and "lp" not in self._warned:
+            self._warned.add("lp")
+            log.warning("the server returned no logprobs although they were asked for")
+        completions = [
+            Completion(
+                text=text,
+                token_ids=tid if tid is not None else (-1,) * int(count or 0),
+                finish_reason=finish,
+                logprobs=lp if lp is not None and len(lp) == int(count or 0) else None,
+            )
+            for text, count, tid, lp, finish in zip(texts, counts, ids, logprobs, finishes)
+        ]
+        return completions, int(prompt_tokens)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Stop the worker threads and close the connections (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+
+_UNREACHABLE_FIX = ("start the server (python -m vllm.entrypoints.openai.api_server --config "
+                    "vllm_serve.yaml) or check the URL")
+
+
+def _http_fix(status: int) -> str:
+    if status in (401, 403):
+        return "check the API key (the environment variable named by api_key_env)"
+    if status == 404:
+        return "check the URL (it usually ends in /v1) and the model name"
+    if status == 429:
+        return "the server is rate-limiting: lower max_concurrency or retry later"
+    if status >= 500:
+        return "the server failed; check its log"
+    return "check the request parameters against the server's limits (e.g. max_model_len)"
+
+
+def _validate(request: Any, index: int) -> None:
+    where = f"requests[{index}]"
+    if not isinstance(request, GenerationRequest):
+        raise BackendError("each request must be a GenerationRequest", where=where,
+                           value=type(request).__name__)
+    if not request.messages:
+        raise BackendError("a request needs at least one message", where=f"{where}.messages")
+    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
+        raise BackendError("`n` must be an integer >= 1", where=f"{where}.n", value=request.n)
+    if (isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int)
+            or request.max_tokens < 1):
+        raise BackendError("`max_tokens` must be an integer >= 1", where=f"{where}.max_tokens",
+                           value=request.max_tokens)
