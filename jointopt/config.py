@@ -27,6 +27,7 @@ __all__ = [
     "OptimizerConfig",
     "TrackingConfig",
     "BankConfig",
+    "CompareConfig",
     "ValidationConfig",
     "SearchSpaceFile",
     "PromptConfig",
@@ -179,6 +180,19 @@ class TrackingConfig(_Strict):
     """MLflow experiment name; default: the config's ``name``."""
 
 
+class CompareConfig(_Strict):
+    """Accuracy-vs-tokens curves of several strategies with one prompt (``jointopt compare``)."""
+
+    prompt: str
+    """Id of the prompt template (from the search space) every curve uses."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of every generation."""
+    max_tokens: int = Field(16, ge=1)
+    """Completion-token cap per generation."""
+    curves: dict[str, list[dict[str, Any]]] = Field(min_length=1)
+    """Strategy name -> its parameter settings, one curve point each, by growing budget."""
+
+
 class StudyConfig(_Strict):
     """A complete study: model, task, search space, optimizer, tracking."""
 
@@ -204,6 +218,8 @@ class StudyConfig(_Strict):
     """Sample pools for the parallel strategies (needs ``cache``)."""
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     """Dev/test split and confidence intervals."""
+    compare: CompareConfig | None = None
+    """Strategy curves for ``jointopt compare`` (ignored by ``jointopt run``)."""
     seed: int = 0
     """Seed of request seeds (evaluation)."""
     #: Directory of the config file (set by :func:`load_config`, not a YAML key).

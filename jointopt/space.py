@@ -117,22 +117,20 @@ class SearchSpace:
         for name, params in self.strategies.items():
             cls = get_strategy_class(name, where=f"{self.source}: strategies.{name}")
             defaults = {f.name for f in dataclasses.fields(cls.Params)}
+            # Every extreme value of each parameter, with the others at their first value
+            # (parameters can depend on each other, e.g. chain_share needs budget).
+            base = {pname: spec.extremes()[0] for pname, spec in params.items()}
             for pname, spec in params.items():
-                values = spec.extremes()
-                for value in values:
+                for value in spec.extremes():
                     try:
-                        strategy = cls(**{pname: value})
-                    except StrategyError as exc:
-                        raise ConfigError(
-                            exc.message, where=f"{self.source}: strategies.{name}.{pname}",
-                            value=value, fix=exc.fix,
-                        ) from None
-                    try:
+                        strategy = cls(**{**base, pname: value})
                         strategy.check_task(task)
                     except StrategyError as exc:
+                        # The strategy names the parameter it rejected (``mcts.c``).
+                        where = exc.where if exc.where and "." in exc.where else f"{name}.{pname}"
                         raise ConfigError(
-                            exc.message, where=f"{self.source}: strategies.{name}.{pname}",
-                            value=value, fix=exc.fix,
+                            exc.message, where=f"{self.source}: strategies.{where}",
+                            value=exc.value if exc.has_value else value, fix=exc.fix,
                         ) from None
             if not params and defaults:
                 cls().check_task(task)

@@ -100,3 +100,23 @@ def test_run_with_bad_input_exits_before_any_engine_starts(tmp_path):
 def test_validate_accepts_the_quickstart(capsys):
     assert main(["validate", str(ROOT / "experiments/quickstart.yaml")]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+BAD_STRATEGY_PARAMS = {
+    "negative rounds": ({"revision": {"rounds": {"low": -1, "high": 3}}}, "revision.rounds", "-1"),
+    "branching 0": ({"mcts": {"branching": 0}}, "mcts.branching", "0"),
+    "exploration below 0": ({"mcts": {"c": {"low": -0.5, "high": 1.0}}}, "mcts.c", "-0.5"),
+    "unknown aggregation": ({"revision": {"aggregate": {"choices": ["last", "mean"]}}},
+                            "revision.aggregate", "'mean'"),
+    "unknown weight": ({"weighted_vote": {"weight": "logprobs"}}, "weighted_vote.weight",
+                       "'logprobs'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STRATEGY_PARAMS))
+def test_bad_strategy_parameters_fail_validation(case, tmp_path, capsys):
+    strategies, where, value = BAD_STRATEGY_PARAMS[case]
+    path = _write(tmp_path, {}, _space(strategies=strategies))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert where in err and f"(got {value})" in err and "fix:" in err, err
