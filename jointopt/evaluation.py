@@ -150,7 +150,8 @@ def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: Generatio
     from .bank import PoolSample
 
     completions = list(result.completions)
-    if len(completions) < k:  # greedy pool: every draw is this completion
+    greedy = len(completions) < k  # a greedy pool: every draw is this one completion
+    if greedy:
         completions = completions * k
     pool = []
     for c in completions:
@@ -161,10 +162,12 @@ def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: Generatio
             sum_logprob=c.sum_logprob,
         ))
     expected = strategy.score_pool(pool, completions, ctx)
+    # k greedy samples are one generation and k - 1 copies (see GenerationResult.copies).
+    completion_tokens = completions[0].num_tokens if greedy else expected.completion_tokens
     return ExampleRecord(
         example_id=ctx.example.id, bin=bin_name, answer=None,
         correct=float(expected.accuracy), prompt_tokens=result.prompt_tokens,
-        completion_tokens=float(expected.completion_tokens), engine_calls=1,
+        completion_tokens=float(completion_tokens), engine_calls=1,
         completions=k, cached=result.cached, wall_time=result.wall_time, pooled=True,
     )
 
@@ -231,7 +234,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
     final = [r for r in records if r is not None]
     count = max(len(final), 1)
     cached = sum(r.cached for r in all_results)
-    generated = sum(len(r.completions) for r in all_results) - cached
+    generated = sum(len(r.completions) - r.copies for r in all_results) - cached
     result = EvaluationResult(
         accuracy=sum(r.correct for r in final) / count,
         mean_tokens=sum(r.tokens for r in final) / count,

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["ChatMessage", "GenerationRequest", "Completion", "GenerationResult"]
+__all__ = ["ChatMessage", "GenerationRequest", "Completion", "GenerationResult",
+           "greedy_single", "expand_greedy"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -120,6 +121,9 @@ class GenerationResult:
         completions: ``request.n`` completions.
         wall_time: seconds of engine time attributed to this request (its share of the batch).
         cached: how many of the completions came from a cache instead of the engine.
+        copies: how many of the last completions are copies of the first one: greedy
+            decoding (temperature 0) gives the same completion every time, so ``n > 1``
+            greedy samples are generated once. Copies cost no tokens.
     """
 
     request: GenerationRequest
@@ -128,11 +132,29 @@ class GenerationResult:
     wall_time: float = 0.0
     cached: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    copies: int = 0
 
     @property
     def completion_tokens(self) -> int:
-        return sum(c.num_tokens for c in self.completions)
+        unique = self.completions[: len(self.completions) - self.copies]
+        return sum(c.num_tokens for c in unique)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def greedy_single(request: GenerationRequest) -> GenerationRequest:
+    """The one-sample request that answers a greedy request for ``n`` samples."""
+    from dataclasses import replace
+
+    return replace(request, n=1, offset=0)
+
+
+def expand_greedy(request: GenerationRequest, result: GenerationResult) -> GenerationResult:
+    """Answer a greedy ``request`` from the result of :func:`greedy_single`."""
+    from dataclasses import replace
+
+    first = result.completions[0]
+    return replace(result, request=request, completions=(first,) * request.n,
+                   copies=request.n - 1, cached=min(result.cached, 1))

@@ -83,3 +83,15 @@ def test_offset_requests_get_later_samples_of_the_same_pool(tmp_path):
     # the same samples without the store: offsets index the same sequence
     direct = ScriptedBackend(_ramble).generate([_req(3, offset=2)])[0]
     assert direct.completions == later.completions
+
+
+def test_greedy_requests_are_generated_once_and_copied(tmp_path):
+    inner = ScriptedBackend(_ramble)
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    result = cached.generate([_req(4, temperature=0.0)])[0]
+    assert len(result.completions) == 4 and result.copies == 3
+    assert len(set(result.completions)) == 1
+    assert result.completion_tokens == result.completions[0].num_tokens
+    assert inner.requests_seen == 1
+    again = cached.generate([_req(2, temperature=0.0, offset=3)])[0]
+    assert again.completions[0] == result.completions[0] and inner.requests_seen == 1

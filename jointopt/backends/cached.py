@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..generation import Completion, GenerationRequest, GenerationResult
+from ..generation import (
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    expand_greedy,
+    greedy_single,
+)
 from .base import Backend
 
 __all__ = ["SampleStore", "CachedBackend"]
@@ -110,6 +116,14 @@ class CachedBackend(Backend):
         return hashlib.sha256(raw).hexdigest()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        # Greedy requests are all the same sample: pool size 1, copies for the rest.
+        greedy = [r.temperature == 0 and (r.n > 1 or r.offset > 0) for r in requests]
+        plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
+        results = self._generate(plain)
+        return [expand_greedy(r, res) if g else res
+                for r, res, g in zip(requests, results, greedy)]
+
+    def _generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         keys = [self.key(r) for r in requests]
         have = [self.store.pool(k, r.offset + r.n) for k, r in zip(keys, requests)]
         todo: list[tuple[int, GenerationRequest]] = []

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, JointoptError
-from ..generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+from ..generation import (
+    ChatMessage,
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+    expand_greedy,
+    greedy_single,
+)
 from ..models import cache_dir, read_manifest, resolve_model
 from .base import Backend
 
@@ -303,17 +310,29 @@ class VLLMBackend(Backend):
     # ------------------------------------------------------------------ generate
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        """Generate all requests in one ``llm.generate`` call; results keep the order."""
+        """Generate all requests in one ``llm.generate`` call; results keep the order.
+
+        vLLM refuses ``n > 1`` with greedy decoding (all samples would be equal): such a
+        request is generated once and answered with copies (``GenerationResult.copies``).
+        """
         requests = list(requests)
         for index, request in enumerate(requests):
             _validate(request, index)
         if not requests:
             return []
+        greedy = [r.temperature == 0 and r.n > 1 for r in requests]
+        if any(greedy):
+            plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
+            return [expand_greedy(r, res) if g else res
+                    for r, res, g in zip(requests, self._generate(plain), greedy)]
+        return self._generate(requests)
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         llm = self.llm
         prompts = [self.render(r) for r in requests]
-        params = [self.sampling_params(r) for r in requests]
         started = time.perf_counter()
         try:
+            params = [self.sampling_params(r) for r in requests]
             outputs = llm.generate(
                 prompts,
                 params,
