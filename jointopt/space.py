@@ -102,6 +102,29 @@ class SearchSpace:
     max_tokens: Param = Fixed(64)
     source: str = "search space"
     difficulty: DifficultySpec = DifficultySpec()
+    #: The ``prompts:`` entries as written, including ``{propose: ...}`` ones that
+    #: :meth:`with_proposals` turns into templates once an engine is available.
+    entries: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def proposals(self) -> tuple[Mapping[str, Any], ...]:
+        """The ``{propose: ...}`` entries not yet expanded."""
+        return tuple(e for e in self.entries if "propose" in e)
+
+    def with_proposals(self, task: Task, backend: Any, cache_path: Any,
+                       collected: list | None = None) -> "SearchSpace":
+        """The space with proposal entries replaced by proposed templates (cached: the same
+        inputs make no new proposal calls)."""
+        if not self.proposals:
+            return self
+        from .proposals import expand_prompts
+
+        prompts = expand_prompts(list(self.entries), task, backend, cache_path,
+                                 source=self.source, collected=collected)
+        space = dataclasses.replace(self, prompts=tuple(prompts),
+                                    entries=tuple(p.to_dict() for p in prompts))
+        space.validate(task)
+        return space
 
     def prompt(self, prompt_id: str) -> PromptTemplate:
         return next(p for p in self.prompts if p.id == prompt_id)
@@ -247,7 +270,20 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
     """Build a :class:`SearchSpace` from an already schema-checked mapping."""
     prompts = []
     seen: set[str] = set()
+    entries = []
     for i, spec in enumerate(data["prompts"]):
+        spec = {k: v for k, v in spec.items() if v is not None or k == "system"}
+        entries.append(spec)
+        if "propose" in spec:
+            from pydantic import ValidationError
+
+            from .proposals import ProposalSource, _config_error
+
+            try:
+                ProposalSource.model_validate(spec)
+            except ValidationError as exc:
+                raise _config_error(exc, f"{source}: prompts[{i}]") from None
+            continue
         try:
             template = PromptTemplate(**spec)
         except JointoptError as exc:
@@ -278,6 +314,7 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
             DifficultySpec(source=source_kind, bins=bins,
                            default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
     return SearchSpace(
+        entries=tuple(entries),
         difficulty=spec,
         prompts=tuple(prompts),
         strategies=strategies,
