@@ -16,9 +16,12 @@ It prints a small table and, as the last line, ``ratio=<median a / median b>``.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 from jointopt.backends.vllm import VLLMBackend, _completion
 from jointopt.generation import ChatMessage, GenerationRequest
@@ -31,7 +34,7 @@ SYSTEM = "Reply only with the final answer. Answer with the words separated by s
 SHOTS = (("cat dog", "dog cat"), ("red blue green", "green blue red"), ("sun moon", "moon sun"))
 
 
-def build_requests(count: int = 24, n: int = 4, seed: int = 0) -> list[GenerationRequest]:
+def build_requests(count: int = 48, n: int = 4, seed: int = 0) -> list[GenerationRequest]:
     """``count`` few-shot reversal prompts (2-4 words) with the trial's sampling settings."""
     rng = random.Random(seed)
     requests = []
@@ -49,7 +52,7 @@ def build_requests(count: int = 24, n: int = 4, seed: int = 0) -> list[Generatio
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of each (a) and (b)")
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds of each (a) and (b)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
     args = parser.parse_args()
 
@@ -79,13 +82,16 @@ def main() -> None:
     times = {"a": [], "b": []}
     tokens = {"a": [], "b": []}
     outputs: list = []
-    for _ in range(args.rounds):
-        t, k = run_a()
-        times["a"].append(t)
-        tokens["a"].append(k)
-        t, k, outputs = run_b()
-        times["b"].append(t)
-        tokens["b"].append(k)
+    # ABBA order: neither path always runs first (the engine's state after a batch,
+    # e.g. its prefix cache and allocator, favours whichever runs second).
+    for i in range(args.rounds):
+        for which in ("ab" if i % 2 == 0 else "ba"):
+            if which == "a":
+                t, k = run_a()
+            else:
+                t, k, outputs = run_b()
+            times[which].append(t)
+            tokens[which].append(k)
 
     # jointopt's pure-Python share: render + SamplingParams + converting the outputs.
     t = time.perf_counter()
