@@ -292,6 +292,12 @@ def _feasible(trial: "optuna.trial.FrozenTrial") -> bool:
     return all(c <= 0 for c in trial.user_attrs.get("constraint", [0.0]))
 
 
+def _interval_dict(data: Mapping[str, float]) -> dict[str, float]:
+    """A validation.Interval dict in this module's estimate/low/high form."""
+    return {"estimate": float(data["value"]), "low": float(data["low"]),
+            "high": float(data["high"])}
+
+
 def _per_example(attrs: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
     correct, tokens = attrs.get("correct"), attrs.get("tokens")
     if correct is None or tokens is None:
@@ -797,6 +803,12 @@ def export_policy(
                 }
                 for name, idx in groups.items()
             }
+    # Held-out scores (studies with validation.test_fraction): the numbers to trust.
+    held_out = study.user_attrs.get("test_scores", {}).get(str(chosen.number))
+    if held_out and plan.test_task is not None:
+        metrics["test"] = {"n_examples": len(plan.test_task.examples),
+                           "accuracy": _interval_dict(held_out["accuracy"]),
+                           "mean_tokens": _interval_dict(held_out["mean_tokens"])}
 
     # ---- serving names
     from .models import resolve_model

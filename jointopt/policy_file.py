@@ -22,6 +22,7 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
         n_examples, confidence, n_bootstrap, bootstrap_seed,
         accuracy: {estimate, low, high}, mean_tokens: {estimate, low, high},
         per_bin: {bin: {n_examples, accuracy, mean_tokens}}
+        test: {n_examples, accuracy, mean_tokens}   (held-out split, when the study had one)
       provenance:    # where the numbers come from
         study_name, storage, trial_number, dataset_hash, dataset_hash_matches,
         jointopt_version, exported_at, pick, budget
@@ -138,6 +139,8 @@ class _MetricsModel(_Strict):
     mean_prompt_tokens: float | None = None
     mean_completion_tokens: float | None = None
     per_bin: dict[str, _BinMetricsModel] = Field(default_factory=dict)
+    #: Scores on the study's held-out test split (when it had one).
+    test: _BinMetricsModel | None = None
 
 
 class _ProvenanceModel(_Strict):
