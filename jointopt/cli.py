@@ -2,6 +2,8 @@
 
 Commands:
   run CONFIG        run (or continue) a study; progress bar, then the Pareto table
+                    (--workers N: N worker processes on this machine)
+  worker CONFIG     join a study that other processes or machines work on (shared storage)
   validate CONFIG   check config, search space, data, templates, strategy parameters and
                     model without starting any engine
   export CONFIG     write a tuned policy and serving-stack configs from a study
@@ -32,6 +34,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="Optuna storage URL (default: SQLite in the output dir)")
     run.add_argument("--output-dir", help="where storage, cache and reports go")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.add_argument("--workers", type=_workers, help="worker processes on this machine, each "
+                                                      "with its own engine (default 1)")
+    work = sub.add_parser(
+        "worker", help="join a study that other processes or machines work on",
+        description="Run trials of the study in the config's storage until it holds "
+                    "n_trials complete trials, together with every other worker of the same "
+                    "storage and study name (PostgreSQL or a journal file for several "
+                    "machines). Trials of dead workers are failed and retried.")
+    work.add_argument("config", help="study YAML file")
+    work.add_argument("--storage", help="Optuna storage URL shared by the workers "
+                                        "(postgresql+psycopg2://..., journal:///abs/file.log)")
+    work.add_argument("--n-trials", type=int, help="complete trials the study should hold")
+    work.add_argument("--output-dir", help="where the sample cache and reports go")
+    work.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     val = sub.add_parser("validate", help="check a study config without running anything")
     val.add_argument("config", help="study YAML file")
     from .cli_export import add_export_parser, add_serve_parser
@@ -39,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_serve_parser(sub)
     return parser
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -51,10 +77,17 @@ def _overrides(args: argparse.Namespace) -> dict:
         out["output_dir"] = args.output_dir
     if getattr(args, "no_tracking", False):
         out["tracking"] = {"enabled": False}
+    if getattr(args, "workers", None) is not None:
+        out.setdefault("optimizer", {})["workers"] = args.workers
     return out
 
 
-def _setup_logging(verbose: int) -> None:
+def setup_logging(verbose: int) -> None:
+    """Logging of a jointopt process (the CLI and its worker processes): levels, and the
+    redaction of secrets in every log record, warning and traceback."""
+    from .secrets import install_log_redaction
+
+    install_log_redaction()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR" if verbose < 2 else "INFO")
@@ -66,19 +99,25 @@ def _setup_logging(verbose: int) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
 
 
+_setup_logging = setup_logging
+
+
 def _validate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .config import load_config
-    from .study import plan_study
+    from .secrets import safe_url
+    from .study import check_credentials, plan_study
 
-    plan = plan_study(load_config(args.config, _overrides(args)))
+    config = load_config(args.config, _overrides(args))
+    plan = plan_study(config)
+    check_credentials(config)
     console = Console()
     console.print(f"[green]ok[/green] {args.config}: task {plan.task.name!r} "
                   f"({len(plan.task.examples)} examples, fields {', '.join(plan.task.fields)}), "
                   f"{len(plan.space.prompts)} prompts, strategies "
                   f"{', '.join(plan.space.strategies)}, model {plan.model!r}, "
-                  f"storage {plan.storage}")
+                  f"storage {safe_url(plan.storage)}")
     return 0
 
 
@@ -88,14 +127,21 @@ def _run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .config import load_config
-    from .study import TrialSummary, plan_study, run_study
+    from .secrets import safe_url
+    from .study import TrialSummary, check_credentials, join_study, plan_study, run_study
 
     console = Console()
     config = load_config(args.config, _overrides(args))
     plan = plan_study(config)  # fail on bad input before the engine loads
+    check_credentials(config)
+    worker = args.command == "worker"
+    workers = config.optimizer.workers
     console.print(f"study [bold]{plan.study_name}[/bold]: {len(plan.task.examples)} examples of "
                   f"{plan.task.name}, {len(plan.space.prompts)} prompts x "
-                  f"{len(plan.space.strategies)} strategies, model {plan.model}")
+                  f"{len(plan.space.strategies)} strategies, model {plan.model}"
+                  + (f", {workers} workers" if workers > 1 and not worker else "")
+                  + (f" (worker pid {os.getpid()}, storage {safe_url(plan.storage)})"
+                     if worker else ""))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
     with progress:
@@ -109,8 +155,12 @@ def _run(args: argparse.Namespace) -> int:
                     if summary.accuracy is not None else f"#{summary.number} failed")
             progress.update(bar, completed=done, total=total, last=last)
 
-        result = run_study(config, n_trials=args.n_trials, on_trial=on_trial,
-                           on_engine_ready=on_ready)
+        if worker:
+            result = join_study(config, n_trials=args.n_trials, on_trial=on_trial,
+                                on_engine_ready=on_ready)
+        else:
+            result = run_study(config, n_trials=args.n_trials, on_trial=on_trial,
+                               on_engine_ready=on_ready)
     table = Table(title=f"Pareto front of {result.study_name} "
                         f"({len(result.trials)} complete trials)")
     for col in ("trial", "accuracy", "mean tokens", "prompt", "allocation"):
@@ -120,8 +170,13 @@ def _run(args: argparse.Namespace) -> int:
                       t.policy.prompt.id if t.policy else "",
                       t.policy.describe() if t.policy else "")
     console.print(table)
-    console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
-                  f"storage {result.storage}; wall time {result.wall_time:.0f}s")
+    if result.extra.get("reports_written", True):
+        console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
+                      f"storage {safe_url(result.storage)}; wall time {result.wall_time:.0f}s")
+    else:
+        console.print(f"this worker is done (wall time {result.wall_time:.0f}s); the worker "
+                      "that completes the last trial writes the reports (or run `jointopt run "
+                      "CONFIG`, which runs nothing more and writes them)")
     if result.mlflow_run_id:
         console.print(f"MLflow parent run {result.mlflow_run_id} "
                       f"(mlflow ui --backend-store-uri sqlite:///{result.out_dir}/mlflow.db)")
@@ -131,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jointopt`` command."""
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         if args.command == "validate":
             return _validate(args)
@@ -145,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_serve(args)
         return _run(args)
     except JointoptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from .secrets import redact
+
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: completed trials are kept in the study storage; rerun the same "

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import TemplateError
@@ -151,6 +151,13 @@ class PromptTemplate:
                 where=f"prompt {self.id!r}.{part}",
                 fix="use only the task's input fields",
             ) from None
+        except (OverflowError, TypeError, ValueError, ArithmeticError) as exc:
+            # e.g. the sandbox's "Range too big", or an operation on the wrong type
+            raise TemplateError(
+                f"template failed to render: {type(exc).__name__}: {exc}",
+                where=f"prompt {self.id!r}.{part}",
+                fix="templates may only use the task's fields and simple filters",
+            ) from None
 
 
 def validate_template(template: PromptTemplate, task: "Task") -> None:
@@ -159,6 +166,7 @@ def validate_template(template: PromptTemplate, task: "Task") -> None:
     Raises :class:`TemplateError` naming the template, the unknown variable, the fields
     that exist, and the closest match.
     """
+    _check_no_loading(template)
     fields = set(task.fields)
     for part, used in template.variables().items():
         allowed = fields | ({"target"} if part == "shot_answer" else set())
@@ -182,6 +190,25 @@ def validate_template(template: PromptTemplate, task: "Task") -> None:
     # Render once on a real example so filters and syntax fail here, not mid-study.
     if task.examples:
         render_messages(template, task, task.examples[0])
+
+
+def _check_no_loading(template: PromptTemplate) -> None:
+    """Templates have no loader: ``include``/``import``/``extends`` (file reads) would only
+    fail when rendered, with a TypeError; refuse them by name instead."""
+    for part, text in template._texts().items():
+        tree = template._env.parse(text)
+        for node in tree.find_all((nodes.Include, nodes.Import, nodes.FromImport,
+                                   nodes.Extends)):
+            tag = {"Include": "include", "Import": "import", "FromImport": "from ... import",
+                   "Extends": "extends"}[type(node).__name__]
+            raise TemplateError(
+                f"templates may not load other templates or files ({{% {tag} %}}, "
+                f"line {node.lineno})",
+                where=f"prompt {template.id!r}.{part}",
+                value=text,
+                fix="write the text into the template itself; its variables are the task's "
+                    "fields",
+            )
 
 
 def _size(example: "Example", fields: set[str]) -> int:

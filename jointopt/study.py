@@ -2,14 +2,17 @@
 
 ``plan_study`` does every check that can be done without an engine, so ``jointopt
 validate`` and the first seconds of ``jointopt run`` fail on bad input before any model
-loads. ``run_study`` then asks Optuna for trials, builds each as a frozen Policy,
-evaluates it, tells Optuna (accuracy up, mean tokens down) and logs to MLflow.
-A rerun of the same config continues the same study up to ``n_trials`` complete trials.
+loads. ``run_study`` then runs Optuna's loop in one or more worker processes
+(:mod:`jointopt.workers`): each trial is built as a frozen Policy, evaluated, told to
+Optuna (accuracy up, mean tokens down) and logged to MLflow (a run per trial, opened when
+the trial starts). A rerun of the same config continues the same study up to
+``n_trials`` complete trials; trials of killed processes are failed and retried.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
 import logging
 import time
@@ -30,7 +33,8 @@ from .validation import Interval, bootstrap, split_task
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["StudyPlan", "TrialSummary", "StudyResult", "plan_study", "run_study", "build_task"]
+__all__ = ["StudyPlan", "TrialSummary", "StudyResult", "plan_study", "run_study", "join_study",
+           "build_task", "build_backend", "check_credentials", "open_study", "open_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +156,9 @@ def build_task(config: StudyConfig) -> Task:
 def _check_model(config: StudyConfig) -> str:
     from .models import resolve_model
 
-    if config.model.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+    if config.model.backend != "vllm":
+        return config.model.model  # a name the server or the custom backend understands
+    if importlib.util.find_spec("vllm") is None:
         raise BackendError(
             "the vLLM engine is not installed", where="model.backend", value="vllm",
             fix="run `bash scripts/setup.sh` (CPU) or `pip install 'jointopt[vllm]'` (GPU)",
@@ -161,6 +167,148 @@ def _check_model(config: StudyConfig) -> str:
         return resolve_model(config.model.model)
     except JointoptError as exc:
         raise relocate(exc, "model.") from None
+
+
+def _check_backend(config: StudyConfig) -> None:
+    """The backend name resolves, and an ``openai`` backend has valid server URLs and at
+    most one source of API key; no credentials inside the config (before any compute)."""
+    import difflib
+    import re
+
+    from .backends import BACKENDS
+    from .secrets import check_config_for_secrets
+
+    model = config.model
+    name = model.backend
+    if name not in BACKENDS:
+        if ":" not in name:
+            close = difflib.get_close_matches(name, list(BACKENDS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise BackendError("unknown backend", where="model.backend", value=name,
+                               fix=f"{hint}choose one of: {', '.join(BACKENDS)}, or "
+                                   "'package.module:factory'")
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise BackendError(f"cannot import the backend module: {exc}", where="model.backend",
+                               value=name, fix="check the module path (package.module:Name) "
+                                               "and that the package is installed") from None
+        if not callable(getattr(module, attr, None)):
+            raise BackendError(f"module {module_name!r} has no callable {attr!r}",
+                               where="model.backend", value=name,
+                               fix="name a Backend class or a function returning one")
+    check_config_for_secrets(config)
+    uses_urls = name == "openai"
+    if not uses_urls and (model.base_urls or model.api_key_env or model.api_key_file):
+        key = "base_urls" if model.base_urls else "api_key_env" if model.api_key_env \
+            else "api_key_file"
+        raise ConfigError(f"`{key}` only applies to backend: openai", where=f"model.{key}",
+                          value=name, fix="set backend: openai, or remove the key")
+    if model.api_key_env and model.api_key_file:
+        raise ConfigError("give the API key by api_key_env or by api_key_file, not both",
+                          where="model.api_key_file", value=model.api_key_file,
+                          fix="remove one of the two")
+    if model.api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", model.api_key_env):
+        from .secrets import register
+
+        register(model.api_key_env)
+        raise ConfigError("api_key_env must be the NAME of an environment variable, not the key "
+                          "itself (the value is not shown)", where="model.api_key_env",
+                          fix="export OPENAI_API_KEY=... and write api_key_env: OPENAI_API_KEY; "
+                              "if a real key was written into the config, revoke it")
+    if not uses_urls:
+        return
+    from urllib.parse import urlsplit
+
+    from .backends.openai import normalize_base_url
+
+    urls = list(model.base_urls)
+    where = "model.base_urls"
+    if not urls and model.engine.get("base_url"):
+        engine_urls = model.engine["base_url"]
+        urls = [engine_urls] if isinstance(engine_urls, str) else list(engine_urls)
+        where = "model.engine.base_url"
+    if not urls:
+        raise ConfigError("backend: openai needs the URL of at least one server",
+                          where="model.base_urls",
+                          fix="e.g. base_urls: [http://127.0.0.1:8000/v1]")
+    for i, url in enumerate(urls):
+        try:
+            normalize_base_url(url)
+            userinfo = urlsplit(str(url)).username is not None
+        except (JointoptError, ValueError) as exc:
+            message = exc.message if isinstance(exc, JointoptError) else str(exc)
+            raise ConfigError(message, where=f"{where}[{i}]", value=url,
+                              fix="e.g. http://127.0.0.1:8000/v1") from None
+        if userinfo:
+            raise ConfigError("server URLs must not hold credentials (user@ or user:password@; "
+                              "the value is not shown)", where=f"{where}[{i}]",
+                              fix="give the key with model.api_key_env or model.api_key_file")
+
+
+def check_credentials(config: StudyConfig) -> None:
+    """The API key of the config can be read (environment variable set, file present).
+    Called by ``jointopt run``/``worker``/``validate`` before any compute; not part of
+    :func:`plan_study`, so exports work on machines without the key."""
+    from .secrets import read_api_key
+
+    model = config.model
+    engine_env = model.engine.get("api_key_env") if model.backend == "openai" else None
+    read_api_key(env=model.api_key_env or engine_env, file=model.api_key_file,
+                 base_dir=config.base_dir)
+
+
+def _check_limits(config: StudyConfig, space: SearchSpace, task: Task) -> None:
+    """Oversize inputs and budgets above the configured caps are refused, naming the field,
+    the value and the fix."""
+    import dataclasses
+    import itertools
+
+    from .errors import StrategyError
+    from .strategies import get_strategy_class
+
+    opt = config.optimizer
+    for kind, examples in (("example", task.examples), ("demonstration", task.demos)):
+        for ex in examples:
+            size = sum(len(str(v)) for v in ex.inputs.values())
+            if size > opt.max_input_chars:
+                big = max(ex.inputs, key=lambda k: len(str(ex.inputs[k])))
+                raise DataError(
+                    f"{kind} {ex.id!r} has {size} characters of input (field {big!r} alone "
+                    f"{len(str(ex.inputs[big]))}), above optimizer.max_input_chars = "
+                    f"{opt.max_input_chars}", where=f"task: {kind} {ex.id!r}", value=size,
+                    fix="shorten or drop that input, or raise optimizer.max_input_chars")
+    for value in space.max_tokens.extremes():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value > opt.max_tokens_cap:
+            raise ConfigError(
+                f"max_tokens {value} is above optimizer.max_tokens_cap = {opt.max_tokens_cap}",
+                where=f"{space.source}: max_tokens", value=value,
+                fix="lower the largest max_tokens of the search space, or raise "
+                    "optimizer.max_tokens_cap")
+    for name, params in space.strategies.items():
+        cls = get_strategy_class(name, where=f"{space.source}: strategies.{name}")
+        names = list(params)
+        grids = [list(dict.fromkeys(params[p].extremes())) for p in names]
+        worst, worst_params = 0, {}
+        for combo in itertools.islice(itertools.product(*grids), 4096):
+            chosen = dict(zip(names, combo))
+            try:
+                budget = cls(**chosen).max_completions()
+            except (StrategyError, TypeError, ValueError):
+                continue  # a combination the strategy refuses is never run
+            if budget > worst:
+                worst, worst_params = budget, chosen
+        if worst > opt.max_completions_per_input:
+            shown = ", ".join(f"{k}={v!r}" for k, v in worst_params.items()) or "defaults"
+            field_names = {f.name for f in dataclasses.fields(cls.Params)}
+            raise ConfigError(
+                f"strategy {name!r} may spend {worst} completions per input ({shown}), above "
+                f"optimizer.max_completions_per_input = {opt.max_completions_per_input}",
+                where=f"{space.source}: strategies.{name}", value=worst_params or worst,
+                fix=f"lower the largest values of {', '.join(sorted(set(names) & field_names)) or 'its parameters'}, "
+                    "or raise optimizer.max_completions_per_input")
 
 
 def _check_tracking(config: StudyConfig) -> None:
@@ -173,12 +321,14 @@ def _check_tracking(config: StudyConfig) -> None:
 
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate everything a study needs, spending no compute."""
+    _check_backend(config)
     space_path = config.resolve(config.search_space)
     space_file = load_space_file(space_path)
     space = space_from_dict(space_file.model_dump(exclude_unset=False), str(space_path))
     full_task = build_task(config)
     if not full_task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
+    _check_limits(config, space, full_task)
     split = split_task(full_task, config.validation.test_fraction, config.validation.seed)
     task = split.dev
     space = space.with_task(full_task)
@@ -187,28 +337,33 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     _check_tracking(config)
     out_dir = config.out_dir
     storage = config.optimizer.storage or f"sqlite:///{(out_dir / 'optuna.db').as_posix()}"
+    if storage.startswith("journal:"):
+        from .workers import journal_path
+
+        journal_path(storage)
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=config.model.model,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
                      out_dir=out_dir, test_task=split.test)
 
 
-def _sampler(config: StudyConfig) -> "optuna.samplers.BaseSampler":
+def _sampler(config: StudyConfig, seed: int | None = None) -> "optuna.samplers.BaseSampler":
     import optuna
 
     opt = config.optimizer
+    seed = opt.seed if seed is None else seed
     constraints = _constraints if opt.max_mean_tokens is not None else None
     if opt.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=opt.seed, constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
     if opt.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=opt.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     import warnings
 
     with warnings.catch_warnings():
         # multivariate/group/constant_liar are marked experimental but are what makes
         # TPE handle conditional (strategy-specific) parameters well.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=opt.seed, multivariate=True, group=True,
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           n_startup_trials=8, constant_liar=True,
                                           constraints_func=constraints)
 
@@ -218,20 +373,59 @@ def _constraints(trial: "optuna.trial.FrozenTrial") -> list[float]:
     return list(trial.user_attrs.get("constraint", [0.0]))
 
 
-def open_study(plan: StudyPlan) -> "optuna.Study":
-    """Create or load the plan's Optuna study (storage directories are created)."""
+def open_storage(plan: StudyPlan) -> Any:
+    """The plan's Optuna storage object: RDB (SQLite, PostgreSQL, ...) or journal file,
+    with heartbeat and retry of trials whose worker died (see :mod:`jointopt.workers`)."""
+    from .workers import make_storage
+
+    return make_storage(plan.storage, plan.config.optimizer)
+
+
+def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
+    """Create or load the plan's Optuna study (storage directories are created).
+
+    Args:
+        worker: index of the worker process; the sampler seed is ``optimizer.seed`` for the
+            first worker of a fresh study and is shifted by the worker index and by the
+            number of trials the study already holds otherwise (so parallel workers and
+            resumed runs do not repeat the same suggestions). None: a random seed.
+    """
+    import random
+
     import optuna
 
-    if plan.storage.startswith("sqlite:///"):
-        Path(plan.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.create_study(
-            study_name=plan.study_name, storage=plan.storage, load_if_exists=True,
-            directions=list(DIRECTIONS), sampler=_sampler(plan.config),
-        )
-    except ValueError as exc:
-        raise ConfigError(f"cannot open the Optuna study: {exc}", where="optimizer.storage",
-                          value=plan.storage, fix="use a fresh study_name or storage") from None
+    storage = open_storage(plan)
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(
+                study_name=plan.study_name, storage=storage, load_if_exists=True,
+                directions=list(DIRECTIONS), sampler=_sampler(plan.config),
+            )
+            break
+        except ValueError as exc:
+            raise ConfigError(f"cannot open the Optuna study: {exc}",
+                              where="optimizer.storage", value=_safe(plan.storage),
+                              fix="use a fresh study_name or storage") from None
+        except Exception as exc:  # noqa: BLE001 - concurrent creation by several workers
+            if attempt == 4:
+                raise ConfigError(f"cannot open the Optuna study: {type(exc).__name__}: "
+                                  f"{_safe(str(exc))[:300]}", where="optimizer.storage",
+                                  value=_safe(plan.storage),
+                                  fix="check the storage; rerun the same command") from None
+            time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
+    existing = len(study.get_trials(deepcopy=False))
+    if worker is None:
+        study.sampler = _sampler(plan.config, random.SystemRandom().randrange(2 ** 31))
+    elif worker or existing:
+        study.sampler = _sampler(plan.config,
+                                 plan.config.optimizer.seed + 1_000_003 * worker + existing)
+    return study
+
+
+def _safe(text: str) -> str:
+    from .secrets import redact, safe_url
+
+    return redact(safe_url(text))
 
 
 def _intervals(data: dict[str, Any] | None) -> dict[str, Interval] | None:
@@ -311,6 +505,155 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
 TrialCallback = Callable[[TrialSummary, int, int], None]
 
 
+def build_backend(config: StudyConfig) -> Backend:
+    """The engine a study config names (no cache in front).
+
+    ``vllm``: the offline engine. ``openai``: :class:`~jointopt.backends.openai.OpenAIBackend`
+    on ``model.base_urls`` with the API key of ``model.api_key_env`` / ``api_key_file``
+    (sent as a header, never logged). ``scripted``: :func:`jointopt.testing.scripted_backend`.
+    Any other registry name or ``module:factory`` is called with ``model``, ``seed``,
+    ``max_model_len`` and ``engine_kwargs``.
+    """
+    from .secrets import read_api_key
+
+    m = config.model
+    engine = dict(m.engine)
+    common: dict[str, Any] = dict(model=m.model, seed=m.seed, max_model_len=m.max_model_len)
+    if m.backend == "openai":
+        headers = dict(engine.pop("headers", None) or {})
+        key = read_api_key(env=m.api_key_env or engine.pop("api_key_env", None),
+                           file=m.api_key_file, base_dir=config.base_dir)
+        engine.pop("api_key_env", None)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if headers:
+            engine["headers"] = headers
+        urls = list(m.base_urls) or engine.pop("base_url", None) or "http://127.0.0.1:8000/v1"
+        engine.pop("base_url", None)
+        return make_backend("openai", base_url=urls, engine_kwargs=engine, **common)
+    if m.backend == "scripted":
+        from .testing import scripted_backend
+
+        return scripted_backend(engine_kwargs=engine, **common)
+    if m.backend == "replay":
+        bank = getattr(m, "bank", None)
+        return make_backend("replay", bank=config.resolve(bank) if bank else None,
+                            engine_kwargs=engine)
+    return make_backend(m.backend, engine_kwargs=engine, **common)
+
+
+class _Trials:
+    """Runs trials of one study in this process: the engine (built on first use, with the
+    sample cache in front), the MLflow tracker, and the per-trial bookkeeping."""
+
+    def __init__(self, plan: StudyPlan, study: "optuna.Study", tracker: Any, target: int,
+                 backend: Backend | None = None, on_trial: TrialCallback | None = None,
+                 on_engine_ready: Callable[[], None] | None = None) -> None:
+        self.plan = plan
+        self.study = study
+        self.tracker = tracker
+        self.target = target
+        self.backend = backend
+        self.on_trial = on_trial
+        self.on_engine_ready = on_engine_ready
+        self.engine: Backend | None = None
+
+    def ready(self) -> Backend:
+        if self.engine is None:
+            engine = self.backend or build_backend(self.plan.config)
+            if self.on_engine_ready:
+                self.on_engine_ready()
+            if self.plan.config.cache:
+                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
+            self.engine = engine
+        return self.engine
+
+    def close(self) -> None:
+        if self.engine is None:
+            return
+        if self.backend is None:
+            self.engine.close()
+        elif isinstance(self.engine, CachedBackend):
+            self.engine.store.close()
+        self.engine = None
+
+    def run(self, trial: "optuna.Trial") -> list[float]:
+        from .secrets import redact
+        from .workers import FAIL_ATTR, MLFLOW_ATTR, WORKER_ATTR, worker_identity
+
+        plan = self.plan
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        policy = plan.space.build_policy(trial, plan.model)
+        trial.set_user_attr("policy", policy.to_dict())
+        run_id = None
+        if self.tracker is not None:
+            run_id = self.tracker.start_trial(trial.number, trial.params, policy)
+            trial.set_user_attr(MLFLOW_ATTR, run_id)
+        try:
+            result: EvaluationResult = evaluate(policy, plan.task, self.ready(),
+                                                seed=plan.config.seed,
+                                                pool_size=_pool_size(plan))
+        except JointoptError as exc:
+            trial.set_user_attr(FAIL_ATTR, redact(str(exc)))
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+        except BaseException as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(FAIL_ATTR, reason)
+            if run_id is not None:  # Optuna runs no callback after an uncaught error
+                self.tracker.end_run(run_id, "FAILED", reason)
+            raise
+        for key, value in result.metrics().items():
+            trial.set_user_attr(key, value)
+        # Per-example outcomes, in task order, so intervals can be computed later.
+        trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
+        trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
+        trial.set_user_attr("dataset_hash", plan.task_hash)
+        val = plan.config.validation
+        trial.set_user_attr("dev_intervals", {
+            "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
+                                  level=val.level, seed=val.seed).to_dict(),
+            "mean_tokens": bootstrap([r.tokens for r in result.records],
+                                     resamples=val.resamples, level=val.level,
+                                     seed=val.seed).to_dict(),
+        })
+        limit = plan.config.optimizer.max_mean_tokens
+        if limit is not None:
+            trial.set_user_attr("constraint", [result.mean_tokens - limit])
+        return [result.accuracy, result.mean_tokens]
+
+    def after(self, frozen: "optuna.trial.FrozenTrial", complete: int) -> None:
+        if self.tracker is not None:
+            self.tracker.end_trial(frozen)
+        if self.on_trial:
+            self.on_trial(summarize(frozen), complete, self.target)
+
+
+def _work(plan: StudyPlan, study: "optuna.Study", tracker: Any, target: int, *,
+          backend: Backend | None = None, on_trial: TrialCallback | None = None,
+          on_engine_ready: Callable[[], None] | None = None,
+          parent_pid: int | None = None) -> tuple[Any, _Trials]:
+    from .workers import work_on_study
+
+    trials = _Trials(plan, study, tracker, target, backend, on_trial, on_engine_ready)
+    try:
+        report = work_on_study(study, plan.config.optimizer, target, trials.run,
+                               after_trial=trials.after, get_ready=trials.ready,
+                               parent_pid=parent_pid)
+    except BaseException:
+        trials.close()
+        raise
+    return report, trials
+
+
+def _open_tracker(plan: StudyPlan, study: "optuna.Study") -> Any:
+    if not plan.config.tracking.enabled:
+        return None
+    from .tracking import StudyTracker
+
+    return StudyTracker.open(plan, study)
+
+
 def run_study(
     config: StudyConfig,
     *,
@@ -318,68 +661,130 @@ def run_study(
     n_trials: int | None = None,
     on_trial: TrialCallback | None = None,
     on_engine_ready: Callable[[], None] | None = None,
+    workers: int | None = None,
 ) -> StudyResult:
     """Run (or continue) a study until it holds ``n_trials`` complete trials.
+
+    Trials of processes that died (killed, machine lost) are failed and retried first;
+    several processes can work on one study at once (``workers``, or ``jointopt worker``
+    on other machines against the same storage; see :mod:`jointopt.workers`).
 
     Args:
         config: a validated study config (see :func:`jointopt.load_config`).
         backend: use this backend instead of building the configured engine (tests,
-            notebooks that keep one engine alive across studies).
+            notebooks that keep one engine alive across studies). Only with one worker.
         n_trials: override ``config.optimizer.n_trials``.
-        on_trial: called after each trial with (summary, done, total).
-        on_engine_ready: called once the engine is loaded.
+        on_trial: called after each finished trial (complete or failed) with (summary,
+            complete trials of the study, n_trials).
+        on_engine_ready: called once the engine is loaded (the workers are started).
+        workers: worker processes on this machine (default ``optimizer.workers``); more
+            than one starts them with ``multiprocessing`` (spawn), each with its own engine.
+
+    Raises:
+        JointoptError: bad input (before any compute), or
+            :class:`~jointopt.workers.TooManyFailures` when trials keep failing.
     """
+    return _run(config, backend=backend, n_trials=n_trials, on_trial=on_trial,
+                on_engine_ready=on_engine_ready, workers=workers, role="run")
+
+
+def join_study(
+    config: StudyConfig,
+    *,
+    n_trials: int | None = None,
+    on_trial: TrialCallback | None = None,
+    on_engine_ready: Callable[[], None] | None = None,
+) -> StudyResult:
+    """Work on a study that other processes (here or on other machines) work on too
+    (``jointopt worker``). Like :func:`run_study` with one worker, but with a random sampler
+    seed, and the reports and the MLflow parent run are finished only by the worker that
+    sees the study complete with no trial running."""
+    return _run(config, n_trials=n_trials, on_trial=on_trial, on_engine_ready=on_engine_ready,
+                workers=1, role="worker")
+
+
+def _run(config: StudyConfig, *, backend: Backend | None = None, n_trials: int | None = None,
+         on_trial: TrialCallback | None = None,
+         on_engine_ready: Callable[[], None] | None = None, workers: int | None = None,
+         role: str = "run") -> StudyResult:
     import optuna
+
+    from .workers import TooManyFailures, recover_trials, study_counts
 
     start = time.perf_counter()
     plan = plan_study(config)
     target = n_trials if n_trials is not None else config.optimizer.n_trials
-    study = open_study(plan)
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-    remaining = max(target - done, 0)
-    log.info("study %s: %d complete trials, %d to run", plan.study_name, done, remaining)
+    n_workers = workers if workers is not None else config.optimizer.workers
+    if n_workers > 1 and backend is not None:
+        raise ConfigError("several workers build their own engines; a Backend object cannot "
+                          "be shared across processes", where="workers", value=n_workers,
+                          fix="name the backend in the config (model.backend, e.g. "
+                              "'package.module:factory'), or run one worker")
+    if backend is None:
+        check_credentials(config)
+    study = open_study(plan, worker=None if role == "worker" else 0)
+    recover_trials(study, config.optimizer)
+    tracker = _open_tracker(plan, study)
+    done, running, _ = study_counts(study)
+    log.info("study %s: %d complete trials, %d running, target %d", plan.study_name, done,
+             running, target)
 
-    tracker = None
-    if config.tracking.enabled:
-        from .tracking import StudyTracker
-
-        tracker = StudyTracker.open(plan)
-
-    owned = backend is None
-    engine: Backend | None = None
+    engine_owner: _Trials | None = None
+    failure: TooManyFailures | None = None
     try:
-        if remaining:
-            engine = backend or make_backend(
-                config.model.backend, model=config.model.model, seed=config.model.seed,
-                max_model_len=config.model.max_model_len, engine_kwargs=dict(config.model.engine),
-            )
-            if on_engine_ready:
-                on_engine_ready()
-            if config.cache:
-                engine = CachedBackend(engine, SampleStore(plan.out_dir / "samples.sqlite"))
-        for _ in range(remaining):
-            summary = _run_trial(study, plan, engine, tracker)  # type: ignore[arg-type]
-            done += summary.state == "COMPLETE"
-            if on_trial:
-                on_trial(summary, done, target)
-        if plan.test_task is not None:
-            engine = _score_front_on_test(study, plan, engine, backend)
+        if n_workers > 1:
+            from .workers import launch_workers
+
+            failure = launch_workers(plan, study, n_workers, target, on_trial=on_trial,
+                                     on_started=on_engine_ready)
+        else:
+            try:
+                _, engine_owner = _work(plan, study, tracker, target, backend=backend,
+                                        on_trial=on_trial, on_engine_ready=on_engine_ready)
+            except TooManyFailures as exc:
+                failure = exc
+        complete, running, _ = study_counts(study)
+        finalize = role == "run" or (complete >= target and running == 0
+                                     and _finished_last(study))
+        if finalize and failure is None and plan.test_task is not None:
+            owner = engine_owner or _Trials(plan, study, None, target, backend)
+            engine_owner = owner
+            _score_front_on_test(study, plan, owner)
     finally:
-        if engine is not None and owned:
-            engine.close()
-        elif isinstance(engine, CachedBackend):
-            engine.store.close()
+        if engine_owner is not None:
+            engine_owner.close()
 
     trials = tuple(summarize(t) for t in study.get_trials(
         deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     front = pareto_front(study)
-    paths = write_reports(plan.out_dir, trials, front)
     run_id = None
-    if tracker is not None:
-        run_id = tracker.finish(trials, front, paths)
+    if finalize or failure is not None:
+        paths = write_reports(plan.out_dir, trials, front)
+        if tracker is not None:
+            run_id = (tracker.finish(trials, front, paths) if failure is None
+                      else tracker.abort(str(failure)))
+    elif tracker is not None:
+        run_id = tracker.parent_run_id
+    if failure is not None:
+        raise failure
     return StudyResult(study_name=plan.study_name, storage=plan.storage, out_dir=plan.out_dir,
                        trials=trials, pareto=front, mlflow_run_id=run_id,
-                       wall_time=time.perf_counter() - start)
+                       wall_time=time.perf_counter() - start,
+                       extra={"reports_written": finalize})
+
+
+def _finished_last(study: "optuna.Study") -> bool:
+    """This process completed the study's latest complete trial (of the workers that end
+    together, that one writes the reports and closes the MLflow parent run)."""
+    import optuna
+
+    from .workers import WORKER_ATTR, worker_identity
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return False
+    last = max(complete, key=lambda t: (t.datetime_complete or t.datetime_start, t.number))
+    return last.user_attrs.get(WORKER_ATTR) == worker_identity()
 
 
 def _pool_size(plan: StudyPlan) -> int | None:
@@ -387,24 +792,15 @@ def _pool_size(plan: StudyPlan) -> int | None:
     return bank.pool_size if bank.enabled and plan.config.cache else None
 
 
-def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, engine: Backend | None,
-                         backend: Backend | None) -> Backend | None:
+def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: _Trials) -> None:
     """Re-score every Pareto policy not yet scored on the held-out split."""
     tests = dict(study.user_attrs.get(TEST_ATTR, {}))
     todo = [t for t in pareto_front(study) if str(t.number) not in tests and t.policy]
-    if not todo:
-        return engine
-    if engine is None:
-        engine = backend or make_backend(
-            plan.config.model.backend, model=plan.config.model.model,
-            seed=plan.config.model.seed, max_model_len=plan.config.model.max_model_len,
-            engine_kwargs=dict(plan.config.model.engine))
-        if plan.config.cache:
-            engine = CachedBackend(engine, SampleStore(plan.out_dir / "samples.sqlite"))
-    val = plan.config.validation
     test_task = plan.test_task
-    if test_task is None:
-        return engine
+    if not todo or test_task is None:
+        return
+    engine = trials.ready()
+    val = plan.config.validation
     for t in todo:
         result = evaluate(t.policy, test_task, engine, seed=plan.config.seed,
                           pool_size=_pool_size(plan))
@@ -417,48 +813,14 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, engine: Backend
         }
         log.info("trial %d on test: accuracy %.3f", t.number, result.accuracy)
     study.set_user_attr(TEST_ATTR, tests)
-    return engine
 
 
-def _run_trial(study: "optuna.Study", plan: StudyPlan, backend: Backend,
-               tracker: Any) -> TrialSummary:
-    import optuna
-
-    trial = study.ask()
-    policy = plan.space.build_policy(trial, plan.model)
-    policy_dict = policy.to_dict()
-    trial.set_user_attr("policy", policy_dict)
-    try:
-        result: EvaluationResult = evaluate(policy, plan.task, backend, seed=plan.config.seed,
-                                            pool_size=_pool_size(plan))
-    except BaseException as exc:
-        trial.set_user_attr("fail_reason", str(exc) or type(exc).__name__)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if not isinstance(exc, JointoptError):
-            raise
-        if tracker is not None:
-            tracker.log_trial(trial.number, trial.params, {}, policy, failed=str(exc))
-        log.warning("trial %d failed: %s", trial.number, exc)
-        return TrialSummary(trial.number, "FAIL", None, None, dict(trial.params), policy)
-    for key, value in result.metrics().items():
-        trial.set_user_attr(key, value)
-    # Per-example outcomes, in task order, so intervals can be computed later.
-    trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
-    trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
-    trial.set_user_attr("dataset_hash", plan.task_hash)
-    val = plan.config.validation
-    trial.set_user_attr("dev_intervals", {
-        "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
-                              level=val.level, seed=val.seed).to_dict(),
-        "mean_tokens": bootstrap([r.tokens for r in result.records], resamples=val.resamples,
-                                 level=val.level, seed=val.seed).to_dict(),
-    })
-    limit = plan.config.optimizer.max_mean_tokens
-    if limit is not None:
-        trial.set_user_attr("constraint", [result.mean_tokens - limit])
-    study.tell(trial, [result.accuracy, result.mean_tokens])
-    if tracker is not None:
-        tracker.log_trial(trial.number, trial.params, result.metrics(), policy)
-    return TrialSummary(trial.number, "COMPLETE", result.accuracy, result.mean_tokens,
-                        dict(trial.params), policy, result.wall_time, result.generated,
-                        result.cached)
+def work_in_child(config: StudyConfig, target: int, index: int, parent_pid: int) -> Any:
+    """Body of a worker process started by :func:`jointopt.workers.launch_workers`."""
+    plan = plan_study(config)
+    check_credentials(config)
+    study = open_study(plan, worker=index)
+    tracker = _open_tracker(plan, study)
+    report, trials = _work(plan, study, tracker, target, parent_pid=parent_pid)
+    trials.close()
+    return report

@@ -39,6 +39,8 @@ __all__ = [
     "RecordingBackend",
     "toy_task",
     "noisy_responder",
+    "reverse_words_responder",
+    "scripted_backend",
 ]
 
 
@@ -82,6 +84,101 @@ def noisy_responder(p_correct: float = 0.6):
         return "Let me think about this " * rng.randint(1, 4)
 
     return respond
+
+
+def reverse_words_responder(request: GenerationRequest, index: int, rng: random.Random) -> str:
+    """A responder for the ``reverse_words`` task family: reverses the word list, right more
+    often with demonstrations in the prompt (0.8) than without (0.35)."""
+    words = request.messages[-1].content.split(":")[-1].strip().split(", ")
+    p_right = 0.8 if len(request.messages) > 3 else 0.35
+    if rng.random() < p_right:
+        return ", ".join(reversed(words))
+    return ", ".join(rng.sample(words, len(words)))
+
+
+_RESPONDERS = {"echo": None, "reverse_words": reverse_words_responder}
+
+
+class _InstrumentedScripted(ScriptedBackend):
+    """A ScriptedBackend that can be slow and that records what it generates."""
+
+    def __init__(self, responder: Any, model_id: str, delay: float,
+                 log_file: str | None, busy_file: str | None) -> None:
+        super().__init__(responder, model_id=model_id)
+        self.delay = delay
+        self.log_file = log_file
+        self.busy_file = busy_file
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        import hashlib
+        import os
+        import time
+        from pathlib import Path
+
+        busy = Path(self.busy_file) if self.busy_file else None
+        if busy is not None:
+            busy.write_text(str(os.getpid()))
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            results = super().generate(requests)
+            if self.log_file:
+                lines = []
+                for r in requests:
+                    key = hashlib.sha256(f"{self.model_id}|{r.sampling_key()}".encode())
+                    lines += [f"{os.getpid()} {key.hexdigest()[:24]} {r.offset + i}\n"
+                              for i in range(r.n)]
+                # one write per call: appends of several processes do not interleave
+                fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, "".join(lines).encode())
+                finally:
+                    os.close(fd)
+            return results
+        finally:
+            if busy is not None:
+                busy.unlink(missing_ok=True)
+
+
+def scripted_backend(*, model: str | None = None, seed: int | None = None,
+                     max_model_len: int | None = None,
+                     engine_kwargs: dict[str, Any] | None = None) -> ScriptedBackend:
+    """A :class:`ScriptedBackend` built from a study config, so whole studies (also in
+    worker processes) run offline: ``model: {backend: scripted, engine: {...}}``, or the
+    registry path ``backend: "jointopt.testing:scripted_backend"``.
+
+    Options (``model.engine``):
+        responder: ``echo`` (default), ``noisy`` (:func:`noisy_responder`, with
+            ``p_correct``), ``reverse_words`` (:func:`reverse_words_responder`) or a
+            ``package.module:function`` path to a responder.
+        p_correct: probability of a right answer for ``noisy``.
+        model_id: identifier in cache keys (default ``scripted``).
+        delay: seconds every ``generate`` call sleeps (a slow engine).
+        log_file: file that gets one line ``<pid> <request key> <sample index>`` per
+            generated completion (appended; counts engine work across processes and runs).
+        busy_file: file that exists while a ``generate`` call is in progress.
+    """
+    import importlib
+
+    options = dict(engine_kwargs or {})
+    known = {"responder", "p_correct", "model_id", "delay", "log_file", "busy_file"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        from .errors import BackendError
+
+        raise BackendError("unknown option for the scripted backend", where="model.engine",
+                           value=unknown, fix=f"known options: {', '.join(sorted(known))}")
+    name = options.get("responder", "echo")
+    if name == "noisy":
+        responder = noisy_responder(float(options.get("p_correct", 0.6)))
+    elif name in _RESPONDERS:
+        responder = _RESPONDERS[name]
+    else:
+        module, _, attr = str(name).partition(":")
+        responder = getattr(importlib.import_module(module), attr)
+    return _InstrumentedScripted(responder, str(options.get("model_id", "scripted")),
+                                 float(options.get("delay", 0.0)), options.get("log_file"),
+                                 options.get("busy_file"))
 
 
 class RecordingBackend(Backend):

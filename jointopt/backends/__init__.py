@@ -17,6 +17,7 @@ BACKENDS: dict[str, str] = {
     "vllm": "jointopt.backends.vllm:VLLMBackend",
     "scripted": "jointopt.backends.scripted:ScriptedBackend",
     "openai": "jointopt.backends.openai:OpenAIBackend",
+    "replay": "jointopt.backends.replay:ReplayBackend",
 }
 
 
