@@ -6,6 +6,8 @@ Commands:
   worker CONFIG     join a study that other processes or machines work on (shared storage)
   validate CONFIG   check config, search space, data, templates, strategy parameters and
                     model without starting any engine
+  compare CONFIG    accuracy-vs-tokens curves of several strategies at matched budgets
+  record CONFIG     write a sample bank (JSONL) to run studies offline from
   export CONFIG     write a tuned policy and serving-stack configs from a study
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
 """
@@ -54,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
 
     add_export_parser(sub)
     add_serve_parser(sub)
+    from .cli_record import add_record_parser
+
+    add_record_parser(sub)
+    cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
+                                         "(the config's compare section)")
+    cmp.add_argument("config", help="study YAML file with a `compare` section")
+    cmp.add_argument("--output-dir", help="where cache and reports go")
+    cmp.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     return parser
 
 
@@ -100,6 +110,39 @@ def setup_logging(verbose: int) -> None:
 
 
 _setup_logging = setup_logging
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .compare import compare_strategies
+    from .config import load_config
+
+    console = Console()
+    config = load_config(args.config, _overrides(args))
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
+    with progress:
+        bar = progress.add_task("curve points", total=None, last="")
+
+        def on_point(point, done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total,
+                            last=f"{point.strategy} {point.params}")
+
+        result = compare_strategies(config, on_point=on_point)
+    table = Table(title=f"strategies at matched budgets ({config.name})")
+    for col in ("strategy", "params", "accuracy [CI]", "mean tokens"):
+        table.add_column(col)
+    for p in result.points:
+        table.add_row(p.strategy, ", ".join(f"{k}={v}" for k, v in p.params.items()),
+                      str(p.accuracy), f"{p.mean_tokens.value:.1f}")
+    console.print(table)
+    console.print(f"plot and table: {result.out_dir}/ (strategy_curves.png, curves.csv)")
+    if result.mlflow_run_id:
+        console.print(f"MLflow run {result.mlflow_run_id}")
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -190,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "record":
+            from .cli_record import run_record
+
+            return run_record(args)
         if args.command == "export":
             from .cli_export import run_export
 

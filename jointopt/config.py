@@ -70,6 +70,11 @@ class ModelConfig(_Strict):
     api_key_file: str | None = None
     """``backend: openai``: file holding the API key (first line; relative to the config
     file). Alternative to ``api_key_env``; keep the file private (``chmod 600``)."""
+    bank: str | None = None
+    """``backend: replay``: a sample bank written by ``jointopt record`` (JSONL, see
+    ``docs/bank_format.md``), relative to the config file. The study runs offline from it,
+    with no engine and no model files: only the parallel strategies (single, majority,
+    best_of_n, weighted_vote) with the recorded prompts, temperatures and max_tokens."""
 
 
 class ExtractorConfig(_Strict):

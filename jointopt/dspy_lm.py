@@ -344,7 +344,9 @@ class BackendEngine:
     def complete(self, request: Request) -> Response:
         """Answer one DSPy request with one completion from the backend."""
         gen = self._to_generation_request(request)
-        key = hashlib.sha256(f"{gen.sampling_key()}|{gen.seed}".encode()).digest()
+        # Not keyed by seed: a sample store ignores seeds, so every draw of the same
+        # prompt and sampling parameters needs its own position in the pool.
+        key = hashlib.sha256(gen.sampling_key().encode()).digest()
         index = self._dispatcher.next_index(key)
         gen = GenerationRequest(**{**_fields(gen), "offset": index})
         result = self._dispatcher.submit(gen)

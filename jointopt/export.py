@@ -274,8 +274,10 @@ def _load_study(plan: "StudyPlan") -> "optuna.Study":
         if not db.is_file():
             raise ConfigError("the study storage does not exist yet", where="optimizer.storage",
                               value=str(db), fix="run the study first: jointopt run CONFIG")
+    from .study import open_storage
+
     try:
-        return optuna.load_study(study_name=plan.study_name, storage=storage)
+        return optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
     except KeyError:
         raise ConfigError(f"no study named {plan.study_name!r} in the storage",
                           where="optimizer.study_name", value=plan.study_name,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import TemplateError
@@ -25,8 +26,32 @@ if TYPE_CHECKING:
 __all__ = ["PromptTemplate", "render_messages", "select_demos", "validate_template"]
 
 
+#: Longest string or list a template expression may build with ``*`` (a guard against
+#: templates that exhaust memory, e.g. ``{{ 'a' * 10**9 }}``).
+MAX_EXPRESSION_SIZE = 100_000
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, plus bounded ``*`` and ``**``."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if not isinstance(right, (int, float)) or abs(right) > 64:
+                raise SecurityError(f"exponent {right!r} is too large for a template")
+        else:
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > MAX_EXPRESSION_SIZE:
+                    raise SecurityError(
+                        f"the expression would build {len(seq) * times} items; templates may "
+                        f"build at most {MAX_EXPRESSION_SIZE}")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> jinja2.Environment:
-    return ImmutableSandboxedEnvironment(
+    return _Sandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=False,

@@ -169,6 +169,24 @@ def _check_model(config: StudyConfig) -> str:
         raise relocate(exc, "model.") from None
 
 
+def _check_replay(config: StudyConfig, space: SearchSpace, task: Task,
+                  test_task: Task | None) -> str:
+    """``backend: replay``: load the bank and check the study can run from it (strategies,
+    prompts, temperatures, max_tokens, pool sizes, dataset hashes) before any compute.
+    Returns the model name the bank was recorded with (the policies name it)."""
+    from .backends.replay import check_replayable, load_bank
+
+    if config.model.bank is None:
+        raise ConfigError(
+            "backend 'replay' needs a bank file", where="model.bank",
+            fix="record one with `jointopt record CONFIG --samples N --out bank.jsonl`, then "
+                "set model: {backend: replay, bank: bank.jsonl}")
+    bank = load_bank(config.resolve(config.model.bank))
+    check_replayable(space, bank, task=task, test_task=test_task, pool_size=(
+        config.bank.pool_size if config.bank.enabled and config.cache else None))
+    return bank.model_name
+
+
 def _check_backend(config: StudyConfig) -> None:
     """The backend name resolves, and an ``openai`` backend has valid server URLs and at
     most one source of API key; no credentials inside the config (before any compute)."""
@@ -199,6 +217,9 @@ def _check_backend(config: StudyConfig) -> None:
                                where="model.backend", value=name,
                                fix="name a Backend class or a function returning one")
     check_config_for_secrets(config)
+    if model.bank is not None and name != "replay":
+        raise ConfigError("`bank` only applies to backend: replay", where="model.bank",
+                          value=model.bank, fix="set backend: replay, or remove the key")
     uses_urls = name == "openai"
     if not uses_urls and (model.base_urls or model.api_key_env or model.api_key_file):
         key = "base_urls" if model.base_urls else "api_key_env" if model.api_key_env \
@@ -333,7 +354,11 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     task = split.dev
     space = space.with_task(full_task)
     space.validate(task)
-    model_path = _check_model(config)
+    model_name = config.model.model
+    if config.model.backend == "replay":
+        model_name = model_path = _check_replay(config, space, task, split.test)
+    else:
+        model_path = _check_model(config)
     _check_tracking(config)
     out_dir = config.out_dir
     storage = config.optimizer.storage or f"sqlite:///{(out_dir / 'optuna.db').as_posix()}"
@@ -342,7 +367,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
 
         journal_path(storage)
     log.debug("model %s resolved to %s", config.model.model, model_path)
-    return StudyPlan(config=config, task=task, space=space, model=config.model.model,
+    return StudyPlan(config=config, task=task, space=space, model=model_name,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
                      out_dir=out_dir, test_task=split.test)
 
@@ -536,8 +561,7 @@ def build_backend(config: StudyConfig) -> Backend:
 
         return scripted_backend(engine_kwargs=engine, **common)
     if m.backend == "replay":
-        bank = getattr(m, "bank", None)
-        return make_backend("replay", bank=config.resolve(bank) if bank else None,
+        return make_backend("replay", bank=config.resolve(m.bank) if m.bank else None,
                             engine_kwargs=engine)
     return make_backend(m.backend, engine_kwargs=engine, **common)
 
@@ -568,6 +592,27 @@ class _Trials:
             self.engine = engine
         return self.engine
 
+    def _expand_proposals(self) -> None:
+        """Turn ``{propose: ...}`` prompt entries into templates with the study's engine
+        (cached in ``<output_dir>/proposals.json``: reruns and other workers make no new
+        proposal calls) and log new proposals, with the proposer's tokens, to MLflow."""
+        import dataclasses
+
+        from .proposals import log_proposals_to_mlflow
+
+        collected: list[Any] = []
+        space = self.plan.space.with_proposals(self.plan.task, self.ready(),
+                                               self.plan.out_dir / "proposals.json", collected)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        for proposals in collected:
+            log.info("proposals %s: %d templates, %d proposer tokens%s", proposals.key[:12],
+                     len(proposals.templates), proposals.proposer_tokens,
+                     " (cached)" if proposals.cache_hit else "")
+            if self.tracker is not None and not proposals.cache_hit:
+                log_proposals_to_mlflow(self.tracker.client, self.tracker.parent_run_id,
+                                        proposals,
+                                        artifact_file=f"proposals/{proposals.key[:12]}.json")
+
     def close(self) -> None:
         if self.engine is None:
             return
@@ -581,6 +626,8 @@ class _Trials:
         from .secrets import redact
         from .workers import FAIL_ATTR, MLFLOW_ATTR, WORKER_ATTR, worker_identity
 
+        if self.plan.space.proposals:
+            self._expand_proposals()
         plan = self.plan
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         policy = plan.space.build_policy(trial, plan.model)

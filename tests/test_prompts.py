@@ -54,3 +54,15 @@ def test_sandbox_refuses_python_internals(task, text):
 def test_round_trip_through_dict():
     t = PromptTemplate(id="x", user="{{ q }}", system="s", shots=1, answer_regex="A: (.+)")
     assert PromptTemplate.from_dict(t.to_dict()) == t
+
+
+@pytest.mark.parametrize("text", ["{{ 'a' * 10**9 }}", "{{ [1] * 1000000 }}",
+                                  "{{ 7 ** 100000 }}"])
+def test_sandbox_refuses_templates_that_exhaust_memory(task, text):
+    with pytest.raises(TemplateError, match="unsafe|too large|at most"):
+        validate_template(PromptTemplate(id="big", user=text), task)
+
+
+def test_small_arithmetic_still_renders(task):
+    t = PromptTemplate(id="ok", user="{{ '-' * 3 }} {{ 2 ** 3 }} {{ question }}")
+    assert render_messages(t, task, task.examples[0])[-1].content.startswith("--- 8 ")

@@ -104,3 +104,52 @@ def test_held_out_split_rescores_the_front_on_test(tmp_path):
         assert t.dev["accuracy"].value == pytest.approx(t.accuracy)
     text = (tmp_path / "run" / "pareto.csv").read_text()
     assert "test_accuracy_ci" in text
+
+
+PROPOSALS = ["Reverse the list of words and reply with the reversed list only.",
+             "Write the same words in the opposite order, separated by commas."]
+
+
+def test_proposed_prompts_join_the_search_and_are_cached(tmp_path):
+    import yaml
+
+    calls = {"proposer": 0}
+
+    def respond(request, index, rng):
+        system = request.messages[0].content if request.messages[0].role == "system" else ""
+        if "instructions for an AI assistant" in system:
+            calls["proposer"] += 1
+            text = PROPOSALS[index % 2]  # index counts every draw of this prompt
+            return f"[[ ## instruction ## ]]\n{text}\n\n[[ ## completed ## ]]"
+        return reverse_responder(request, index, rng)
+
+    space = yaml.safe_load((ROOT / "search_spaces/quickstart.yaml").read_text())
+    space["prompts"] = [space["prompts"][1], {"propose": {"k": 2, "n_examples": 2}}]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    cfg = load_config(ROOT / "experiments/quickstart.yaml", {
+        "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 6},
+        "search_space": str(tmp_path / "space.yaml")})
+    from jointopt.study import open_study, plan_study
+
+    plan = plan_study(cfg)  # validates the proposal entry, spends nothing
+    assert calls["proposer"] == 0 and plan.space.proposals
+
+    run_study(cfg, backend=ScriptedBackend(respond))
+    first_calls = calls["proposer"]
+    assert first_calls >= 2
+    study = open_study(plan)
+    choices = study.trials[0].distributions["prompt"].choices
+    assert set(choices) == {"strict", "proposed_0", "proposed_1"}
+    assert (tmp_path / "run" / "proposals.json").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
+    parent = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("quickstart").experiment_id])
+        if r.data.tags.get("jointopt.role") == "study")
+    assert parent.data.metrics["proposer_tokens"] > 0
+    assert any(a.path == "proposals" for a in client.list_artifacts(parent.info.run_id))
+
+    run_study(cfg, backend=ScriptedBackend(respond), n_trials=8)
+    assert calls["proposer"] == first_calls  # the cache answered: no new proposal calls

@@ -138,11 +138,18 @@ class CachedBackend(Backend):
             start = time.perf_counter()
             results = self.inner.generate([r for _, r in todo])
             log.debug("generated %d requests in %.2fs", len(todo), time.perf_counter() - start)
-            for (i, _), result in zip(todo, results):
-                fresh[i] = result
+            for (i, request), result in zip(todo, results):
                 self.engine_tokens += result.total_tokens
                 self.store.add(keys[i], self.model_id, result.prompt_tokens,
                                len(have[i][1]), result.completions)
+                # Another worker may have filled the same positions first (first writer
+                # wins): serve what the store now holds, so every trial scores the same
+                # samples. The engine work is still counted as generated.
+                stored_tokens, stored = self.store.pool(keys[i], len(have[i][1]) + request.n)
+                if stored[len(have[i][1]):] != list(result.completions):
+                    result = replace(result, completions=tuple(stored[len(have[i][1]):]),
+                                     prompt_tokens=int(stored_tokens or result.prompt_tokens))
+                fresh[i] = result
         out = []
         for i, request in enumerate(requests):
             prompt_tokens, pool = have[i]
