@@ -68,13 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
+    from .cli_export import _positive_int
+
+    return _positive_int(text)
 
 
 def _overrides(args: argparse.Namespace) -> dict:

@@ -424,7 +424,7 @@ def _normalize_space(search_space: SearchSpace | Mapping[str, Any],
                 if bad:
                     raise ConfigError(
                         "a DSPy program's best_of_n ranks rollouts by mean token logprob",
-                        where=f"search_space.strategies.best_of_n.scorer", value=bad[0],
+                        where="search_space.strategies.best_of_n.scorer", value=bad[0],
                         fix="use scorer: logprob (or leave it out)")
                 continue
             for value in spec.extremes():

@@ -55,13 +55,9 @@ class VerifierScorer(Scorer):
     name = "verifier"
 
     def check_task(self, task: "Task") -> None:
-        if task.verifier is None:
-            raise StrategyError(
-                f"task {task.name!r} has no serve-time verifier",
-                where="best_of_n.scorer",
-                value=self.name,
-                fix="use scorer 'logprob' or 'auto', or give the task a verifier",
-            )
+        from .strategies.base import require_verifier
+
+        require_verifier(task, "best_of_n.scorer", self.name, "scorer 'logprob' or 'auto'")
 
     def score(self, ctx: "StrategyContext", completion: Completion, answer: str | None) -> float:
         if answer is None:

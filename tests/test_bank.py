@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from fractions import Fraction
 from itertools import combinations, permutations
 

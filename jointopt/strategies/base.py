@@ -35,6 +35,7 @@ __all__ = [
     "check_float",
     "check_choice",
     "completions_of",
+    "require_verifier",
 ]
 
 Run = Generator[list[GenerationRequest], list[GenerationResult], "StrategyOutcome"]
@@ -135,6 +136,16 @@ def check_float(where: str, value: Any, minimum: float, maximum: float | None = 
         raise StrategyError(f"`{where.rsplit('.', 1)[-1]}` must be {rng}", where=where,
                             value=value, fix=f"use a value {rng}")
     return float(value)
+
+
+def require_verifier(task: "Task", where: str, value: Any, alternatives: str) -> None:
+    """Raise :class:`StrategyError` when a parameter needs the task's serve-time verifier
+    and the task has none; ``alternatives`` names the values that work without one."""
+    if task.verifier is None:
+        raise StrategyError(
+            f"task {task.name!r} has no serve-time verifier", where=where, value=value,
+            fix=f"use {alternatives}, or give the task a verifier",
+        )
 
 
 def check_choice(where: str, value: Any, choices: Sequence[str]) -> str:

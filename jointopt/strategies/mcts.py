@@ -79,8 +79,8 @@ from .base import (
     check_choice,
     check_float,
     check_int,
+    require_verifier,
 )
-from .sequential import check_text
 from .voting import plurality
 
 __all__ = ["MCTS", "uct_choice", "uct_score"]
@@ -185,12 +185,9 @@ class MCTS(Strategy):
             check_choice("mcts.final", self.final, FINALS)
 
     def check_task(self, task) -> None:
-        if self.params.value == "verifier" and task.verifier is None:
-            raise StrategyError(
-                f"task {task.name!r} has no serve-time verifier",
-                where="mcts.value", value=self.params.value,
-                fix="use value 'agreement', 'logprob' or 'auto', or give the task a verifier",
-            )
+        if self.params.value == "verifier":
+            require_verifier(task, "mcts.value", self.params.value,
+                             "value 'agreement', 'logprob' or 'auto'")
 
     def max_completions(self) -> int:
         p = self.params

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import StrategyError
 from ..generation import Completion
 from ..scorers import SCORERS, get_scorer
 from .base import (
@@ -17,6 +16,7 @@ from .base import (
     check_choice,
     check_int,
     completions_of,
+    require_verifier,
 )
 from .parallel import MAX_N
 from .voting import plurality
@@ -63,12 +63,9 @@ class WeightedVote(Strategy):
             check_choice("weighted_vote.weight", self.weight, list(WEIGHTS))
 
     def check_task(self, task) -> None:
-        if self.params.weight == "scorer:verifier" and task.verifier is None:
-            raise StrategyError(
-                f"task {task.name!r} has no serve-time verifier",
-                where="weighted_vote.weight", value=self.params.weight,
-                fix="use weight 'mean_logprob' or 'scorer:auto', or give the task a verifier",
-            )
+        if self.params.weight == "scorer:verifier":
+            require_verifier(task, "weighted_vote.weight", self.params.weight,
+                             "weight 'mean_logprob' or 'scorer:auto'")
 
     def max_completions(self) -> int:
         return self.params.n
