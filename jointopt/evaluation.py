@@ -6,6 +6,7 @@ go to the backend as one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -128,6 +129,85 @@ def drive(
     return [(outcome, got) for outcome, got in zip(outcomes, received)]  # type: ignore[misc]
 
 
+def probe_signal_of(ctx: StrategyContext, result: GenerationResult) -> float:
+    """The difficulty signal of a probe's samples (high = easy)."""
+    from .difficulty import probe_signal
+
+    comps = result.completions
+    return probe_signal([ctx.extract(c.text) for c in comps], [c.mean_logprob for c in comps])
+
+
+def _probed_run(policy: Policy, strategies: dict[str, Strategy], ctx: StrategyContext) -> Run:
+    """Probe, pick the bin, then run its strategy, reusing the probe's samples.
+
+    Requests of the strategy for the probe's prompt and sampling settings take the
+    probe's samples at the positions they cover (``offset``) and ask the engine only for
+    the rest, so no probe sample is thrown away and none is paid twice.
+    """
+    spec = policy.difficulty
+    probe_ctx = dataclasses.replace(ctx, temperature=spec.probe_temperature,
+                                    max_tokens=spec.probe_max_tokens)
+    probe_request = probe_ctx.request(n=spec.probe_k)
+    (probe,) = yield [probe_request]
+    signal = probe_signal_of(probe_ctx, probe)
+    bin_name = spec.probe_bin(signal)
+    allocation = policy.bins[bin_name]
+    inner_ctx = dataclasses.replace(ctx, temperature=allocation.temperature,
+                                    max_tokens=allocation.max_tokens)
+    inner = strategies[bin_name].run(inner_ctx)
+    key, held = probe_request.sampling_key(), probe.completions
+    try:
+        requests = inner.send(None)
+        while True:
+            outgoing: list[GenerationRequest] = []
+            plans: list[tuple[GenerationRequest, tuple, int | None]] = []
+            for request in requests:
+                start, stop = request.offset, request.offset + request.n
+                reused = held[start:min(stop, len(held))] if request.sampling_key() == key else ()
+                rest = request.n - len(reused)
+                index = None
+                if rest:
+                    index = len(outgoing)
+                    outgoing.append(dataclasses.replace(
+                        request, n=rest, offset=request.offset + len(reused)))
+                plans.append((request, tuple(reused), index))
+            fresh = (yield outgoing) if outgoing else []
+            merged = []
+            for request, reused, index in plans:
+                new = fresh[index] if index is not None else None
+                merged.append(GenerationResult(
+                    request=request,
+                    prompt_tokens=new.prompt_tokens if new is not None else 0,
+                    completions=reused + (new.completions if new is not None else ()),
+                    wall_time=new.wall_time if new is not None else 0.0,
+                    cached=len(reused) + (new.cached if new is not None else 0),
+                ))
+            requests = inner.send(merged)
+    except StopIteration as stop:
+        outcome = stop.value
+    return dataclasses.replace(outcome, info={**dict(outcome.info), "bin": bin_name,
+                                              "probe_signal": signal})
+
+
+def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, example,
+               seed: int = 0) -> tuple[Run, str | None]:
+    """The generator that answers one example with a policy, and its bin when it is
+    known before running (``None`` for probe policies: see ``outcome.info["bin"]``)."""
+    if policy.difficulty.source == "probe":
+        allocation = next(iter(policy.bins.values()))
+        bin_name = None
+    else:
+        bin_name, allocation = policy.allocation_for(example)
+    ctx = StrategyContext(
+        example=example, task=task, messages=render_messages(policy.prompt, task, example),
+        temperature=allocation.temperature, max_tokens=allocation.max_tokens,
+        seed=_seed(seed, example.id), answer_regex=policy.prompt.answer_regex,
+    )
+    if bin_name is None:
+        return _probed_run(policy, strategies, ctx), None
+    return strategies[bin_name].run(ctx), bin_name
+
+
 def check_policy(policy: Policy, task: Task) -> dict[str, Strategy]:
     """Validate a policy against a task before any compute; returns a strategy per bin."""
     validate_template(policy.prompt, task)
@@ -200,8 +280,9 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         ))
         bins.append(bin_name)
 
+    probed = policy.difficulty.source == "probe"
     pooled = [i for i, b in enumerate(bins)
-              if pool_size is not None and strategies[b].pool_k() is not None]
+              if not probed and pool_size is not None and strategies[b].pool_k() is not None]
     records: list[ExampleRecord | None] = [None] * len(contexts)
     all_results: list[GenerationResult] = []
     if pooled:
@@ -214,8 +295,12 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
             records[i] = _score_from_pool(strategies[bins[i]], contexts[i], result, ks[i],
                                           bins[i])
     direct = [i for i in range(len(contexts)) if records[i] is None]
-    driven = drive(backend, [strategies[bins[i]].run(contexts[i]) for i in direct])
+    driven = drive(backend, [
+        _probed_run(policy, strategies, contexts[i]) if probed
+        else strategies[bins[i]].run(contexts[i]) for i in direct])
     for i, (outcome, results) in zip(direct, driven):
+        if probed:
+            bins[i] = outcome.info["bin"]
         all_results.extend(results)
         example = contexts[i].example
         records[i] = ExampleRecord(

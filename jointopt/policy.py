@@ -69,25 +69,63 @@ class DifficultySpec:
     """How an input gets its difficulty bin at serve time.
 
     Attributes:
-        source: ``none`` (one bin for everything) or ``label`` (the input carries its bin).
+        source: ``none`` (one bin for everything), ``label`` (the input carries its bin)
+            or ``probe`` (the policy first draws ``probe_k`` samples; the share of the
+            plurality answer, with a likelihood tie-breaker, picks the bin by
+            ``thresholds``; the probe's samples are reused by the bin's strategy when it
+            samples with the same temperature and max_tokens).
         bins: the bin labels, in order of increasing difficulty.
         default_bin: bin used when an input has no label or its label has no allocation.
+        probe_k: samples of the probe (``probe`` only).
+        probe_temperature: sampling temperature of the probe.
+        probe_max_tokens: completion-token cap of the probe samples.
+        thresholds: descending cut points of the probe signal, one fewer than ``bins``
+            (fitted on the dev split); a signal >= ``thresholds[0]`` is the easiest bin.
     """
 
-    source: Literal["none", "label"] = "none"
+    source: Literal["none", "label", "probe"] = "none"
     bins: tuple[str, ...] = ()
     default_bin: str = DEFAULT_BIN
+    probe_k: int = 0
+    probe_temperature: float = 0.7
+    probe_max_tokens: int = 16
+    thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if self.source != "probe":
+            return
+        if self.probe_k < 1:
+            raise ConfigError("a probe needs `probe_k` >= 1", where="difficulty.probe_k",
+                              value=self.probe_k, fix="use e.g. probe_k: 4")
+        if len(self.thresholds) != len(self.bins) - 1 or list(self.thresholds) != sorted(
+                self.thresholds, reverse=True):
+            raise ConfigError(
+                "`thresholds` must be descending and one fewer than `bins`",
+                where="difficulty.thresholds", value=self.thresholds,
+                fix=f"give {max(len(self.bins) - 1, 0)} descending cut points")
 
     def bin_of(self, example: "Example") -> str:
         if self.source == "label" and example.difficulty is not None:
             return str(example.difficulty)
         return self.default_bin
 
+    def probe_bin(self, signal: float) -> str:
+        """The bin of a probe signal (``probe`` only)."""
+        for label, cut in zip(self.bins, self.thresholds):
+            if signal >= cut:
+                return label
+        return self.bins[-1]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "bins": list(self.bins), "default_bin": self.default_bin}
+        out: dict[str, Any] = {"source": self.source, "bins": list(self.bins),
+                               "default_bin": self.default_bin}
+        if self.source == "probe":
+            out.update(probe_k=self.probe_k, probe_temperature=self.probe_temperature,
+                       probe_max_tokens=self.probe_max_tokens,
+                       thresholds=list(self.thresholds))
+        return out
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,10 @@ from typing import Any
 
 from .backends.base import Backend
 from .errors import ConfigError, DataError
-from .evaluation import EvaluationResult, check_policy, drive, evaluate
+from .evaluation import EvaluationResult, check_policy, drive, evaluate, policy_run
 from .generation import GenerationResult
 from .policy import Policy
-from .prompts import render_messages
-from .strategies import Candidate, StrategyContext, StrategyOutcome
+from .strategies import Candidate, StrategyOutcome
 from .tasks import AnswerExtractor, AnswerMatcher, Example, Task
 
 __all__ = [
@@ -221,11 +220,6 @@ def _input_id(inputs: Mapping[str, str], difficulty: str | None) -> str:
     return "input-" + hashlib.sha256(raw).hexdigest()[:16]
 
 
-def _seed(base: int, example_id: str) -> int:
-    digest = hashlib.sha256(f"{base}|{example_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31)
-
-
 def _chosen(outcome: StrategyOutcome) -> str:
     """The text of the candidate the outcome's answer came from."""
     candidates = outcome.candidates
@@ -352,18 +346,10 @@ class PolicyRunner:
             return []
         bins, runs = [], []
         for example in examples:
-            bin_name, allocation = self._policy.allocation_for(example)
-            ctx = StrategyContext(
-                example=example,
-                task=self._task,
-                messages=render_messages(self._policy.prompt, self._task, example),
-                temperature=allocation.temperature,
-                max_tokens=allocation.max_tokens,
-                seed=_seed(self._seed, example.id),
-                answer_regex=self._policy.prompt.answer_regex,
-            )
+            run, bin_name = policy_run(self._policy, self._strategies, self._task, example,
+                                       self._seed)
             bins.append(bin_name)
-            runs.append(self._strategies[bin_name].run(ctx))
+            runs.append(run)
         start = time.perf_counter()
         if self._lock is None:
             driven = drive(self._backend, runs)
@@ -373,6 +359,7 @@ class PolicyRunner:
         wall = time.perf_counter() - start
         answers = []
         for bin_name, (outcome, results) in zip(bins, driven):
+            bin_name = bin_name or outcome.info["bin"]  # probe policies pick it while running
             answers.append(Answer(
                 answer=outcome.answer,
                 text=_chosen(outcome),

@@ -105,6 +105,67 @@ class SearchSpace:
     #: The ``prompts:`` entries as written, including ``{propose: ...}`` ones that
     #: :meth:`with_proposals` turns into templates once an engine is available.
     entries: tuple[Mapping[str, Any], ...] = ()
+    #: ``difficulty.source: probe`` settings (None otherwise) and, once fitted on the dev
+    #: split by :meth:`with_probe_thresholds`, the signal thresholds per prompt id.
+    probe: Mapping[str, Any] | None = None
+    thresholds: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def needs_probe_fit(self) -> bool:
+        return self.probe is not None and not self.thresholds
+
+    def with_probe_thresholds(self, task: Task, backend: Any, seed: int = 0
+                              ) -> tuple["SearchSpace", dict[str, Any]]:
+        """Fit the probe's bin thresholds per prompt on the dev examples, and report how
+        the probe's (serve-time) bins agree with oracle bins from the pass rate over
+        ``oracle_samples`` samples. The probe samples are the first samples of the oracle
+        pools, so with a sample store the report costs the oracle samples only once."""
+        from .bank import PoolSample
+        from .difficulty import agreement, fit_thresholds, oracle_bins, pass_rates_from_pools
+        from .evaluation import StrategyContext, _seed, probe_signal_of
+        from .prompts import render_messages
+
+        p = self.probe or {}
+        n_bins, k = int(p["n_bins"]), int(p["probe_k"])
+        thresholds: dict[str, tuple[float, ...]] = {}
+        report: dict[str, Any] = {"probe_k": k, "n_bins": n_bins,
+                                  "oracle_samples": int(p["oracle_samples"]), "prompts": {}}
+        for template in self.prompts:
+            contexts = [StrategyContext(
+                example=e, task=task, messages=render_messages(template, task, e),
+                temperature=float(p["probe_temperature"]), max_tokens=int(p["probe_max_tokens"]),
+                seed=_seed(seed, e.id), answer_regex=template.answer_regex)
+                for e in task.examples]
+            n = max(k, int(p["oracle_samples"]))
+            results = backend.generate([c.request(n=n) for c in contexts])
+            signals, pools = {}, {}
+            for ctx, result in zip(contexts, results):
+                probe = dataclasses.replace(result, completions=result.completions[:k])
+                signals[ctx.example.id] = probe_signal_of(ctx, probe)
+                pools[ctx.example.id] = [
+                    PoolSample(answer=(a := ctx.extract(c.text)),
+                               correct=task.is_correct(ctx.example, a),
+                               completion_tokens=c.num_tokens)
+                    for c in result.completions]
+            cuts = fit_thresholds(list(signals.values()), n_bins)
+            thresholds[template.id] = cuts
+            spec = self._probe_spec(cuts)
+            predicted = {i: spec.probe_bin(s) for i, s in signals.items()}
+            oracle = oracle_bins(pass_rates_from_pools(pools), n_bins)
+            report["prompts"][template.id] = {
+                "thresholds": list(cuts),
+                "agreement": agreement(predicted, oracle).to_dict(),
+            }
+        return dataclasses.replace(self, thresholds=thresholds), report
+
+    def _probe_spec(self, thresholds: tuple[float, ...]) -> DifficultySpec:
+        p = self.probe or {}
+        bins = tuple(str(i) for i in range(1, int(p["n_bins"]) + 1))
+        return DifficultySpec(source="probe", bins=bins, default_bin=bins[-1],
+                              probe_k=int(p["probe_k"]),
+                              probe_temperature=float(p["probe_temperature"]),
+                              probe_max_tokens=int(p["probe_max_tokens"]),
+                              thresholds=tuple(thresholds))
 
     @property
     def proposals(self) -> tuple[Mapping[str, Any], ...]:
@@ -179,6 +240,15 @@ class SearchSpace:
         ``max_tokens``; with difficulty bins each but ``prompt`` is prefixed ``<bin>.``.
         """
         prompt_id = trial.suggest_categorical("prompt", [p.id for p in self.prompts])
+        if self.probe is not None:
+            if prompt_id not in self.thresholds:
+                raise ConfigError("probe thresholds are not fitted for this prompt",
+                                  where=f"{self.source}: difficulty", value=prompt_id,
+                                  fix="fit them with SearchSpace.with_probe_thresholds first")
+            spec = self._probe_spec(self.thresholds[prompt_id])
+            bins = {b: self._allocation(trial, f"{b}.") for b in spec.bins}
+            return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins,
+                          difficulty=spec)
         if self.difficulty.source == "none":
             bins = {self.difficulty.default_bin: self._allocation(trial, "")}
         else:
@@ -310,10 +380,17 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
         raise ConfigError("`default_bin` must be one of the bins",
                           where=f"{source}: difficulty.default_bin", value=default_bin,
                           fix=f"choose one of: {', '.join(bins)}")
-    spec = (DifficultySpec() if source_kind == "none" else
-            DifficultySpec(source=source_kind, bins=bins,
-                           default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
+    probe = None
+    if source_kind == "probe":
+        probe = {key: difficulty[key] for key in ("n_bins", "probe_k", "probe_temperature",
+                                                  "probe_max_tokens", "oracle_samples")}
+        spec = DifficultySpec()
+    else:
+        spec = (DifficultySpec() if source_kind == "none" else
+                DifficultySpec(source=source_kind, bins=bins,
+                               default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
     return SearchSpace(
+        probe=probe,
         entries=tuple(entries),
         difficulty=spec,
         prompts=tuple(prompts),

@@ -592,6 +592,35 @@ class _Trials:
             self.engine = engine
         return self.engine
 
+    def _fit_probes(self) -> None:
+        """Fit the probe's bin thresholds per prompt on the dev split (deterministic given
+        the sample store, so every worker and rerun gets the same ones) and write the
+        agreement of probe bins with oracle bins to ``difficulty_report.json`` and MLflow."""
+        import dataclasses
+        import json
+
+        space, report = self.plan.space.with_probe_thresholds(
+            self.plan.task, self.ready(), seed=self.plan.config.seed)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        path = self.plan.out_dir / "difficulty_report.json"
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        for prompt_id, item in report["prompts"].items():
+            agree = item["agreement"]
+            log.info("probe bins vs oracle bins, prompt %s: exact %.2f, within one %.2f, "
+                     "spearman %.2f", prompt_id, agree["exact"], agree["within_one"],
+                     agree["spearman"])
+        if self.tracker is not None:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(f"probe_{key}.{prompt_id}", float(item["agreement"][key]), 0, 0)
+                       for prompt_id, item in report["prompts"].items()
+                       for key in ("exact", "within_one", "spearman")]
+            try:
+                self.tracker.client.log_batch(self.tracker.parent_run_id, metrics=metrics)
+                self.tracker.client.log_artifact(self.tracker.parent_run_id, str(path))
+            except Exception as exc:  # another worker logged the same report first
+                log.debug("difficulty report not logged: %s", exc)
+
     def _expand_proposals(self) -> None:
         """Turn ``{propose: ...}`` prompt entries into templates with the study's engine
         (cached in ``<output_dir>/proposals.json``: reruns and other workers make no new
@@ -628,6 +657,8 @@ class _Trials:
 
         if self.plan.space.proposals:
             self._expand_proposals()
+        if self.plan.space.needs_probe_fit:
+            self._fit_probes()
         plan = self.plan
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         policy = plan.space.build_policy(trial, plan.model)

@@ -110,7 +110,7 @@ def test_unknown_schema_version_is_refused_clearly(policy_file):
     (lambda d: d["metadata"]["task"]["matcher"].update(kind="fuzzy"), ["matcher.kind"]),
     (lambda d: d["metadata"].update(metrcs={}), ["unknown key 'metrcs'", "did you mean 'metrics'"]),
     (lambda d: d["difficulty"].update(sourse="label"), ["difficulty.sourse", "did you mean"]),
-    (lambda d: d["difficulty"].update(source="probe"), ["difficulty.source", "none, label"]),
+    (lambda d: d["difficulty"].update(source="probe"), ["difficulty.probe_k", "probe_k: 4"]),
     (lambda d: d["difficulty"].update(default_bin="hard"), ["default bin"]),
     (lambda d: d["metadata"]["task"].update(verifier="not a path"), ["verifier"]),
     (lambda d: d["prompt"].update(shot_selction="nearest"), ["prompt.shot_selction",
