@@ -32,6 +32,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scripted", action="store_true", help="offline smoke run")
     parser.add_argument("--output-dir", default="runs/adaptive_vs_uniform")
+    parser.add_argument("--difficulty", choices=["label", "probe"], default="label",
+                        help="bins from the data's labels, or predicted by a probe "
+                             "(usable at serve time)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     logging.basicConfig(level=logging.WARNING)
@@ -42,7 +45,9 @@ def main() -> int:
 
     config_path = ROOT / "experiments/adaptive_vs_uniform.yaml"
     out = Path(args.output_dir)
-    adaptive_cfg = load_config(config_path, {"output_dir": str(out)})
+    adaptive_cfg = load_config(config_path, {"output_dir": str(out)} if args.difficulty == "label"
+                               else {"output_dir": str(out), "name": "adaptive_probe",
+                                     "search_space": "../search_spaces/budgets_probe.yaml"})
     uniform_cfg = load_config(config_path, {
         "output_dir": str(out), "name": "uniform", "optimizer": {"n_trials": 40},
         "search_space": "../search_spaces/budgets_uniform.yaml"})
@@ -62,6 +67,9 @@ def main() -> int:
     finally:
         engine.close()
 
+    if args.difficulty == "probe":
+        report = (out / "difficulty_report.json").read_text()
+        print(f"difficulty report (probe bins vs oracle bins on dev): {report}")
     print("uniform Pareto front on test:")
     for t in uniform.pareto:
         print(_row("uniform", t))
