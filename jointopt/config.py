@@ -314,11 +314,13 @@ ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
 class DifficultyConfig(_Strict):
     """How inputs are split into difficulty bins, each with its own strategy and budget."""
 
-    source: Literal["none", "label", "probe"] = "none"
+    source: Literal["none", "label", "probe", "oracle"] = "none"
     """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
     picks the bin. ``probe``: the policy first draws ``probe_k`` samples with its prompt;
     their agreement picks the bin (thresholds fitted on the dev split), and the bin's
-    strategy reuses them; usable at serve time."""
+    strategy reuses them; usable at serve time. ``oracle``: bins by each example's pass rate
+    over ``oracle_samples`` samples with the space's first prompt (quantiles, Snell et al.);
+    an analysis upper bound, not servable: inputs would need the label."""
     bins: list[str] | None = None
     """Bin labels; default: the difficulty labels found in the task's examples, sorted."""
     default_bin: str | None = None
@@ -333,8 +335,8 @@ class DifficultyConfig(_Strict):
     probe_max_tokens: int = Field(16, ge=1)
     """``probe``: completion-token cap of the probe samples."""
     oracle_samples: int = Field(8, ge=2)
-    """``probe``: samples per dev example for the oracle bins (pass rate) that the
-    predicted bins are compared with in the difficulty report."""
+    """``probe`` and ``oracle``: samples per example for the oracle bins (pass rate); for
+    ``probe`` they are what the predicted bins are compared with in the report."""
 
 
 class ProposeEntry(_Strict):

@@ -110,9 +110,35 @@ class SearchSpace:
     probe: Mapping[str, Any] | None = None
     thresholds: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
+    #: ``difficulty.source: oracle`` settings (None otherwise).
+    oracle: Mapping[str, Any] | None = None
+
     @property
     def needs_probe_fit(self) -> bool:
         return self.probe is not None and not self.thresholds
+
+    def oracle_labels(self, task: Task, backend: Any, seed: int = 0) -> dict[str, str]:
+        """Oracle bins: each example's pass rate over ``oracle_samples`` samples with the
+        space's first prompt, cut into ``n_bins`` quantile bins (``"1"`` = easiest)."""
+        from .bank import PoolSample
+        from .difficulty import oracle_bins, pass_rates_from_pools
+        from .evaluation import StrategyContext, _seed
+        from .prompts import render_messages
+
+        p = self.oracle or {}
+        template = self.prompts[0]
+        contexts = [StrategyContext(
+            example=e, task=task, messages=render_messages(template, task, e),
+            temperature=float(p["probe_temperature"]), max_tokens=int(p["probe_max_tokens"]),
+            seed=_seed(seed, e.id), answer_regex=template.answer_regex) for e in task.examples]
+        results = backend.generate([c.request(n=int(p["oracle_samples"])) for c in contexts])
+        pools = {}
+        for ctx, result in zip(contexts, results):
+            pools[ctx.example.id] = [
+                PoolSample(answer=(a := ctx.extract(c.text)),
+                           correct=task.is_correct(ctx.example, a),
+                           completion_tokens=c.num_tokens) for c in result.completions]
+        return oracle_bins(pass_rates_from_pools(pools), int(p["n_bins"]))
 
     def with_probe_thresholds(self, task: Task, backend: Any, seed: int = 0
                               ) -> tuple["SearchSpace", dict[str, Any]]:
@@ -272,7 +298,7 @@ class SearchSpace:
     def with_task(self, task: Task) -> "SearchSpace":
         """Fill in difficulty bins from the task's labels when the space does not list them."""
         spec = self.difficulty
-        if spec.source != "label":
+        if spec.source != "label" or self.oracle is not None:
             return self
         labels = sorted({e.difficulty for e in task.examples if e.difficulty is not None})
         bins = spec.bins or tuple(labels)
@@ -380,8 +406,13 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
         raise ConfigError("`default_bin` must be one of the bins",
                           where=f"{source}: difficulty.default_bin", value=default_bin,
                           fix=f"choose one of: {', '.join(bins)}")
-    probe = None
-    if source_kind == "probe":
+    probe = oracle = None
+    if source_kind == "oracle":
+        oracle = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
+                                                   "probe_max_tokens", "oracle_samples")}
+        labels = tuple(str(i) for i in range(1, int(difficulty["n_bins"]) + 1))
+        spec = DifficultySpec(source="label", bins=labels, default_bin=labels[-1])
+    elif source_kind == "probe":
         probe = {key: difficulty[key] for key in ("n_bins", "probe_k", "probe_temperature",
                                                   "probe_max_tokens", "oracle_samples")}
         spec = DifficultySpec()
@@ -391,6 +422,7 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
                                default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
     return SearchSpace(
         probe=probe,
+        oracle=oracle,
         entries=tuple(entries),
         difficulty=spec,
         prompts=tuple(prompts),

@@ -581,6 +581,7 @@ class _Trials:
         self.on_trial = on_trial
         self.on_engine_ready = on_engine_ready
         self.engine: Backend | None = None
+        self._oracle_done = False
 
     def ready(self) -> Backend:
         if self.engine is None:
@@ -591,6 +592,27 @@ class _Trials:
                 engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
             self.engine = engine
         return self.engine
+
+    def _label_by_oracle(self) -> None:
+        """``difficulty.source: oracle``: give dev and test examples their oracle bins as
+        difficulty labels (deterministic given the sample store)."""
+        import dataclasses
+
+        engine, seed = self.ready(), self.plan.config.seed
+
+        def relabel(task: Task) -> Task:
+            bins = self.plan.space.oracle_labels(task, engine, seed)
+            return task.subset(dataclasses.replace(e, difficulty=bins[e.id])
+                               for e in task.examples)
+
+        test = self.plan.test_task
+        self.plan = dataclasses.replace(self.plan, task=relabel(self.plan.task),
+                                        test_task=relabel(test) if test else None)
+        self._oracle_done = True
+        counts: dict[str, int] = {}
+        for e in self.plan.task.examples:
+            counts[str(e.difficulty)] = counts.get(str(e.difficulty), 0) + 1
+        log.info("oracle bins on dev: %s", dict(sorted(counts.items())))
 
     def _fit_probes(self) -> None:
         """Fit the probe's bin thresholds per prompt on the dev split (deterministic given
@@ -659,6 +681,8 @@ class _Trials:
             self._expand_proposals()
         if self.plan.space.needs_probe_fit:
             self._fit_probes()
+        if self.plan.space.oracle is not None and not self._oracle_done:
+            self._label_by_oracle()
         plan = self.plan
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         policy = plan.space.build_policy(trial, plan.model)
@@ -874,9 +898,11 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: _Trials
     """Re-score every Pareto policy not yet scored on the held-out split."""
     tests = dict(study.user_attrs.get(TEST_ATTR, {}))
     todo = [t for t in pareto_front(study) if str(t.number) not in tests and t.policy]
-    test_task = plan.test_task
-    if not todo or test_task is None:
+    if not todo or plan.test_task is None:
         return
+    if trials.plan.space.oracle is not None and not trials._oracle_done:
+        trials._label_by_oracle()
+    test_task = trials.plan.test_task
     engine = trials.ready()
     val = plan.config.validation
     for t in todo:

@@ -96,3 +96,50 @@ def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path)
         assert set(t.policy.bins) == {"1", "2"}
         assert {"1.strategy", "2.strategy"} <= set(t.params)
     assert all(t.test is not None for t in result.pareto)
+
+
+def test_a_study_with_oracle_bins_labels_dev_and_test_by_pass_rate(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from jointopt.config import load_config
+    from jointopt.study import run_study
+    from test_study import reverse_responder
+
+    root = Path(__file__).resolve().parents[1]
+    space = yaml.safe_load((root / "search_spaces/budgets_uniform.yaml").read_text())
+    space["difficulty"] = {"source": "oracle", "n_bins": 2, "oracle_samples": 4}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    config = load_config(root / "experiments/quickstart.yaml", {
+        "output_dir": str(tmp_path / "run"), "search_space": str(tmp_path / "space.yaml"),
+        "optimizer": {"n_trials": 5}, "validation": {"test_fraction": 0.3}})
+    result = run_study(config, backend=ScriptedBackend(reverse_responder))
+    assert len(result.trials) == 5
+    for t in result.trials:
+        assert t.policy.difficulty.source == "label"
+        assert set(t.policy.bins) == {"1", "2"}
+    assert all(t.test is not None for t in result.pareto)
+
+
+def test_oracle_labels_follow_the_pass_rate():
+    from pathlib import Path
+
+    from jointopt.config import load_space_file
+    from jointopt.space import space_from_dict
+    from jointopt.tasks import make_task
+
+    root = Path(__file__).resolve().parents[1]
+    data = load_space_file(root / "search_spaces/budgets_uniform.yaml").model_dump()
+    data["difficulty"] = {"source": "oracle", "n_bins": 2, "oracle_samples": 4,
+                          "probe_temperature": 0.7, "probe_max_tokens": 16}
+    space = space_from_dict(data, "space")
+    task = make_task("reverse_words", levels=(1, 3), n_per_level=4, n_demos=3)
+
+    def by_length(request, index, rng):  # right on 2 words, wrong on 4
+        words = request.messages[-1].content.split(":")[-1].strip().split(", ")
+        return ", ".join(reversed(words)) if len(words) == 2 else ", ".join(words)
+
+    labels = space.oracle_labels(task, ScriptedBackend(by_length))
+    for e in task.examples:
+        assert labels[e.id] == ("1" if e.difficulty == "1" else "2")
