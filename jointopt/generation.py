@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["ChatMessage", "GenerationRequest", "Completion", "GenerationResult",
-           "greedy_single", "expand_greedy"]
+           "greedy_single", "expand_greedy", "check_request"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -158,3 +158,32 @@ def expand_greedy(request: GenerationRequest, result: GenerationResult) -> Gener
     first = result.completions[0]
     return replace(result, request=request, completions=(first,) * request.n,
                    copies=request.n - 1, cached=min(result.cached, 1))
+
+
+def check_request(request: Any, index: int) -> None:
+    """Raise :class:`~jointopt.errors.BackendError` for a malformed request (``index`` is
+    its position in the batch); backends call it before any engine work."""
+    from .errors import BackendError
+
+    where = f"requests[{index}]"
+    if not isinstance(request, GenerationRequest):
+        raise BackendError("each request must be a GenerationRequest", where=where,
+                           value=type(request).__name__)
+    if not request.messages:
+        raise BackendError("a request needs at least one message", where=f"{where}.messages",
+                           value=request.messages)
+    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
+        raise BackendError("`n` must be an integer >= 1", where=f"{where}.n", value=request.n)
+    if (isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int)
+            or request.max_tokens < 1):
+        raise BackendError("`max_tokens` must be an integer >= 1", where=f"{where}.max_tokens",
+                           value=request.max_tokens)
+    if not request.temperature >= 0:
+        raise BackendError("`temperature` must be >= 0", where=f"{where}.temperature",
+                           value=request.temperature)
+    if not 0 < request.top_p <= 1:
+        raise BackendError("`top_p` must be in (0, 1]", where=f"{where}.top_p",
+                           value=request.top_p)
+    if any(not isinstance(s, str) or not s for s in request.stop):
+        raise BackendError("stop strings must be non-empty strings", where=f"{where}.stop",
+                           value=request.stop)

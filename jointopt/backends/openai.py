@@ -50,7 +50,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import BackendError
-from ..generation import Completion, GenerationRequest, GenerationResult
+from ..generation import Completion, GenerationRequest, GenerationResult, check_request
 from .base import Backend
 
 __all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
@@ -452,7 +452,7 @@ class OpenAIBackend(Backend):
             raise BackendError("the backend is closed", where="OpenAIBackend")
         requests = list(requests)
         for index, request in enumerate(requests):
-            _validate(request, index)
+            check_request(request, index)
         if not requests:
             return []
         self.model  # noqa: B018 - discover once, before the threads start
@@ -594,17 +594,3 @@ def _http_fix(status: int) -> str:
         return "the server failed; check its log"
     return "check the request parameters against the server's limits (e.g. max_model_len)"
 
-
-def _validate(request: Any, index: int) -> None:
-    where = f"requests[{index}]"
-    if not isinstance(request, GenerationRequest):
-        raise BackendError("each request must be a GenerationRequest", where=where,
-                           value=type(request).__name__)
-    if not request.messages:
-        raise BackendError("a request needs at least one message", where=f"{where}.messages")
-    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
-        raise BackendError("`n` must be an integer >= 1", where=f"{where}.n", value=request.n)
-    if (isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int)
-            or request.max_tokens < 1):
-        raise BackendError("`max_tokens` must be an integer >= 1", where=f"{where}.max_tokens",
-                           value=request.max_tokens)

@@ -31,6 +31,7 @@ from ..generation import (
     Completion,
     GenerationRequest,
     GenerationResult,
+    check_request,
     expand_greedy,
     greedy_single,
 )
@@ -317,7 +318,7 @@ class VLLMBackend(Backend):
         """
         requests = list(requests)
         for index, request in enumerate(requests):
-            _validate(request, index)
+            check_request(request, index)
         if not requests:
             return []
         greedy = [r.temperature == 0 and r.n > 1 for r in requests]
@@ -404,31 +405,6 @@ class VLLMBackend(Backend):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _validate(request: Any, index: int) -> None:
-    where = f"requests[{index}]"
-    if not isinstance(request, GenerationRequest):
-        raise BackendError("each request must be a GenerationRequest", where=where,
-                           value=type(request).__name__)
-    if not request.messages:
-        raise BackendError("a request needs at least one message", where=f"{where}.messages",
-                           value=request.messages)
-    if isinstance(request.n, bool) or not isinstance(request.n, int) or request.n < 1:
-        raise BackendError("`n` must be an integer >= 1", where=f"{where}.n", value=request.n)
-    if (isinstance(request.max_tokens, bool) or not isinstance(request.max_tokens, int)
-            or request.max_tokens < 1):
-        raise BackendError("`max_tokens` must be an integer >= 1", where=f"{where}.max_tokens",
-                           value=request.max_tokens)
-    if not request.temperature >= 0:
-        raise BackendError("`temperature` must be >= 0", where=f"{where}.temperature",
-                           value=request.temperature)
-    if not 0 < request.top_p <= 1:
-        raise BackendError("`top_p` must be in (0, 1]", where=f"{where}.top_p",
-                           value=request.top_p)
-    if any(not isinstance(s, str) or not s for s in request.stop):
-        raise BackendError("stop strings must be non-empty strings", where=f"{where}.stop",
-                           value=request.stop)
 
 
 def _completion(out: Any, want_logprobs: bool) -> Completion:
