@@ -121,17 +121,10 @@ def bootstrap_mean(values: Sequence[float], *, n_resamples: int = 2000,
     if not 0 < confidence < 1:
         raise DataError("confidence must be in (0, 1)", where="confidence", value=confidence,
                         fix="e.g. 0.95")
-    rng = np.random.default_rng(seed)
-    n = arr.size
-    means = np.empty(n_resamples)
-    chunk = max(1, 2_000_000 // n)
-    for start in range(0, n_resamples, chunk):
-        stop = min(start + chunk, n_resamples)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = arr[idx].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return Interval(float(arr.mean()), float(low), float(high))
+    from .validation import bootstrap
+
+    ci = bootstrap(arr, resamples=n_resamples, level=confidence, seed=seed)
+    return Interval(ci.value, ci.low, ci.high)
 
 
 # ------------------------------------------------------------------------------ pick rules

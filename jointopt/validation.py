@@ -75,14 +75,22 @@ def split_task(task: Task, test_fraction: float, seed: int = 0) -> Split:
 
 def bootstrap(values: Sequence[float], *, resamples: int = 2000, level: float = 0.95,
               seed: int = 0) -> Interval:
-    """Mean of ``values`` with a percentile bootstrap interval over examples."""
-    data = np.asarray(values, dtype=float)
+    """Mean of ``values`` with a percentile bootstrap interval over examples.
+
+    Resamples with ``numpy.random.default_rng(seed)`` in chunks, so large inputs need
+    little memory and the interval is reproducible.
+    """
+    data = np.asarray(list(values), dtype=float)
     if data.size == 0:
         raise ConfigError("cannot bootstrap an empty sample", where="bootstrap",
                           fix="evaluate on at least one example")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, data.size, size=(resamples, data.size))
-    means = data[idx].mean(axis=1)
+    n = data.size
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, resamples, chunk):
+        stop = min(start + chunk, resamples)
+        means[start:stop] = data[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return Interval(float(data.mean()), float(low), float(high), level)
