@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, CachedBackend, SampleStore, make_backend
+from .backends import Backend, CachedBackend, SampleStore
 from .config import StudyConfig
 from .errors import ConfigError, JointoptError
 from .evaluation import evaluate
 from .policy import Allocation, Policy
 from .strategies import make_strategy
-from .study import StudyPlan, plan_study
-from .validation import Interval, bootstrap
+from .study import StudyPlan, bank_pool_size, build_backend, plan_study
+from .validation import Interval, objective_intervals
 
 __all__ = ["CurvePoint", "CompareResult", "compare_strategies", "plot_curves"]
 
@@ -93,15 +93,11 @@ def compare_strategies(
     policies = _policies(plan)
     out = plan.out_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    bank = config.bank
-    pool_size = bank.pool_size if bank.enabled and config.cache else None
-    engine = backend or make_backend(
-        config.model.backend, model=config.model.model, seed=config.model.seed,
-        max_model_len=config.model.max_model_len, engine_kwargs=dict(config.model.engine))
+    pool_size = bank_pool_size(plan)
+    engine = backend or build_backend(config)
     wrapped: Backend = engine
     if config.cache:
         wrapped = CachedBackend(engine, SampleStore(plan.out_dir / "samples.sqlite"))
-    val = config.validation
     points = []
     try:
         for i, policy in enumerate(policies):
@@ -109,10 +105,7 @@ def compare_strategies(
             result = evaluate(policy, plan.task, wrapped, seed=config.seed, pool_size=pool_size)
             point = CurvePoint(
                 strategy=alloc.strategy, params=dict(alloc.params),
-                accuracy=bootstrap([r.correct for r in result.records],
-                                   resamples=val.resamples, level=val.level, seed=val.seed),
-                mean_tokens=bootstrap([r.tokens for r in result.records],
-                                      resamples=val.resamples, level=val.level, seed=val.seed),
+                **objective_intervals(result.records, config.validation),
                 generated=result.generated, wall_time=result.wall_time,
             )
             points.append(point)

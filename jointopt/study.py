@@ -28,7 +28,7 @@ from .evaluation import EvaluationResult, evaluate
 from .policy import Policy
 from .space import SearchSpace, space_from_dict
 from .tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
-from .validation import Interval, bootstrap, split_task
+from .validation import Interval, objective_intervals, split_task
 
 if TYPE_CHECKING:
     import optuna
@@ -694,7 +694,7 @@ class _Trials:
         try:
             result: EvaluationResult = evaluate(policy, plan.task, self.ready(),
                                                 seed=plan.config.seed,
-                                                pool_size=_pool_size(plan))
+                                                pool_size=bank_pool_size(plan))
         except JointoptError as exc:
             trial.set_user_attr(FAIL_ATTR, redact(str(exc)))
             log.warning("trial %d failed: %s", trial.number, exc)
@@ -711,14 +711,9 @@ class _Trials:
         trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
         trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
         trial.set_user_attr("dataset_hash", plan.task_hash)
-        val = plan.config.validation
         trial.set_user_attr("dev_intervals", {
-            "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
-                                  level=val.level, seed=val.seed).to_dict(),
-            "mean_tokens": bootstrap([r.tokens for r in result.records],
-                                     resamples=val.resamples, level=val.level,
-                                     seed=val.seed).to_dict(),
-        })
+            k: v.to_dict()
+            for k, v in objective_intervals(result.records, plan.config.validation).items()})
         limit = plan.config.optimizer.max_mean_tokens
         if limit is not None:
             trial.set_user_attr("constraint", [result.mean_tokens - limit])
@@ -889,7 +884,8 @@ def _finished_last(study: "optuna.Study") -> bool:
     return last.user_attrs.get(WORKER_ATTR) == worker_identity()
 
 
-def _pool_size(plan: StudyPlan) -> int | None:
+def bank_pool_size(plan: StudyPlan) -> int | None:
+    """Pool size for scoring parallel strategies from the sample bank (None: run them)."""
     bank = plan.config.bank
     return bank.pool_size if bank.enabled and plan.config.cache else None
 
@@ -904,17 +900,12 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: _Trials
         trials._label_by_oracle()
     test_task = trials.plan.test_task
     engine = trials.ready()
-    val = plan.config.validation
     for t in todo:
         result = evaluate(t.policy, test_task, engine, seed=plan.config.seed,
-                          pool_size=_pool_size(plan))
+                          pool_size=bank_pool_size(plan))
         tests[str(t.number)] = {
-            "accuracy": bootstrap([r.correct for r in result.records], resamples=val.resamples,
-                                  level=val.level, seed=val.seed).to_dict(),
-            "mean_tokens": bootstrap([r.tokens for r in result.records],
-                                     resamples=val.resamples, level=val.level,
-                                     seed=val.seed).to_dict(),
-        }
+            k: v.to_dict()
+            for k, v in objective_intervals(result.records, plan.config.validation).items()}
         log.info("trial %d on test: accuracy %.3f", t.number, result.accuracy)
     study.set_user_attr(TEST_ATTR, tests)
 

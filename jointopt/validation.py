@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ConfigError
 from .tasks import Task
 
-__all__ = ["Interval", "Split", "split_task", "bootstrap"]
+__all__ = ["Interval", "Split", "split_task", "bootstrap", "objective_intervals"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,12 @@ def bootstrap(values: Sequence[float], *, resamples: int = 2000, level: float = 
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return Interval(float(data.mean()), float(low), float(high), level)
+
+
+def objective_intervals(records: Sequence, settings: object) -> dict[str, Interval]:
+    """Bootstrap intervals of both objectives (accuracy, mean tokens) over per-example
+    records (``.correct``, ``.tokens``), with a :class:`~jointopt.config.ValidationConfig`'s
+    ``resamples``, ``level`` and ``seed``."""
+    options = dict(resamples=settings.resamples, level=settings.level, seed=settings.seed)
+    return {"accuracy": bootstrap([r.correct for r in records], **options),
+            "mean_tokens": bootstrap([r.tokens for r in records], **options)}
