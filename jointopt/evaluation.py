@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from .backends.base import Backend
 from .errors import StrategyError
 from .generation import GenerationRequest, GenerationResult
@@ -21,6 +23,10 @@ from .prompts import render_messages, validate_template
 from .strategies import Strategy, StrategyContext, StrategyOutcome, make_strategy
 from .strategies.base import Run
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .bank import PoolSample
+    from .prompts import PromptTemplate
 
 __all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy"]
 
@@ -198,11 +204,8 @@ def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, exam
         bin_name = None
     else:
         bin_name, allocation = policy.allocation_for(example)
-    ctx = StrategyContext(
-        example=example, task=task, messages=render_messages(policy.prompt, task, example),
-        temperature=allocation.temperature, max_tokens=allocation.max_tokens,
-        seed=_seed(seed, example.id), answer_regex=policy.prompt.answer_regex,
-    )
+    ctx = example_context(policy.prompt, task, example, temperature=allocation.temperature,
+                          max_tokens=allocation.max_tokens, seed=seed)
     if bin_name is None:
         return _probed_run(policy, strategies, ctx), None
     return strategies[bin_name].run(ctx), bin_name
@@ -225,14 +228,22 @@ def _pool_size(ctx: StrategyContext, k: int, pool_size: int) -> int:
     return 1 if ctx.temperature == 0 else max(pool_size, k)
 
 
-def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: GenerationResult,
-                     k: int, bin_name: str) -> ExampleRecord:
+def example_context(template: "PromptTemplate", task: Task, example, *, temperature: float,
+                    max_tokens: int, seed: int = 0) -> StrategyContext:
+    """The context in which a strategy answers ``example`` with ``template`` (the example's
+    seed is derived from ``seed`` and its id, as in every evaluation)."""
+    return StrategyContext(
+        example=example, task=task, messages=render_messages(template, task, example),
+        temperature=temperature, max_tokens=max_tokens, seed=_seed(seed, example.id),
+        answer_regex=template.answer_regex,
+    )
+
+
+def pool_samples(ctx: StrategyContext, completions) -> list["PoolSample"]:
+    """The completions of one example read as sample-bank entries (answer, correctness,
+    tokens, likelihoods)."""
     from .bank import PoolSample
 
-    completions = list(result.completions)
-    greedy = len(completions) < k  # a greedy pool: every draw is this one completion
-    if greedy:
-        completions = completions * k
     pool = []
     for c in completions:
         answer = ctx.extract(c.text)
@@ -241,7 +252,16 @@ def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: Generatio
             completion_tokens=c.num_tokens, mean_logprob=c.mean_logprob,
             sum_logprob=c.sum_logprob,
         ))
-    expected = strategy.score_pool(pool, completions, ctx)
+    return pool
+
+
+def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: GenerationResult,
+                     k: int, bin_name: str) -> ExampleRecord:
+    completions = list(result.completions)
+    greedy = len(completions) < k  # a greedy pool: every draw is this one completion
+    if greedy:
+        completions = completions * k
+    expected = strategy.score_pool(pool_samples(ctx, completions), completions, ctx)
     # k greedy samples are one generation and k - 1 copies (see GenerationResult.copies).
     completion_tokens = completions[0].num_tokens if greedy else expected.completion_tokens
     return ExampleRecord(
@@ -269,15 +289,9 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
     bins, contexts = [], []
     for example in task.examples:
         bin_name, allocation = policy.allocation_for(example)
-        contexts.append(StrategyContext(
-            example=example,
-            task=task,
-            messages=render_messages(policy.prompt, task, example),
-            temperature=allocation.temperature,
-            max_tokens=allocation.max_tokens,
-            seed=_seed(seed, example.id),
-            answer_regex=policy.prompt.answer_regex,
-        ))
+        contexts.append(example_context(policy.prompt, task, example,
+                                        temperature=allocation.temperature,
+                                        max_tokens=allocation.max_tokens, seed=seed))
         bins.append(bin_name)
 
     probed = policy.difficulty.source == "probe"

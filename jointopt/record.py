@@ -34,9 +34,9 @@ from .backends.replay import (
     sampling_values,
 )
 from .errors import BackendError, ConfigError
-from .evaluation import _seed as example_seed
+from .evaluation import example_context
 from .generation import GenerationRequest, GenerationResult
-from .prompts import PromptTemplate, render_messages
+from .prompts import PromptTemplate
 from .strategies import StrategyContext
 from .study import StudyPlan, task_hash
 from .tasks import Example
@@ -298,13 +298,9 @@ def _record_batch(fh: IO[str], plan: StudyPlan, backend: Backend, batch: Sequenc
     contexts: list[tuple[_Setting, StrategyContext]] = []
     for setting in batch:
         for example in examples:
-            contexts.append((setting, StrategyContext(
-                example=example, task=task,
-                messages=render_messages(setting.prompt, task, example),
-                temperature=setting.temperature, max_tokens=setting.max_tokens,
-                seed=example_seed(plan.config.seed, example.id),
-                answer_regex=setting.prompt.answer_regex,
-            )))
+            contexts.append((setting, example_context(
+                setting.prompt, task, example, temperature=setting.temperature,
+                max_tokens=setting.max_tokens, seed=plan.config.seed)))
     requests = [ctx.request(n=pool_n(setting)) for setting, ctx in contexts]
     results = backend.generate(requests)
     counts["calls"] += 1

@@ -120,24 +120,14 @@ class SearchSpace:
     def oracle_labels(self, task: Task, backend: Any, seed: int = 0) -> dict[str, str]:
         """Oracle bins: each example's pass rate over ``oracle_samples`` samples with the
         space's first prompt, cut into ``n_bins`` quantile bins (``"1"`` = easiest)."""
-        from .bank import PoolSample
         from .difficulty import oracle_bins, pass_rates_from_pools
-        from .evaluation import StrategyContext, _seed
-        from .prompts import render_messages
+        from .evaluation import pool_samples
 
         p = self.oracle or {}
-        template = self.prompts[0]
-        contexts = [StrategyContext(
-            example=e, task=task, messages=render_messages(template, task, e),
-            temperature=float(p["probe_temperature"]), max_tokens=int(p["probe_max_tokens"]),
-            seed=_seed(seed, e.id), answer_regex=template.answer_regex) for e in task.examples]
+        contexts = _settings_contexts(self.prompts[0], task, p, seed)
         results = backend.generate([c.request(n=int(p["oracle_samples"])) for c in contexts])
-        pools = {}
-        for ctx, result in zip(contexts, results):
-            pools[ctx.example.id] = [
-                PoolSample(answer=(a := ctx.extract(c.text)),
-                           correct=task.is_correct(ctx.example, a),
-                           completion_tokens=c.num_tokens) for c in result.completions]
+        pools = {ctx.example.id: pool_samples(ctx, result.completions)
+                 for ctx, result in zip(contexts, results)}
         return oracle_bins(pass_rates_from_pools(pools), int(p["n_bins"]))
 
     def with_probe_thresholds(self, task: Task, backend: Any, seed: int = 0
@@ -146,10 +136,8 @@ class SearchSpace:
         the probe's (serve-time) bins agree with oracle bins from the pass rate over
         ``oracle_samples`` samples. The probe samples are the first samples of the oracle
         pools, so with a sample store the report costs the oracle samples only once."""
-        from .bank import PoolSample
         from .difficulty import agreement, fit_thresholds, oracle_bins, pass_rates_from_pools
-        from .evaluation import StrategyContext, _seed, probe_signal_of
-        from .prompts import render_messages
+        from .evaluation import pool_samples, probe_signal_of
 
         p = self.probe or {}
         n_bins, k = int(p["n_bins"]), int(p["probe_k"])
@@ -157,22 +145,14 @@ class SearchSpace:
         report: dict[str, Any] = {"probe_k": k, "n_bins": n_bins,
                                   "oracle_samples": int(p["oracle_samples"]), "prompts": {}}
         for template in self.prompts:
-            contexts = [StrategyContext(
-                example=e, task=task, messages=render_messages(template, task, e),
-                temperature=float(p["probe_temperature"]), max_tokens=int(p["probe_max_tokens"]),
-                seed=_seed(seed, e.id), answer_regex=template.answer_regex)
-                for e in task.examples]
+            contexts = _settings_contexts(template, task, p, seed)
             n = max(k, int(p["oracle_samples"]))
             results = backend.generate([c.request(n=n) for c in contexts])
             signals, pools = {}, {}
             for ctx, result in zip(contexts, results):
                 probe = dataclasses.replace(result, completions=result.completions[:k])
                 signals[ctx.example.id] = probe_signal_of(ctx, probe)
-                pools[ctx.example.id] = [
-                    PoolSample(answer=(a := ctx.extract(c.text)),
-                               correct=task.is_correct(ctx.example, a),
-                               completion_tokens=c.num_tokens)
-                    for c in result.completions]
+                pools[ctx.example.id] = pool_samples(ctx, result.completions)
             cuts = fit_thresholds(list(signals.values()), n_bins)
             thresholds[template.id] = cuts
             spec = self._probe_spec(cuts)
@@ -360,6 +340,16 @@ class SearchSpace:
             return IntRange(low, high, step or 1, log_scale)
         return FloatRange(float(low), float(high), None if step is None else float(step),
                           log_scale)
+
+
+def _settings_contexts(template: PromptTemplate, task: Task, settings: Mapping[str, Any],
+                       seed: int) -> list[Any]:
+    """Contexts of every example at the probe/oracle sampling settings."""
+    from .evaluation import example_context
+
+    return [example_context(template, task, e, temperature=float(settings["probe_temperature"]),
+                            max_tokens=int(settings["probe_max_tokens"]), seed=seed)
+            for e in task.examples]
 
 
 def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
