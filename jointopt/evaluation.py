@@ -61,7 +61,11 @@ class ExampleRecord:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Objectives of a policy on a task, with the per-example records behind them."""
+    """Objectives of a policy on a task, with the per-example records behind them.
+
+    ``generated`` / ``cached``: completions produced by the engine / served from the
+    sample store during this evaluation (pools included).
+    """
 
     accuracy: float
     mean_tokens: float
@@ -71,8 +75,6 @@ class EvaluationResult:
     generated: int
     cached: int
     records: tuple[ExampleRecord, ...]
-    """``generated``/``cached``: completions produced by the engine / served from the store
-    during this evaluation (pools included)."""
 
     def metrics(self) -> dict[str, float]:
         return {
