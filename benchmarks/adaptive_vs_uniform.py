@@ -7,7 +7,8 @@ policy with the highest test accuracy; the ratio is the test tokens of the cheap
 adaptive Pareto policy whose test accuracy is at least that, over the uniform policy's
 test tokens (Snell et al. report about 0.25). No such adaptive policy: said so.
 
-    .venv/bin/python benchmarks/adaptive_vs_uniform.py [--scripted]
+    .venv/bin/python benchmarks/adaptive_vs_uniform.py [--difficulty label|probe|predictor]
+        [--scripted]
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scripted", action="store_true", help="offline smoke run")
     parser.add_argument("--output-dir", default="runs/adaptive_vs_uniform")
-    parser.add_argument("--difficulty", choices=["label", "probe"], default="label",
-                        help="bins from the data's labels, or predicted by a probe "
-                             "(usable at serve time)")
+    parser.add_argument("--difficulty", choices=["label", "probe", "predictor"],
+                        default="label",
+                        help="bins from the data's labels, or predicted (usable at serve "
+                             "time) by a probe or by a text predictor")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     logging.basicConfig(level=logging.WARNING)
@@ -46,8 +48,9 @@ def main() -> int:
     config_path = ROOT / "experiments/adaptive_vs_uniform.yaml"
     out = Path(args.output_dir)
     adaptive_cfg = load_config(config_path, {"output_dir": str(out)} if args.difficulty == "label"
-                               else {"output_dir": str(out), "name": "adaptive_probe",
-                                     "search_space": "../search_spaces/budgets_probe.yaml"})
+                               else {"output_dir": str(out), "name": f"adaptive_{args.difficulty}",
+                                     "search_space": f"../search_spaces/budgets_{args.difficulty}"
+                                                     ".yaml"})
     uniform_cfg = load_config(config_path, {
         "output_dir": str(out), "name": "uniform", "optimizer": {"n_trials": 40},
         "search_space": "../search_spaces/budgets_uniform.yaml"})
@@ -67,9 +70,9 @@ def main() -> int:
     finally:
         engine.close()
 
-    if args.difficulty == "probe":
+    if args.difficulty != "label":
         report = (out / "difficulty_report.json").read_text()
-        print(f"difficulty report (probe bins vs oracle bins on dev): {report}")
+        print(f"difficulty report ({args.difficulty} bins vs oracle bins): {report}")
     print("uniform Pareto front on test:")
     for t in uniform.pareto:
         print(_row("uniform", t))

@@ -314,29 +314,36 @@ ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
 class DifficultyConfig(_Strict):
     """How inputs are split into difficulty bins, each with its own strategy and budget."""
 
-    source: Literal["none", "label", "probe", "oracle"] = "none"
+    source: Literal["none", "label", "probe", "predictor", "oracle"] = "none"
     """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
     picks the bin. ``probe``: the policy first draws ``probe_k`` samples with its prompt;
     their agreement picks the bin (thresholds fitted on the dev split), and the bin's
-    strategy reuses them; usable at serve time. ``oracle``: bins by each example's pass rate
-    over ``oracle_samples`` samples with the space's first prompt (quantiles, Snell et al.);
-    an analysis upper bound, not servable: inputs would need the label."""
+    strategy reuses them; usable at serve time. ``predictor``: a small logistic regression
+    on the input's text features, fitted on the dev split's oracle bins, picks the bin;
+    usable at serve time and generates nothing (cheap, but only as good as the text says
+    how hard an input is: see ``difficulty_report.json``). ``oracle``: bins by each
+    example's pass rate over ``oracle_samples`` samples with the space's first prompt
+    (quantiles, Snell et al.); an analysis upper bound, not servable: inputs would need the
+    label."""
     bins: list[str] | None = None
     """Bin labels; default: the difficulty labels found in the task's examples, sorted."""
     default_bin: str | None = None
     """Bin for inputs without a known label; default: the last bin (the most compute)."""
     n_bins: int = Field(3, ge=2, le=10)
-    """``probe``: number of bins (``"1"`` = easiest)."""
+    """``probe``, ``predictor`` and ``oracle``: number of bins (``"1"`` = easiest)."""
     probe_k: int = Field(4, ge=1, le=64)
     """``probe``: samples of the probe; their tokens are part of the policy's cost."""
     probe_temperature: float = Field(0.7, gt=0.0)
     """``probe``: sampling temperature of the probe (allocations with the same temperature
-    and max_tokens reuse the probe's samples)."""
+    and max_tokens reuse the probe's samples); ``predictor`` and ``oracle``: of the oracle
+    samples."""
     probe_max_tokens: int = Field(16, ge=1)
-    """``probe``: completion-token cap of the probe samples."""
+    """``probe``: completion-token cap of the probe samples; ``predictor`` and ``oracle``:
+    of the oracle samples."""
     oracle_samples: int = Field(8, ge=2)
-    """``probe`` and ``oracle``: samples per example for the oracle bins (pass rate); for
-    ``probe`` they are what the predicted bins are compared with in the report."""
+    """``probe``, ``predictor`` and ``oracle``: samples per example for the oracle bins
+    (pass rate); for ``probe`` and ``predictor`` they are what the predicted bins are
+    compared with in the report, and ``predictor`` is trained on them."""
 
 
 class ProposeEntry(_Strict):

@@ -13,6 +13,7 @@ from .errors import ConfigError
 from .prompts import PromptTemplate
 
 if TYPE_CHECKING:
+    from .difficulty import DifficultyPredictor
     from .tasks import Example
 
 __all__ = ["SCHEMA_VERSION", "Allocation", "DifficultySpec", "Policy", "DEFAULT_BIN"]
@@ -69,11 +70,13 @@ class DifficultySpec:
     """How an input gets its difficulty bin at serve time.
 
     Attributes:
-        source: ``none`` (one bin for everything), ``label`` (the input carries its bin)
-            or ``probe`` (the policy first draws ``probe_k`` samples; the share of the
+        source: ``none`` (one bin for everything), ``label`` (the input carries its bin),
+            ``probe`` (the policy first draws ``probe_k`` samples; the share of the
             plurality answer, with a likelihood tie-breaker, picks the bin by
             ``thresholds``; the probe's samples are reused by the bin's strategy when it
-            samples with the same temperature and max_tokens).
+            samples with the same temperature and max_tokens) or ``predictor`` (a
+            :class:`~jointopt.difficulty.DifficultyPredictor` picks the bin from the
+            input's text, generating nothing).
         bins: the bin labels, in order of increasing difficulty.
         default_bin: bin used when an input has no label or its label has no allocation.
         probe_k: samples of the probe (``probe`` only).
@@ -81,19 +84,24 @@ class DifficultySpec:
         probe_max_tokens: completion-token cap of the probe samples.
         thresholds: descending cut points of the probe signal, one fewer than ``bins``
             (fitted on the dev split); a signal >= ``thresholds[0]`` is the easiest bin.
+        predictor: the fitted text predictor (``predictor`` only; a mapping from
+            :meth:`~jointopt.difficulty.DifficultyPredictor.to_dict` is accepted).
     """
 
-    source: Literal["none", "label", "probe"] = "none"
+    source: Literal["none", "label", "probe", "predictor"] = "none"
     bins: tuple[str, ...] = ()
     default_bin: str = DEFAULT_BIN
     probe_k: int = 0
     probe_temperature: float = 0.7
     probe_max_tokens: int = 16
     thresholds: tuple[float, ...] = ()
+    predictor: "DifficultyPredictor | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if self.source == "predictor":
+            self._check_predictor()
         if self.source != "probe":
             return
         if self.probe_k < 1:
@@ -106,9 +114,28 @@ class DifficultySpec:
                 where="difficulty.thresholds", value=self.thresholds,
                 fix=f"give {max(len(self.bins) - 1, 0)} descending cut points")
 
+    def _check_predictor(self) -> None:
+        from .difficulty import DifficultyPredictor
+
+        predictor = self.predictor
+        if isinstance(predictor, Mapping):
+            predictor = DifficultyPredictor.from_dict(predictor)
+            object.__setattr__(self, "predictor", predictor)
+        if not isinstance(predictor, DifficultyPredictor):
+            raise ConfigError("source 'predictor' needs a fitted predictor",
+                              where="difficulty.predictor", value=predictor,
+                              fix="give the output of DifficultyPredictor.to_dict()")
+        unknown = sorted(set(predictor.classes) - set(self.bins))
+        if unknown:
+            raise ConfigError("the predictor predicts bins the policy does not have",
+                              where="difficulty.predictor.classes", value=unknown,
+                              fix=f"list them in difficulty.bins (has: {list(self.bins)})")
+
     def bin_of(self, example: "Example") -> str:
         if self.source == "label" and example.difficulty is not None:
             return str(example.difficulty)
+        if self.source == "predictor":
+            return self.predictor.predict(example)
         return self.default_bin
 
     def probe_bin(self, signal: float) -> str:
@@ -125,6 +152,8 @@ class DifficultySpec:
             out.update(probe_k=self.probe_k, probe_temperature=self.probe_temperature,
                        probe_max_tokens=self.probe_max_tokens,
                        thresholds=list(self.thresholds))
+        if self.source == "predictor":
+            out["predictor"] = self.predictor.to_dict()
         return out
 
 

@@ -7,7 +7,9 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
     schema_version: 1
     model: smollm2-135m-instruct
     prompt: {id, user, system?, shots?, shot_answer?, answer_regex?, ...}   # PromptTemplate
-    difficulty: {source: none | label, default_bin: all}
+    difficulty: {source: none | label | probe | predictor, bins, default_bin,
+                 probe_k?, probe_temperature?, probe_max_tokens?, thresholds?,   # probe
+                 predictor?: {kind, features, classes, means, scales, weights}}  # predictor
     bins:
       all: {strategy: majority, temperature: 0.4, max_tokens: 12, params: {n: 3}}
     metadata:

@@ -112,18 +112,27 @@ class SearchSpace:
 
     #: ``difficulty.source: oracle`` settings (None otherwise).
     oracle: Mapping[str, Any] | None = None
+    #: ``difficulty.source: predictor`` settings (None otherwise); once
+    #: :meth:`with_predictor` has fitted the predictor, ``difficulty`` holds it.
+    predictor_settings: Mapping[str, Any] | None = None
 
     @property
     def needs_probe_fit(self) -> bool:
         return self.probe is not None and not self.thresholds
 
-    def oracle_labels(self, task: Task, backend: Any, seed: int = 0) -> dict[str, str]:
+    @property
+    def needs_predictor_fit(self) -> bool:
+        return self.predictor_settings is not None and self.difficulty.source != "predictor"
+
+    def oracle_labels(self, task: Task, backend: Any, seed: int = 0,
+                      settings: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Oracle bins: each example's pass rate over ``oracle_samples`` samples with the
-        space's first prompt, cut into ``n_bins`` quantile bins (``"1"`` = easiest)."""
+        space's first prompt, cut into ``n_bins`` quantile bins (``"1"`` = easiest).
+        ``settings`` defaults to the space's ``oracle`` settings."""
         from .difficulty import oracle_bins, pass_rates_from_pools
         from .evaluation import pool_samples
 
-        p = self.oracle or {}
+        p = settings or self.oracle or {}
         contexts = _settings_contexts(self.prompts[0], task, p, seed)
         results = backend.generate([c.request(n=int(p["oracle_samples"])) for c in contexts])
         pools = {ctx.example.id: pool_samples(ctx, result.completions)
@@ -163,6 +172,30 @@ class SearchSpace:
                 "agreement": agreement(predicted, oracle).to_dict(),
             }
         return dataclasses.replace(self, thresholds=thresholds), report
+
+    def with_predictor(self, task: Task, backend: Any, seed: int = 0,
+                       test_task: Task | None = None) -> tuple["SearchSpace", dict[str, Any]]:
+        """Fit the text difficulty predictor on the dev examples' oracle bins, and report
+        how its bins agree with oracle bins on dev (the fit) and, when ``test_task`` is
+        given, on the held-out examples (what serving can expect)."""
+        from .difficulty import FEATURES, DifficultyPredictor, agreement
+
+        p = self.predictor_settings or {}
+        dev_bins = self.oracle_labels(task, backend, seed, settings=p)
+        predictor = DifficultyPredictor.fit(task.examples, dev_bins)
+        bins = tuple(str(i) for i in range(1, int(p["n_bins"]) + 1))
+        spec = DifficultySpec(source="predictor", bins=bins, default_bin=bins[-1],
+                              predictor=predictor)
+        report: dict[str, Any] = {
+            "source": "predictor", "n_bins": len(bins), "features": list(FEATURES),
+            "oracle_prompt": self.prompts[0].id, "oracle_samples": int(p["oracle_samples"]),
+            "dev": agreement({e.id: spec.bin_of(e) for e in task.examples}, dev_bins).to_dict(),
+        }
+        if test_task is not None and test_task.examples:
+            test_bins = self.oracle_labels(test_task, backend, seed, settings=p)
+            report["test"] = agreement({e.id: spec.bin_of(e) for e in test_task.examples},
+                                       test_bins).to_dict()
+        return dataclasses.replace(self, difficulty=spec), report
 
     def _probe_spec(self, thresholds: tuple[float, ...]) -> DifficultySpec:
         p = self.probe or {}
@@ -255,6 +288,10 @@ class SearchSpace:
             bins = {b: self._allocation(trial, f"{b}.") for b in spec.bins}
             return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins,
                           difficulty=spec)
+        if self.needs_predictor_fit:
+            raise ConfigError("the difficulty predictor is not fitted",
+                              where=f"{self.source}: difficulty", value="predictor",
+                              fix="fit it with SearchSpace.with_predictor first")
         if self.difficulty.source == "none":
             bins = {self.difficulty.default_bin: self._allocation(trial, "")}
         else:
@@ -396,8 +433,12 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
         raise ConfigError("`default_bin` must be one of the bins",
                           where=f"{source}: difficulty.default_bin", value=default_bin,
                           fix=f"choose one of: {', '.join(bins)}")
-    probe = oracle = None
-    if source_kind == "oracle":
+    probe = oracle = predictor = None
+    if source_kind == "predictor":
+        predictor = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
+                                                      "probe_max_tokens", "oracle_samples")}
+        spec = DifficultySpec()
+    elif source_kind == "oracle":
         oracle = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
                                                    "probe_max_tokens", "oracle_samples")}
         labels = tuple(str(i) for i in range(1, int(difficulty["n_bins"]) + 1))
@@ -413,6 +454,7 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
     return SearchSpace(
         probe=probe,
         oracle=oracle,
+        predictor_settings=predictor,
         entries=tuple(entries),
         difficulty=spec,
         prompts=tuple(prompts),

@@ -619,23 +619,44 @@ class _Trials:
         the sample store, so every worker and rerun gets the same ones) and write the
         agreement of probe bins with oracle bins to ``difficulty_report.json`` and MLflow."""
         import dataclasses
-        import json
 
         space, report = self.plan.space.with_probe_thresholds(
             self.plan.task, self.ready(), seed=self.plan.config.seed)
         self.plan = dataclasses.replace(self.plan, space=space)
+        self._publish_difficulty_report(report, {
+            f"probe_{{}}.{prompt_id}": item["agreement"]
+            for prompt_id, item in report["prompts"].items()})
+
+    def _fit_predictor(self) -> None:
+        """Fit the text difficulty predictor on the dev split's oracle bins (deterministic
+        given the sample store) and write how its bins agree with oracle bins, on dev and
+        on the held-out split, to ``difficulty_report.json`` and MLflow."""
+        import dataclasses
+
+        space, report = self.plan.space.with_predictor(
+            self.plan.task, self.ready(), seed=self.plan.config.seed,
+            test_task=self.plan.test_task)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        self._publish_difficulty_report(report, {
+            f"predictor_{{}}.{split}": report[split]
+            for split in ("dev", "test") if split in report})
+
+    def _publish_difficulty_report(self, report: dict[str, Any],
+                                   agreements: dict[str, dict[str, Any]]) -> None:
+        """``agreements``: metric-name pattern (``{}`` is the measure) -> agreement dict."""
+        import json
+
         path = self.plan.out_dir / "difficulty_report.json"
         path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        for prompt_id, item in report["prompts"].items():
-            agree = item["agreement"]
-            log.info("probe bins vs oracle bins, prompt %s: exact %.2f, within one %.2f, "
-                     "spearman %.2f", prompt_id, agree["exact"], agree["within_one"],
+        for pattern, agree in agreements.items():
+            log.info("%s bins vs oracle bins: exact %.2f, within one %.2f, spearman %.2f",
+                     pattern.format("*"), agree["exact"], agree["within_one"],
                      agree["spearman"])
         if self.tracker is not None:
             from mlflow.entities import Metric
 
-            metrics = [Metric(f"probe_{key}.{prompt_id}", float(item["agreement"][key]), 0, 0)
-                       for prompt_id, item in report["prompts"].items()
+            metrics = [Metric(pattern.format(key), float(agree[key]), 0, 0)
+                       for pattern, agree in agreements.items()
                        for key in ("exact", "within_one", "spearman")]
             try:
                 self.tracker.client.log_batch(self.tracker.parent_run_id, metrics=metrics)
@@ -681,6 +702,8 @@ class _Trials:
             self._expand_proposals()
         if self.plan.space.needs_probe_fit:
             self._fit_probes()
+        if self.plan.space.needs_predictor_fit:
+            self._fit_predictor()
         if self.plan.space.oracle is not None and not self._oracle_done:
             self._label_by_oracle()
         plan = self.plan
