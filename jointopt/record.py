@@ -29,6 +29,7 @@ from .backends.base import Backend
 from .backends.replay import (
     BANK_FORMAT,
     BANK_VERSION,
+    check_difficulty_replayable,
     largest_pool_k,
     sampling_fields,
     sampling_values,
@@ -150,6 +151,7 @@ def check_recording(plan: StudyPlan, samples: int,
             where=f"{plan.space.source}: prompts", value=[dict(e) for e in unexpanded],
             fix="write the proposed templates into the search space as ordinary prompts "
                 "(ids and text), then record")
+    check_difficulty_replayable(plan.space)
     return [(s.prompt.id, s.temperature, s.max_tokens) for s in _settings(plan)]
 
 

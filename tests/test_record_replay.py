@@ -681,3 +681,20 @@ def test_proposal_entries_are_refused_before_any_compute(plan, bank_path, tmp_pa
                     out=tmp_path / "x.jsonl")
     with pytest.raises(ConfigError, match="propose"):
         check_replayable(space, load_bank(bank_path))
+
+
+@pytest.mark.parametrize("kind", ["probe", "predictor", "oracle"])
+def test_fitted_difficulty_sources_are_refused_before_any_compute(plan, bank_path, tmp_path,
+                                                                  kind):
+    settings = {"n_bins": 2, "probe_k": 2, "probe_temperature": 0.7, "probe_max_tokens": 16,
+                "oracle_samples": 4}
+    space = replace(plan.space, **{"predictor_settings" if kind == "predictor" else kind:
+                                   settings})
+    engine = ScriptedBackend()
+    for attempt in (lambda: check_replayable(space, load_bank(bank_path)),
+                    lambda: record_bank(replace(plan, space=space), engine, samples=2,
+                                        out=tmp_path / "x.jsonl")):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        assert info.value.where.endswith("difficulty.source") and info.value.value == kind
+    assert engine.calls == 0 and not (tmp_path / "x.jsonl").exists()

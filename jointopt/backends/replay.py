@@ -658,6 +658,22 @@ def largest_pool_k(space: "SearchSpace") -> int:
     return largest
 
 
+def check_difficulty_replayable(space: "SearchSpace") -> None:
+    """Refuse difficulty sources that generate beyond the recorded pools: ``probe``,
+    ``predictor`` and ``oracle`` bins are fitted from samples at their own settings (the
+    probe's, or ``oracle_samples`` with the first prompt), which a bank does not hold."""
+    kinds = [kind for kind, settings in (("probe", space.probe), ("oracle", space.oracle),
+                                         ("predictor", space.predictor_settings))
+             if settings is not None]
+    if kinds:
+        raise ConfigError(
+            f"difficulty source {kinds[0]!r} cannot be recorded or replayed: its bins are "
+            "fitted from samples a bank does not hold",
+            where=f"{space.source}: difficulty.source", value=kinds[0],
+            fix="use difficulty source 'none' or 'label' for a recorded or replayed study, or "
+                "run this one live")
+
+
 def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
                      task: "Task | None" = None, test_task: "Task | None" = None,
                      pool_size: int | None = None) -> None:
@@ -694,6 +710,7 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             "prompts that are not in the bank", where=f"{where}: prompts",
             value=[dict(e) for e in unexpanded],
             fix="write the templates the bank was recorded with into the search space")
+    check_difficulty_replayable(space)
     if task is not None or test_task is not None:
         from ..study import task_hash
 
