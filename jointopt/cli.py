@@ -189,7 +189,13 @@ def _run(args: argparse.Namespace) -> int:
         def on_ready() -> None:
             progress.update(bar, description="trials")
 
+        ran = {"trials": 0, "generated": 0, "cached": 0, "tokens": 0}
+
         def on_trial(summary: TrialSummary, done: int, total: int) -> None:
+            ran["trials"] += 1
+            for key, value in (("generated", summary.generated), ("cached", summary.cached),
+                               ("tokens", summary.tokens_generated)):
+                ran[key] += int(value or 0)
             last = (f"#{summary.number} acc={summary.accuracy:.2f} tok={summary.mean_tokens:.0f}"
                     if summary.accuracy is not None else f"#{summary.number} failed")
             progress.update(bar, completed=done, total=total, last=last)
@@ -209,6 +215,10 @@ def _run(args: argparse.Namespace) -> int:
                       t.policy.prompt.id if t.policy else "",
                       t.policy.describe() if t.policy else "")
     console.print(table)
+    if ran["trials"]:
+        console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
+                      f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
+                      "the sample store")
     if result.extra.get("reports_written", True):
         console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
                       f"storage {safe_url(result.storage)}; wall time {result.wall_time:.0f}s")

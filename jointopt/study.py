@@ -78,7 +78,9 @@ class TrialSummary:
 
     ``dev`` holds bootstrap intervals of accuracy and mean tokens on the examples the
     study searched on; ``test`` the same on the held-out split (Pareto trials only, when
-    the study has one).
+    the study has one). ``generated`` / ``cached``: completions the engine produced / the
+    sample store served during the trial; ``tokens_generated``: prompt + completion tokens
+    the engine processed for it (what the trial really cost to evaluate).
     """
 
     number: int
@@ -90,6 +92,7 @@ class TrialSummary:
     wall_time: float | None = None
     generated: int | None = None
     cached: int | None = None
+    tokens_generated: int | None = None
     dev: dict[str, Interval] | None = None
     test: dict[str, Interval] | None = None
 
@@ -475,6 +478,7 @@ def summarize(trial: "optuna.trial.FrozenTrial",
         wall_time=trial.user_attrs.get("wall_time_s"),
         generated=trial.user_attrs.get("completions_generated"),
         cached=trial.user_attrs.get("completions_cached"),
+        tokens_generated=trial.user_attrs.get("tokens_generated"),
     )
 
 
@@ -504,7 +508,8 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
             writer = csv.writer(fh)
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
                              "allocation", "dev_accuracy_ci", "test_accuracy",
-                             "test_accuracy_ci", "test_mean_tokens"])
+                             "test_accuracy_ci", "test_mean_tokens", "completions_generated",
+                             "completions_cached", "tokens_generated"])
             for t in rows:
                 dev = (t.dev or {}).get("accuracy")
                 test = t.test or {}
@@ -517,6 +522,8 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
                     f"{test['accuracy'].value:.4f}" if test else "",
                     f"[{test['accuracy'].low:.4f}, {test['accuracy'].high:.4f}]" if test else "",
                     f"{test['mean_tokens'].value:.2f}" if test else "",
+                    *("" if v is None else int(v)
+                      for v in (t.generated, t.cached, t.tokens_generated)),
                 ])
     policy_dir = result_dir / "policies"
     policy_dir.mkdir(exist_ok=True)
@@ -714,8 +721,10 @@ class _Trials:
         if self.tracker is not None:
             run_id = self.tracker.start_trial(trial.number, trial.params, policy)
             trial.set_user_attr(MLFLOW_ATTR, run_id)
+        engine = self.ready()
+        engine_tokens = getattr(engine, "engine_tokens", None)
         try:
-            result: EvaluationResult = evaluate(policy, plan.task, self.ready(),
+            result: EvaluationResult = evaluate(policy, plan.task, engine,
                                                 seed=plan.config.seed,
                                                 pool_size=bank_pool_size(plan))
         except JointoptError as exc:
@@ -730,6 +739,10 @@ class _Trials:
             raise
         for key, value in result.metrics().items():
             trial.set_user_attr(key, value)
+        # Without a sample store the engine ran everything the evaluation counted.
+        trial.set_user_attr("tokens_generated", float(
+            engine.engine_tokens - engine_tokens if engine_tokens is not None
+            else sum(r.tokens for r in result.records)))
         # Per-example outcomes, in task order, so intervals can be computed later.
         trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
         trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])

@@ -139,8 +139,9 @@ def test_sigkill_mid_trial_then_rerun_resumes(tmp_path):
         == ["RUNNING"], "the killed trial's MLflow run was opened when it started"
     generated_before = log.read_text().splitlines()
 
-    result = subprocess.run(jointopt("run", str(config)), cwd=tmp_path, env=child_env(),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(jointopt("run", str(config)), cwd=tmp_path,
+                            env=child_env(COLUMNS="200"), capture_output=True, text=True,
+                            timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
 
     after = optuna_trials(tmp_path, "crash")
@@ -161,6 +162,8 @@ def test_sigkill_mid_trial_then_rerun_resumes(tmp_path):
     counts = collections.Counter(line.split(" ", 1)[1] for line in lines)
     assert [k for k, n in counts.items() if n > 1] == [], "regenerated samples"
     assert len({line.split()[0] for line in lines}) == 2, "two processes generated"
+    rerun = len(lines) - len(generated_before)
+    assert f", {rerun} completions generated (" in result.stdout, result.stdout
 
     runs, parents = mlflow_trial_runs(tmp_path, "crash")
     status = {r.info.run_id: r.info.status for r in runs}

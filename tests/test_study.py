@@ -29,9 +29,18 @@ def config(tmp_path):
 
 
 def test_study_runs_logs_and_resumes(config, tmp_path):
+    import csv
+
+    from jointopt.testing import RecordingBackend
+
     backend = ScriptedBackend(reverse_responder)
-    result = run_study(config, backend=backend)
+    engine = RecordingBackend(backend)  # sees only what passes the sample store
+    result = run_study(config, backend=engine)
     assert len(result.trials) == 8
+    # per-trial engine cost: all of it is accounted to trials, none to cache hits
+    assert sum(t.tokens_generated for t in result.trials) == engine.total_tokens > 0
+    for t in result.trials:
+        assert (t.tokens_generated == 0) == (t.generated == 0)
     assert result.pareto, "a Pareto front"
     # non-dominated and sorted by tokens
     for a in result.pareto:
@@ -45,6 +54,10 @@ def test_study_runs_logs_and_resumes(config, tmp_path):
     for name in ("pareto.csv", "trials.csv", "pareto.png", "optuna.db", "samples.sqlite"):
         assert (out / name).exists(), name
     assert len(list((out / "policies").glob("*.yaml"))) == len(result.pareto)
+    with (out / "trials.csv").open(encoding="utf-8") as fh:
+        rows = {int(r["trial"]): r for r in csv.DictReader(fh)}
+    assert {n: int(r["tokens_generated"]) for n, r in rows.items()} == {
+        t.number: t.tokens_generated for t in result.trials}
 
     from mlflow.tracking import MlflowClient
 
@@ -55,7 +68,8 @@ def test_study_runs_logs_and_resumes(config, tmp_path):
     trials = [r for r in runs if r.data.tags.get("jointopt.role") == "trial"]
     assert len(parents) == 1 and len(trials) == 8
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in trials)
-    assert all({"accuracy", "mean_tokens"} <= set(r.data.metrics) for r in trials)
+    assert all({"accuracy", "mean_tokens", "tokens_generated", "completions_cached"}
+               <= set(r.data.metrics) for r in trials)
     assert all("prompt" in r.data.params and "strategy" in r.data.params for r in trials)
     artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"pareto.png", "pareto.csv", "policies"} <= artifacts
