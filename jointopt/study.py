@@ -721,9 +721,9 @@ class _Trials:
         if self.tracker is not None:
             run_id = self.tracker.start_trial(trial.number, trial.params, policy)
             trial.set_user_attr(MLFLOW_ATTR, run_id)
-        engine = self.ready()
-        engine_tokens = getattr(engine, "engine_tokens", None)
         try:
+            engine = self.ready()
+            engine_tokens = getattr(engine, "engine_tokens", None)
             result: EvaluationResult = evaluate(policy, plan.task, engine,
                                                 seed=plan.config.seed,
                                                 pool_size=bank_pool_size(plan))
