@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 __all__ = ["ChatMessage", "GenerationRequest", "Completion", "GenerationResult",
-           "greedy_single", "expand_greedy", "check_request"]
+           "greedy_single", "expand_greedy", "serve_greedy_once", "check_request"]
 
 Role = Literal["system", "user", "assistant"]
 
@@ -158,6 +159,20 @@ def expand_greedy(request: GenerationRequest, result: GenerationResult) -> Gener
     first = result.completions[0]
     return replace(result, request=request, completions=(first,) * request.n,
                    copies=request.n - 1, cached=min(result.cached, 1))
+
+
+def serve_greedy_once(requests: Sequence[GenerationRequest],
+                      serve: Callable[[list[GenerationRequest]], list[GenerationResult]]
+                      ) -> list[GenerationResult]:
+    """Answer ``requests`` with ``serve``, in order. Greedy decoding gives one completion,
+    so a greedy request for ``n > 1`` samples (or a later one) is served as its first
+    sample and answered with copies (:func:`greedy_single`, :func:`expand_greedy`)."""
+    greedy = [r.temperature == 0 and (r.n > 1 or r.offset > 0) for r in requests]
+    if not any(greedy):
+        return serve(list(requests))
+    plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
+    return [expand_greedy(r, res) if g else res
+            for r, res, g in zip(requests, serve(plain), greedy)]
 
 
 def check_request(request: Any, index: int) -> None:

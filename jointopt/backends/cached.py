@@ -24,8 +24,7 @@ from ..generation import (
     Completion,
     GenerationRequest,
     GenerationResult,
-    expand_greedy,
-    greedy_single,
+    serve_greedy_once,
 )
 from .base import Backend
 
@@ -119,11 +118,7 @@ class CachedBackend(Backend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         # Greedy requests are all the same sample: pool size 1, copies for the rest.
-        greedy = [r.temperature == 0 and (r.n > 1 or r.offset > 0) for r in requests]
-        plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
-        results = self._generate(plain)
-        return [expand_greedy(r, res) if g else res
-                for r, res, g in zip(requests, results, greedy)]
+        return serve_greedy_once(requests, self._generate)
 
     def _generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         keys = [self.key(r) for r in requests]

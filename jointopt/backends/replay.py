@@ -40,8 +40,7 @@ from ..generation import (
     Completion,
     GenerationRequest,
     GenerationResult,
-    expand_greedy,
-    greedy_single,
+    serve_greedy_once,
 )
 from .base import Backend
 
@@ -551,13 +550,9 @@ class ReplayBackend(Backend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         self.calls += 1
         self.requests_seen += len(requests)
-        # Greedy decoding gives one completion: a greedy request for n > 1 samples (or a
-        # later one) is answered from the pool's sample 0 with copies, as engines do.
-        greedy = [r.temperature == 0 and (r.n > 1 or r.offset > 0) for r in requests]
-        plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
-        results = self._serve(plain)
-        return [expand_greedy(r, res) if g else res
-                for r, res, g in zip(requests, results, greedy)]
+        # A greedy request for n > 1 samples (or a later one) is answered from the
+        # pool's sample 0 with copies, as engines do.
+        return serve_greedy_once(requests, self._serve)
 
     def _serve(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         plans = [self._plan(r) for r in requests]

@@ -32,8 +32,7 @@ from ..generation import (
     GenerationRequest,
     GenerationResult,
     check_request,
-    expand_greedy,
-    greedy_single,
+    serve_greedy_once,
 )
 from ..models import cache_dir, read_manifest, resolve_model
 from .base import Backend
@@ -321,12 +320,7 @@ class VLLMBackend(Backend):
             check_request(request, index)
         if not requests:
             return []
-        greedy = [r.temperature == 0 and r.n > 1 for r in requests]
-        if any(greedy):
-            plain = [greedy_single(r) if g else r for r, g in zip(requests, greedy)]
-            return [expand_greedy(r, res) if g else res
-                    for r, res, g in zip(requests, self._generate(plain), greedy)]
-        return self._generate(requests)
+        return serve_greedy_once(requests, self._generate)
 
     def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         llm = self.llm
