@@ -125,17 +125,10 @@ def test_predictor_spec_validation():
 def test_a_study_with_predicted_bins_reports_dev_and_held_out_agreement(tmp_path):
     import json
 
-    from jointopt.config import load_config
-    from jointopt.study import run_study
-    from test_study import reverse_responder
+    from test_difficulty_probe import study_with_difficulty
 
-    space = yaml.safe_load((ROOT / "search_spaces/budgets_uniform.yaml").read_text())
-    space["difficulty"] = {"source": "predictor", "n_bins": 2, "oracle_samples": 4}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    config = load_config(ROOT / "experiments/quickstart.yaml", {
-        "output_dir": str(tmp_path / "run"), "search_space": str(tmp_path / "space.yaml"),
-        "optimizer": {"n_trials": 5}, "validation": {"test_fraction": 0.3}})
-    result = run_study(config, backend=ScriptedBackend(reverse_responder))
+    result = study_with_difficulty(
+        tmp_path, {"source": "predictor", "n_bins": 2, "oracle_samples": 4}, n_trials=5)
     assert len(result.trials) == 5
     report = json.loads((tmp_path / "run" / "difficulty_report.json").read_text())
     assert report["source"] == "predictor" and {"dev", "test"} <= set(report)

@@ -66,8 +66,9 @@ def test_runtime_answers_with_a_probe_policy(tmp_path):
     assert sum(a.usage.total_tokens for a in answers) == backend.total_tokens
 
 
-def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path):
-    import json
+def study_with_difficulty(tmp_path, difficulty: dict, n_trials: int):
+    """The quickstart study on the budgets_uniform space with ``difficulty``, a 30% test
+    split and the scripted reversal responder."""
     from pathlib import Path
 
     import yaml
@@ -78,13 +79,20 @@ def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path)
 
     root = Path(__file__).resolve().parents[1]
     space = yaml.safe_load((root / "search_spaces/budgets_uniform.yaml").read_text())
-    space["difficulty"] = {"source": "probe", "n_bins": 2, "probe_k": 3,
-                           "probe_temperature": 0.7, "probe_max_tokens": 16}
+    space["difficulty"] = difficulty
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     config = load_config(root / "experiments/quickstart.yaml", {
         "output_dir": str(tmp_path / "run"), "search_space": str(tmp_path / "space.yaml"),
-        "optimizer": {"n_trials": 6}, "validation": {"test_fraction": 0.3}})
-    result = run_study(config, backend=ScriptedBackend(reverse_responder))
+        "optimizer": {"n_trials": n_trials}, "validation": {"test_fraction": 0.3}})
+    return run_study(config, backend=ScriptedBackend(reverse_responder))
+
+
+def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path):
+    import json
+
+    result = study_with_difficulty(tmp_path, {
+        "source": "probe", "n_bins": 2, "probe_k": 3, "probe_temperature": 0.7,
+        "probe_max_tokens": 16}, n_trials=6)
     assert len(result.trials) == 6
     report = json.loads((tmp_path / "run" / "difficulty_report.json").read_text())
     item = report["prompts"]["fewshot_nearest"]
@@ -99,22 +107,8 @@ def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path)
 
 
 def test_a_study_with_oracle_bins_labels_dev_and_test_by_pass_rate(tmp_path):
-    from pathlib import Path
-
-    import yaml
-
-    from jointopt.config import load_config
-    from jointopt.study import run_study
-    from test_study import reverse_responder
-
-    root = Path(__file__).resolve().parents[1]
-    space = yaml.safe_load((root / "search_spaces/budgets_uniform.yaml").read_text())
-    space["difficulty"] = {"source": "oracle", "n_bins": 2, "oracle_samples": 4}
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    config = load_config(root / "experiments/quickstart.yaml", {
-        "output_dir": str(tmp_path / "run"), "search_space": str(tmp_path / "space.yaml"),
-        "optimizer": {"n_trials": 5}, "validation": {"test_fraction": 0.3}})
-    result = run_study(config, backend=ScriptedBackend(reverse_responder))
+    result = study_with_difficulty(
+        tmp_path, {"source": "oracle", "n_bins": 2, "oracle_samples": 4}, n_trials=5)
     assert len(result.trials) == 5
     for t in result.trials:
         assert t.policy.difficulty.source == "label"
