@@ -5,6 +5,10 @@
 use it carry ``@pytest.mark.engine``. Without vLLM or without the prepared model they are
 skipped with the reason, except under CI (``$CI`` set), where setup has run and a
 missing engine is a failure.
+
+Never two engines at once: tests marked ``engine_process`` start their own engine in a
+subprocess (a vLLM server, ``jointopt run``). They run last, and the shared in-process
+engine is closed before the first of them starts.
 """
 
 from __future__ import annotations
@@ -22,8 +26,26 @@ def _engine_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+_SHARED_ENGINE = pytest.StashKey[object]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start an engine of their own run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("engine_process") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _one_engine_at_a_time(request: pytest.FixtureRequest) -> None:
+    """Close the shared engine before a test that starts an engine of its own."""
+    if request.node.get_closest_marker("engine_process") is None:
+        return
+    backend = request.config.stash.get(_SHARED_ENGINE, None)
+    if backend is not None:
+        backend.close()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
-def engine() -> Iterator[object]:
+def engine(request: pytest.FixtureRequest) -> Iterator[object]:
     """The real vLLM backend on the embedded model, shared by the whole session."""
     if importlib.util.find_spec("vllm") is None:
         _engine_unavailable("vllm is not installed (run: bash scripts/setup.sh)")
@@ -42,6 +64,7 @@ def engine() -> Iterator[object]:
         if isinstance(exc.__cause__, ImportError):
             _engine_unavailable(f"vllm cannot be imported: {exc.__cause__}")
         raise
+    request.config.stash[_SHARED_ENGINE] = backend
     try:
         yield backend
     finally:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.engine, pytest.mark.engine_process, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 180.0

@@ -154,3 +154,14 @@ def test_local_folders_and_hub_ids(tmp_path):
 def test_cli_reports_unknown_alias(empty_cache, capsys):
     assert models.main(["prepare", "nonexistent-model"]) == 1
     assert "unknown embedded model alias" in capsys.readouterr().err
+
+
+@pytest.mark.engine
+def test_engine_runs_with_the_dtype_chosen_from_the_cpu(engine):
+    from jointopt.backends.cpu_engine import choose_cpu_engine, read_cpu_info
+
+    expected = choose_cpu_engine(read_cpu_info()).dtype
+    assert engine.engine_choice.dtype == expected
+    assert str(engine.llm.llm_engine.model_config.dtype) == f"torch.{expected}"
+    record = engine.engine_record()
+    assert record["engine_dtype"] == expected and record["engine_threads"] >= 1

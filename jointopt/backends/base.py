@@ -35,6 +35,11 @@ class Backend(ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate completions for a batch of requests."""
 
+    def engine_record(self) -> dict[str, str | int | float]:
+        """How the engine runs (device, dtype, threads ...), as flat values the study
+        records in Optuna and MLflow, since they change results slightly. Empty by default."""
+        return {}
+
     def close(self) -> None:
         """Release the engine (no-op by default)."""
 

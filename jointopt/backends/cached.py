@@ -167,5 +167,8 @@ class CachedBackend(Backend):
             ))
         return out
 
+    def engine_record(self) -> dict[str, str | int | float]:
+        return self.inner.engine_record()
+
     def close(self) -> None:
         self.inner.close()

@@ -13,6 +13,7 @@ because the spawned engine process re-imports the main module.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import glob
 import hashlib
@@ -36,10 +37,20 @@ from ..generation import (
 )
 from ..models import cache_dir, read_manifest, resolve_model
 from .base import Backend
+from .cpu_load import ThroughputWatch, busy_machine_warning, other_load
+from .cpu_engine import (
+    CpuEngineChoice,
+    CpuEngineSettings,
+    choose_cpu_engine,
+    parse_cpu_list,
+    read_cpu_info,
+)
 
 __all__ = ["VLLMBackend", "cpu_env", "is_cpu_platform"]
 
 logger = logging.getLogger(__name__)
+#: The one line saying how the engine runs; the CLI shows it at every verbosity.
+engine_log = logging.getLogger("jointopt.engine")
 
 #: KV-cache block size on CPU: the CPU default (128) only caches whole 128-token
 #: prompt chunks, so shared few-shot prefixes are rarely reused.
@@ -47,6 +58,8 @@ CPU_BLOCK_SIZE = 32
 #: Prompt-render cache entries kept per backend before the cache is cleared.
 _RENDER_CACHE_MAX = 65536
 _FINISH_REASONS = {"length": "length"}
+#: Names of the engine variables jointopt itself put into ``os.environ``.
+OWNED_ENV = "JOINTOPT_CPU_ENV"
 
 
 def is_cpu_platform() -> bool:
@@ -63,24 +76,6 @@ def is_cpu_platform() -> bool:
     return not torch.cuda.is_available()
 
 
-def _cpu_list() -> str:
-    """The CPUs this process may run on, as a compact list (``"0-1"``, ``"0-3,8-11"``)."""
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cpus = list(range(os.cpu_count() or 1))
-    ranges: list[str] = []
-    start = prev = cpus[0]
-    for cpu in cpus[1:] + [None]:  # type: ignore[list-item]
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        ranges.append(f"{start}-{prev}" if prev != start else str(start))
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(ranges)
-
-
 def _find_iomp() -> str | None:
     """``libiomp5.so`` of the running environment (installed by the ``intel-openmp`` wheel)."""
     for root in dict.fromkeys((sys.prefix, sys.base_prefix)):
@@ -92,41 +87,55 @@ def _find_iomp() -> str | None:
 
 
 def cpu_env(
-    kv_cache_space_gib: float = 2.0, environ: Mapping[str, str] | None = None
+    choice: CpuEngineChoice | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The environment variables vLLM's CPU engine needs that ``environ`` lacks.
 
     Only variables absent from ``environ`` (default ``os.environ``) are returned, so a
     user's own settings always win:
 
-    * ``VLLM_CPU_OMP_THREADS_BIND`` = every CPU of this process (e.g. ``0-1``) and
-      ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: otherwise vLLM keeps one core for itself
-      (on 2 cores: ~8 instead of ~150 generated tok/s);
-    * ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache);
+    * ``VLLM_CPU_OMP_THREADS_BIND`` (the cores of ``choice``, default every CPU of this
+      process, e.g. ``0-1``) and ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: otherwise vLLM keeps
+      one core for itself (on 2 cores: ~8 instead of ~150 generated tok/s);
+    * ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB of KV cache, chosen from RAM);
     * ``LD_PRELOAD`` = the venv's ``libiomp5.so`` (Intel OpenMP, as vLLM recommends);
     * ``VLLM_CACHE_ROOT`` under :func:`jointopt.models.cache_dir`, ``HF_HUB_OFFLINE=1``.
 
     The engine runs in a spawned process that inherits ``os.environ``; setting these in
     the parent before creating the engine is enough (measured; see the module docstring).
-    A launcher that wants the parent itself to run with them can re-exec with
-    ``os.execvpe(sys.executable, [sys.executable, *sys.argv], {**os.environ, **cpu_env()})``.
     """
     env = os.environ if environ is None else environ
+    # Variables an earlier backend of this process set are jointopt's, not the user's.
+    owned = set(filter(None, env.get(OWNED_ENV, "").split(",")))
+    if choice is None:
+        choice = choose_cpu_engine(read_cpu_info())
     wanted: dict[str, str] = {
-        "VLLM_CPU_OMP_THREADS_BIND": _cpu_list(),
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-        "VLLM_CPU_KVCACHE_SPACE": _gib(kv_cache_space_gib),
+        **choice.env(),
         "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
         "HF_HUB_OFFLINE": "1",
     }
     iomp = _find_iomp()
     if iomp is not None:
         wanted["LD_PRELOAD"] = iomp
-    return {key: value for key, value in wanted.items() if key not in env}
+    return {key: value for key, value in wanted.items() if key not in env or key in owned}
 
 
-def _gib(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+def _env_overrides(choice: CpuEngineChoice, environ: Mapping[str, str]) -> CpuEngineChoice:
+    """``choice`` as the engine will really run it: variables the user exported win."""
+    bind = environ.get("VLLM_CPU_OMP_THREADS_BIND", choice.bind)
+    kv = environ.get("VLLM_CPU_KVCACHE_SPACE")
+    chosen = dict(choice.chosen_by)
+    threads = choice.threads
+    if bind != choice.bind:
+        chosen["threads"] = "environment"
+        threads = len(choice.cpu.cpus) if bind in ("nobind", "auto") else len(
+            parse_cpu_list(bind, where="VLLM_CPU_OMP_THREADS_BIND"))
+    kv_gib = choice.kv_cache_gib
+    if kv is not None and kv.strip().isdigit() and int(kv) != choice.kv_cache_gib:
+        chosen["kv_cache_gib"] = "environment"
+        kv_gib = int(kv)
+    return dataclasses.replace(choice, bind=bind, threads=threads, kv_cache_gib=kv_gib,
+                               chosen_by=chosen)
 
 
 class VLLMBackend(Backend):
@@ -138,14 +147,17 @@ class VLLMBackend(Backend):
         seed: engine seed. On CPU it is the only seed: per-request seeds crash vllm-cpu
             0.32 on prompts split across steps, so ``GenerationRequest.seed`` is ignored
             there. On GPU a request's ``seed`` is passed to vLLM.
-        dtype: weight dtype (``"auto"`` takes the model's, ``"bfloat16"`` ...).
+        dtype: weight dtype (``"auto"`` takes the model's, ``"bfloat16"`` ...). Default on
+            CPU: chosen from the processor (bfloat16 with native BF16 instructions, else
+            float32; see :mod:`jointopt.backends.cpu_engine`); on GPU vLLM's ``"auto"``.
         max_model_len: context length (prompt + completion) the engine reserves for.
         enforce_eager: skip torch.compile / CUDA graphs. Default: True on CPU (start-up
             ~30 s instead of ~110 s), vLLM's default on GPU.
         block_size: KV-cache block size. Default: 32 on CPU (better prefix caching),
             vLLM's default on GPU.
-        kv_cache_space_gib: KV-cache size on CPU (``VLLM_CPU_KVCACHE_SPACE``) unless the
-            environment already sets it.
+        cpu: CPU-engine overrides (threads, binding, KV-cache GiB, dtype); anything left
+            ``None`` is chosen from the hardware. Variables already exported
+            (``VLLM_CPU_OMP_THREADS_BIND``, ``VLLM_CPU_KVCACHE_SPACE``) win over both.
         gpu_memory_utilization: fraction of GPU memory vLLM may use (GPU only).
         engine_kwargs: further keyword arguments for ``vllm.LLM`` (they win over the above).
 
@@ -161,20 +173,17 @@ class VLLMBackend(Backend):
         model: str = "smollm2-135m-instruct",
         *,
         seed: int = 0,
-        dtype: str = "auto",
+        dtype: str | None = None,
         max_model_len: int = 2048,
         enforce_eager: bool | None = None,
         block_size: int | None = None,
-        kv_cache_space_gib: float = 2.0,
+        cpu: CpuEngineSettings | Mapping[str, Any] | None = None,
         gpu_memory_utilization: float = 0.9,
         engine_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if max_model_len < 16:
             raise BackendError("max_model_len must be >= 16", where="max_model_len",
                                value=max_model_len)
-        if kv_cache_space_gib <= 0:
-            raise BackendError("kv_cache_space_gib must be > 0", where="kv_cache_space_gib",
-                               value=kv_cache_space_gib)
         self._model_arg = model
         self._path = resolve_model(model)
         self._on_cpu = is_cpu_platform()
@@ -182,12 +191,26 @@ class VLLMBackend(Backend):
         self._llm: Any = None
         self._render_cache: dict[tuple[ChatMessage, ...], str] = {}
         self._model_id = _model_id(self._path)
+        #: How the CPU engine runs (dtype, threads, KV cache) and why; None on GPU.
+        self.engine_choice: CpuEngineChoice | None = None
+        self._watch = ThroughputWatch()
 
+        engine_kwargs = dict(engine_kwargs or {})
         if self._on_cpu:
-            added = cpu_env(kv_cache_space_gib)
+            settings = cpu if isinstance(cpu, CpuEngineSettings) else CpuEngineSettings(
+                **dict(cpu or {}))
+            choice = choose_cpu_engine(read_cpu_info(), settings,
+                                       config_dtype=engine_kwargs.pop("dtype", None) or dtype)
+            added = cpu_env(choice)
             os.environ.update(added)
+            owned = set(filter(None, os.environ.get(OWNED_ENV, "").split(",")))
+            os.environ[OWNED_ENV] = ",".join(sorted(owned | set(added)))
             if added:
                 logger.debug("CPU engine environment: %s", added)
+            self.engine_choice = _env_overrides(choice, os.environ)
+            dtype = self.engine_choice.dtype
+            engine_log.info("%s", self.engine_choice.describe())
+            self._warn_if_busy(self.engine_choice)
         try:
             import vllm
         except ImportError as exc:
@@ -202,11 +225,12 @@ class VLLMBackend(Backend):
                 fix=f"install it: {hint}",
             ) from exc
         self._vllm = vllm
+        self._dtype = dtype or engine_kwargs.get("dtype") or "auto"
 
         kwargs: dict[str, Any] = {
             "model": self._path,
             "seed": self._seed,
-            "dtype": dtype,
+            "dtype": dtype or engine_kwargs.pop("dtype", None) or "auto",
             "max_model_len": max_model_len,
         }
         if self._on_cpu:
@@ -218,7 +242,7 @@ class VLLMBackend(Backend):
                 kwargs["enforce_eager"] = enforce_eager
             if block_size is not None:
                 kwargs["block_size"] = block_size
-        kwargs.update(engine_kwargs or {})
+        kwargs.update(engine_kwargs)
 
         started = time.perf_counter()
         logger.info("starting vLLM (%s) on %s", self._path, "CPU" if self._on_cpu else "GPU")
@@ -270,6 +294,21 @@ class VLLMBackend(Backend):
     def tokenizer(self) -> Any:
         """The engine's tokenizer."""
         return self._tokenizer
+
+    @staticmethod
+    def _warn_if_busy(choice: CpuEngineChoice) -> None:
+        if choice.bind in ("nobind", "auto"):
+            return
+        warning = busy_machine_warning(choice, other_load(parse_cpu_list(choice.bind)))
+        if warning:
+            engine_log.warning("%s", warning)
+
+    def engine_record(self) -> dict[str, str | int | float]:
+        """The CPU engine's dtype, threads, KV cache and CPU (see :class:`CpuEngineChoice`);
+        on GPU the device and dtype vLLM was asked for."""
+        if self.engine_choice is not None:
+            return self.engine_choice.record()
+        return {"engine_device": "gpu", "engine_dtype": str(self._dtype)}
 
     # ------------------------------------------------------------------ rendering
 
@@ -355,6 +394,10 @@ class VLLMBackend(Backend):
         ]
         generated = [sum(c.num_tokens for c in cs) for cs in completions]
         total = sum(generated)
+        if self.engine_choice is not None:
+            warning = self._watch.observe(total, elapsed, self.engine_choice)
+            if warning:
+                engine_log.warning("%s", warning)
         results = []
         for request, output, comps, tokens in zip(requests, outputs, completions, generated):
             share = tokens / total if total else 1.0 / len(requests)
