@@ -85,6 +85,12 @@ def run_record(args: argparse.Namespace) -> int:
     batch_samples = args.batch_samples if args.batch_samples is not None else DEFAULT_BATCH_SAMPLES
     check_recording(plan, samples, batch_samples)  # bad --samples / ranges: before the engine
     check_credentials(config)
+    from .preflight import check_folder, check_model_available, check_new_file
+
+    check_folder(plan.out_dir, "--output-dir (output_dir)" if getattr(args, "output_dir", None)
+                 else "output_dir", "output folder")
+    check_new_file(args.out, "--out", "bank file")
+    check_model_available(config)  # before the engine loads
     examples = len(plan.task.examples) + len(plan.test_task.examples if plan.test_task else ())
     console.print(f"recording [bold]{plan.study_name}[/bold]: {len(plan.space.prompts)} "
                   f"prompts x {examples} examples of {plan.task.name}, "

@@ -89,8 +89,11 @@ def compare_strategies(
     on_point: Callable[[CurvePoint, int, int], None] | None = None,
 ) -> CompareResult:
     """Score every curve point of ``config.compare``; validates everything first."""
+    from .preflight import preflight
+
     plan = plan_study(config)
     policies = _policies(plan)
+    preflight(plan, model=backend is None, storage=False)  # before anything is written
     out = plan.out_dir / "compare"
     out.mkdir(parents=True, exist_ok=True)
     pool_size = bank_pool_size(plan)

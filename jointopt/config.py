@@ -1,18 +1,18 @@
 """Study configuration: the only place YAML is read.
 
-Every file is parsed with ``yaml.safe_load`` into pydantic models that reject unknown
-keys; errors are turned into one :class:`ConfigError` naming the file, the field path,
-the value and the fix (with "did you mean" for misspelled keys).
+Every file is parsed by :mod:`jointopt.safe_load` (``yaml.safe_load`` semantics, with
+size, alias, depth and duplicate-key caps) into pydantic models that reject unknown keys;
+errors are turned into one :class:`ConfigError` naming the file, the field path, the
+value and the fix (with "did you mean" for misspelled keys).
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from .errors import ConfigError
 
@@ -42,6 +42,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+class CpuConfig(_Strict):
+    """How vLLM's CPU engine runs. Every field left out is chosen from the hardware
+    (``jointopt.backends.cpu_engine``) and the choice is logged and recorded in the study."""
+
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] | None = None
+    """Weight dtype. Default: ``bfloat16`` on CPUs with native BF16 (``avx512_bf16`` /
+    ``amx_bf16``), ``float32`` elsewhere (bfloat16 is ~5x slower there). ``auto`` = the
+    dtype the model folder declares. ``model.engine.dtype`` wins over this."""
+    threads: int | None = Field(None, ge=1)
+    """Cores the engine's OpenMP threads are bound to (the first N of this process's
+    CPUs). Default: all. Fewer leaves cores free for other work on a shared machine."""
+    bind: str | None = None
+    """Explicit CPU list for the threads (``"0-3"``, ``"0,2"``) or ``"nobind"``. Wins
+    over ``threads``."""
+    kv_cache_gib: int | None = Field(None, ge=1)
+    """KV-cache size in whole GiB. Default: a tenth of RAM, between 1 and 8 GiB."""
+
+
 class ModelConfig(_Strict):
     """Which model answers, and on which engine."""
 
@@ -59,6 +77,9 @@ class ModelConfig(_Strict):
     """Context length reserved per sequence."""
     engine: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments passed to ``vllm.LLM`` as they are (e.g. ``gpu_memory_utilization``)."""
+    cpu: CpuConfig = Field(default_factory=CpuConfig)
+    """``backend: vllm`` on a CPU: dtype, threads and KV cache (default: chosen from the
+    hardware). Ignored on GPU machines."""
     base_urls: list[str] = Field(default_factory=list)
     """``backend: openai``: API roots of the OpenAI-compatible servers
     (``http://host:8000/v1``; a bare ``host:port`` URL gets ``/v1``). Requests are spread
@@ -355,13 +376,26 @@ class ProposeEntry(_Strict):
     """The proposal request; proposals are made once the engine is up and cached."""
 
 
+def _prompt_kind(value: Any) -> str:
+    """Which model a ``prompts:`` entry is checked against (so an error speaks of one)."""
+    if isinstance(value, dict):
+        return "ProposeEntry" if "propose" in value else "PromptConfig"
+    return type(value).__name__
+
+
+_PromptEntry = Annotated[
+    Union[Annotated[PromptConfig, Tag("PromptConfig")],
+          Annotated[ProposeEntry, Tag("ProposeEntry")]],
+    Discriminator(_prompt_kind)]
+
+
 class SearchSpaceFile(_Strict):
     """A search-space file: prompts x strategies x sampling budget.
 
     A parameter is a constant, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
     """
 
-    prompts: list[Union[PromptConfig, ProposeEntry]] = Field(min_length=1)
+    prompts: list[_PromptEntry] = Field(min_length=1)
     """Candidate prompt templates, and ``{propose: {...}}`` entries for LM-proposed ones."""
     strategies: dict[str, dict[str, ParamValue] | None] = Field(min_length=1)
     """Strategy name -> its parameters (searched or fixed)."""
@@ -375,73 +409,75 @@ class SearchSpaceFile(_Strict):
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """Load a YAML file safely, with errors naming the file and line."""
-    if not path.is_file():
-        raise ConfigError(f"{what} file not found", where=str(path), value=str(path),
-                          fix="check the path (relative paths start at the config file)")
-    try:
-        with path.open(encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', exc)}", where=where,
-                          fix="fix the YAML syntax at that line") from None
+    """Load a YAML file safely, with errors naming the file and line (size, alias, depth
+    and duplicate-key caps of :mod:`jointopt.safe_load`)."""
+    from .safe_load import load_yaml
+
+    return load_yaml(path, what, missing_fix="check the path (relative paths start at the "
+                                             "config file)")
 
 
 def _validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        path, holder = _walk(model, err["loc"][:-1])
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        loc = ".".join([*path, key]) if key else ".".join(path)
         kind = err["type"]
         if kind == "extra_forbidden":
-            key = str(err["loc"][-1])
-            known = _known_fields(model, err["loc"][:-1])
+            known = [k for k in holder.model_fields if k != "base_dir"] if holder else []
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             lines.append(f"{loc}: unknown key {key!r}\n  fix: {hint}known keys here: "
                          f"{', '.join(known)}")
         elif kind == "missing":
-            lines.append(f"{loc}: required key is missing\n  fix: add `{err['loc'][-1]}:`")
+            lines.append(f"{loc}: required key is missing\n  fix: add `{key}:`")
         else:
             value = err.get("input")
             shown = repr(value)
             if len(shown) > 120:
                 shown = shown[:117] + "..."
-            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{err['loc'][-1]}` "
+            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{key}` "
                          f"to a value that satisfies: {err['msg'][0].lower()}{err['msg'][1:]}")
     return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
 
 
-def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    current: Any = model
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """The field path of ``loc`` without pydantic's union-member names
+    (``prompts.0.PromptConfig.user`` -> ``prompts.0``...), and the model it ends in."""
+    path: list[str] = []
+    current: type[BaseModel] | None = model
+    candidates = [model]
     for part in loc:
         if isinstance(part, int):
+            path.append(str(part))
             continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        current = _model_in(annotation)
-        if current is None:
-            return []
-    return [k for k in current.model_fields if k != "base_dir"]
+        named = [m for m in candidates if m.__name__ == part]
+        if named:  # the union member pydantic checked the value against
+            current, candidates = named[0], named[:1]
+            continue
+        path.append(str(part))
+        field = current.model_fields.get(part) if current is not None else None
+        candidates = _models_in(field.annotation) if field is not None else []
+        current = candidates[0] if candidates else None
+    return path, current
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (``list[X]``, unions, Annotated)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+        found.extend(m for m in _models_in(arg) if m not in found)
+    return found
 
 
 def _parse(model: type[BaseModel], data: Any, source: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source} must be a mapping of keys to values", where=source,
-                          value=type(data).__name__, fix="write `key: value` lines at the top level")
+                          value="an empty file" if data is None else type(data).__name__,
+                          fix="write `key: value` lines at the top level")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -226,11 +226,15 @@ def policy_of(program: Any) -> Policy | None:
 def load_policy(path: str | Path) -> Policy | None:
     """The policy inside a program saved with DSPy's ``program.save(path)`` (``.json``),
     or None when the program had none."""
+    from .safe_load import data_limits, parse_json, read_text
+
     path = Path(path)
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the saved program: {exc}", where=str(path),
+    try:  # size, depth and duplicate-key caps of jointopt.safe_load
+        state = parse_json(read_text(path, "saved program", limits=data_limits()), str(path),
+                           limits=data_limits())
+    except ConfigError as exc:
+        raise ConfigError(f"cannot read the saved program: {exc.message}",
+                          where=exc.where or str(path),
                           fix="pass the .json file written by program.save") from None
     data = (state.get(POLICY_ATTRIBUTE) or {}).get("policy") if isinstance(state, dict) else None
     return Policy.from_dict(data) if data else None

@@ -292,10 +292,14 @@ def _locked(path: Path) -> Iterator[None]:
 def _read_cache(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
+    from .safe_load import data_limits, parse_json, read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"the proposal cache is unreadable: {exc}", where=str(path),
+        data = parse_json(read_text(path, "proposal cache", limits=data_limits()), str(path),
+                          limits=data_limits())
+    except ConfigError as exc:
+        raise ConfigError(f"the proposal cache is unreadable: {exc.message}",
+                          where=exc.where or str(path),
                           fix="delete the file (proposals are made again) or point "
                               "cache_path elsewhere") from None
     entries = data.get("entries") if isinstance(data, dict) else None

@@ -42,6 +42,7 @@ from ..generation import (
     GenerationResult,
     serve_greedy_once,
 )
+from ..safe_load import check_line_size, data_limits, parse_json
 from .base import Backend
 
 if TYPE_CHECKING:
@@ -289,12 +290,14 @@ class _Reader:
 
     def parse(self, raw: bytes, line: int) -> dict[str, Any]:
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
             shown = raw.decode("utf-8", "replace").strip()
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
-            raise self.error(line, f"malformed line: not valid JSON ({reason})",
+            raise self.error(line, "malformed line: not valid JSON (not UTF-8)",
                              shown[:120] + ("..." if len(shown) > 120 else "")) from None
+        # duplicate keys and nesting depth are refused too (jointopt.safe_load)
+        obj = parse_json(text, str(self.path), line=line, error=DataError,
+                         label="malformed line:", fix="re-record the bank with `jointopt record`")
         if not isinstance(obj, dict):
             raise self.error(line, "malformed line: every line is a JSON object",
                              type(obj).__name__)
@@ -374,14 +377,16 @@ def load_bank(path: str | Path) -> Bank:
     temperatures: set[float] = set()
     budgets: set[int] = set()
     stat = path.stat()
+    limits = data_limits()
     with path.open("rb") as fh:
         line = 0
         while True:
             offset = fh.tell()
-            raw = fh.readline()
+            raw = fh.readline(limits.max_line_bytes + 1)  # a line is never read whole if huge
             if not raw:
                 break
             line += 1
+            check_line_size(len(raw), f"{path}:{line}", limits=limits, error=DataError)
             if not raw.strip():
                 raise reader.error(line, "malformed line: empty line", "",
                                    has_value=False)

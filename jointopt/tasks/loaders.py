@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ..errors import ConfigError, DataError
+from ..safe_load import check_line_size, data_limits, parse_json, read_text
 from ._common import did_you_mean
 from .base import Example, Task
 from .extraction import AnswerExtractor, AnswerMatcher
@@ -75,45 +75,35 @@ def _read_text(path: Path) -> str:
             value=str(path),
             fix="point to a .jsonl, .json or .csv file, not a directory",
         )
-    try:
-        # utf-8-sig also accepts a byte-order mark (as written by spreadsheet programs).
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"file is not valid UTF-8 ({exc.reason})",
-            where=f"{path}:{line}",
-            value=exc.object[exc.start : exc.start + 8],
-            fix="save the file as UTF-8",
-        ) from None
-    except OSError as exc:
-        raise DataError(
-            f"cannot read the dataset file: {exc.strerror}",
-            where=str(path),
-            value=str(path),
-            fix="check the file permissions",
-        ) from None
+    # size cap (JOINTOPT_MAX_DATA_MB) before reading; utf-8-sig also accepts a byte-order
+    # mark (as written by spreadsheet programs)
+    return read_text(path, "dataset", limits=data_limits(), error=DataError)
 
 
 def _iter_json(path: Path, text: str) -> _Records:
     if text.lstrip().startswith("["):
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            raise DataError(
+                f"a {path.suffix} file holds one JSON object per line, but this one starts "
+                "with a JSON array",
+                where=f"{path}:{text[: len(text) - len(text.lstrip())].count(chr(10)) + 1}",
+                value=text.lstrip()[:40],
+                fix="write one object per line (e.g. jq -c '.[]' data.json > data.jsonl), or "
+                "rename the file to .json to read it as one JSON array",
+            )
         yield from _iter_json_array(path, text)
         return
+    limits = data_limits()
     # split on "\n" only: str.splitlines() would also split on U+2028 inside JSON strings
     for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"line is not valid JSON: {exc.msg} (column {exc.colno})",
-                where=where,
-                value=line if len(line) <= 120 else line[:117] + "...",
-                fix="write one JSON object per line, e.g. "
-                '{"question": "...", "answer": "..."}',
-            ) from None
+        if len(line) > limits.max_line_bytes // 4:
+            check_line_size(len(line.encode("utf-8")), where, limits=limits, error=DataError)
+        record = parse_json(line, str(path), line=lineno, limits=limits, error=DataError,
+                            fix='write one JSON object per line, e.g. '
+                            '{"question": "...", "answer": "..."}')
         if not isinstance(record, dict):
             raise DataError(
                 f"each line must be a JSON object, not a JSON {type(record).__name__}",
@@ -125,15 +115,8 @@ def _iter_json(path: Path, text: str) -> _Records:
 
 
 def _iter_json_array(path: Path, text: str) -> _Records:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"file is not valid JSON: {exc.msg} (column {exc.colno})",
-            where=f"{path}:{exc.lineno}",
-            value=text.splitlines()[exc.lineno - 1][:120] if text.splitlines() else text,
-            fix="fix the JSON, or write one JSON object per line (JSON Lines)",
-        ) from None
+    data = parse_json(text, str(path), limits=data_limits(), error=DataError,
+                      fix="fix the JSON, or write one JSON object per line (JSON Lines)")
     if not isinstance(data, list):
         raise DataError(
             "a .json dataset must be JSON Lines or one JSON array of objects",
