@@ -40,6 +40,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"a port is 1..65535 (0: any free port), got {text}; e.g. --port 8100")
+    return value
+
+
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``export CONFIG (--trial N | --pick RULE [--budget T]) --out DIR``."""
     from .export import PICKS
@@ -78,15 +102,35 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="upstream API root, e.g. http://127.0.0.1:8000/v1 (repeat to "
                              "spread requests over several servers)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=_port, default=8100,
+                        help="port, 1..65535 or 0 for any free one (default 8100)")
     parser.add_argument("--timeout", type=_positive_float, default=60.0,
                         help="seconds per request before a 504 (default 60)")
     parser.add_argument("--max-concurrency", type=_positive_int, default=8,
                         help="requests answered at once (default 8)")
     parser.add_argument("--queue-timeout", type=_positive_float, default=30.0,
                         help="seconds a request may wait for a slot before a 503 (default 30)")
-    parser.add_argument("--api-key-env", help="environment variable holding the upstream "
-                                              "API key")
+    parser.add_argument("--max-waiting", type=_int_at_least(0), default=64,
+                        help="requests that may wait for a slot; more get a 503 at once "
+                             "(default 64)")
+    parser.add_argument("--api-key-file", metavar="FILE",
+                        help="client API keys the proxy accepts, one per line (clients send "
+                             "'Authorization: Bearer KEY'); $JOINTOPT_API_KEYS adds more")
+    parser.add_argument("--allow-unauthenticated", action="store_true",
+                        help="listen on a non-loopback --host without client keys (only "
+                             "behind a gateway that authenticates)")
+    parser.add_argument("--rate-limit", type=_int_at_least(0), default=600,
+                        help="requests per minute per client key, 0 for none (default 600)")
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=1_048_576,
+                        help="largest request body (default 1048576)")
+    parser.add_argument("--max-input-chars", type=_positive_int,
+                        help="largest input in characters (default: the policy file's "
+                             "metadata.serving.max_input_chars, else 100000)")
+    parser.add_argument("--allow-verifier", action="append", default=[], metavar="MODULE",
+                        help="trust the policy's serve-time verifier from MODULE (and its "
+                             "submodules); only jointopt's own are imported otherwise")
+    parser.add_argument("--api-key-env", "--upstream-api-key-env", dest="api_key_env",
+                        help="environment variable holding the UPSTREAM's API key")
     parser.add_argument("--upstream-model", help="model name on the upstream (default: the "
                                                  "first of its /v1/models)")
     parser.add_argument("--model-name", help="model id the proxy shows its clients")
@@ -116,6 +160,9 @@ def run_export(args: argparse.Namespace) -> int:
     if pick == "budget" and args.budget is None:
         raise ConfigError("--pick budget needs --budget T", where="--budget",
                           fix="e.g. --pick budget --budget 60 (mean tokens per input)")
+    from .preflight import check_folder
+
+    check_folder(args.out, "--out", "export folder")  # an existing file there: refused, untouched
     overrides = {"optimizer": {"storage": args.storage}} if args.storage else None
     config = load_config(args.config, overrides)
     result = export_policy(
@@ -149,6 +196,9 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency, queue_timeout=args.queue_timeout,
         api_key_env=args.api_key_env, upstream_model=args.upstream_model,
         model_name=args.model_name, max_retries=args.max_retries, send_seed=not args.no_seed,
-        token_ids=args.token_ids, log_level=args.log_level,
+        token_ids=args.token_ids, log_level=args.log_level, max_waiting=args.max_waiting,
+        api_key_file=args.api_key_file, allow_unauthenticated=args.allow_unauthenticated,
+        allow_verifiers=tuple(args.allow_verifier), max_body_bytes=args.max_body_bytes,
+        max_input_chars=args.max_input_chars, rate_limit=args.rate_limit,
     )
     return 0

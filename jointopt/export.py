@@ -399,10 +399,17 @@ def _vllm_files(policy: Policy, plan: "StudyPlan", out: Path, served: str, model
     files = {"generation_config": out / "generation_config.json"}
     files["generation_config"].write_text(json.dumps(generation, indent=2) + "\n", "utf-8")
     engine = dict(config.model.engine)
+    choice = None
+    if on_cpu:
+        from .backends.cpu_engine import CpuEngineSettings, choose_cpu_engine, read_cpu_info
+
+        choice = choose_cpu_engine(
+            read_cpu_info(), CpuEngineSettings(**config.model.cpu.model_dump(exclude_none=True)),
+            config_dtype=engine.get("dtype"))
     serve_cfg: dict[str, Any] = {
         "model": model_path,
         "served-model-name": served,
-        "dtype": engine.pop("dtype", "auto"),
+        "dtype": engine.pop("dtype", None) or (choice.dtype if choice else "auto"),
         "max-model-len": config.model.max_model_len,
         "seed": config.model.seed,
         "generation-config": "vllm",
@@ -427,17 +434,13 @@ def _vllm_files(policy: Policy, plan: "StudyPlan", out: Path, served: str, model
     files["vllm_serve"].write_text(
         header + yaml.safe_dump(serve_cfg, sort_keys=False, allow_unicode=True), "utf-8")
     if on_cpu:
-        try:
-            from .backends.vllm import cpu_env
+        from .backends.vllm import cpu_env
 
-            env = cpu_env(environ={})
-        except Exception as exc:  # noqa: BLE001 - optional helper
-            log.debug("no cpu_env helper: %s", exc)
-            env = {"VLLM_CPU_OMP_THREADS_BIND": "all", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-                   "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"}
+        env = cpu_env(choice, environ={})
         files["vllm_env"] = out / "vllm_serve.env"
         files["vllm_env"].write_text(
-            "# Environment of the vLLM CPU engine (measured on the export machine).\n"
+            "# Environment of the vLLM CPU engine, chosen on the export machine:\n"
+            f"# {choice.describe()}\n"
             + "".join(f"{k}={v}\n" for k, v in sorted(env.items())), "utf-8")
     return files
 
@@ -729,6 +732,9 @@ def export_policy(
     """
     import optuna
 
+    from .preflight import check_folder
+
+    check_folder(out_dir, "out_dir", "export folder")
     plan = _as_plan(config_or_plan)
     study = _load_study(plan)
     complete = [t for t in study.get_trials(deepcopy=False,
@@ -841,7 +847,8 @@ def export_policy(
             "pick": pick_used,
             "budget": float(budget) if pick_used == "budget" and budget is not None else None,
         },
-        "serving": {"served_model_name": served, "model_path": model_path},
+        "serving": {"served_model_name": served, "model_path": model_path,
+                    "max_input_chars": plan.config.optimizer.max_input_chars},
     }
     if notes:
         metadata["notes"] = {**notes.get("notes", {}), **{k: v for k, v in notes.items()

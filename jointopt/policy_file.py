@@ -18,7 +18,8 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
         fields: [words, question]          # every input field the task had
         extractor: {kind, pattern?, group?}
         matcher: {kind, tolerance?}
-        verifier: "module:function" | null # serve-time verifier, imported at load
+        verifier: "module:function" | null # serve-time verifier, imported at load, only
+                                           # from jointopt or an allowed module
         demos: [{id, inputs, target, difficulty?}]   # the demos the template can show
       metrics:       # measured on the study's data, with bootstrap confidence intervals
         n_examples, confidence, n_bootstrap, bootstrap_seed,
@@ -28,13 +29,15 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
       provenance:    # where the numbers come from
         study_name, storage, trial_number, dataset_hash, dataset_hash_matches,
         jointopt_version, exported_at, pick, budget
-      serving:       # names used by the exported serving configs
-        served_model_name, model_path
+      serving:       # names used by the exported serving configs, the proxy's input cap
+        served_model_name, model_path, max_input_chars
       notes: {}      # free-form
 
 Loading validates the whole file with pydantic models that reject unknown keys, then
 checks what only jointopt knows: strategy parameters, template syntax and variables,
-extractor patterns, demos against ``shots``. Every problem is one
+template safety (no private attributes or file loading; a sandboxed render with the
+demos), budget caps (``max_tokens`` <= 65536, <= 1024 completions per input), extractor
+patterns, demos against ``shots``. Every problem is one
 :class:`~jointopt.errors.ConfigError` that names the file, the field and the fix. A file
 written by another schema version is refused with the version this jointopt reads.
 """
@@ -84,10 +87,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: Largest ``max_tokens`` a policy file may give a bin (a guard against typos such as
+#: ``1e9``, which the upstream would otherwise be asked for on every request).
+MAX_TOKENS_CAP = 65_536
+#: Largest number of completions one input may cost under a bin's strategy.
+MAX_COMPLETIONS_CAP = 1_024
+#: Highest sampling temperature a policy file may give a bin.
+MAX_TEMPERATURE = 10.0
+
+
 class _AllocationModel(_Strict):
     strategy: str
-    temperature: float = Field(0.7, ge=0)
-    max_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.7, ge=0, le=MAX_TEMPERATURE)
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CAP)
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -160,6 +172,9 @@ class _ProvenanceModel(_Strict):
 class _ServingModel(_Strict):
     served_model_name: str | None = None
     model_path: str | None = None
+    #: Largest input (characters over all fields) ``jointopt serve`` accepts; the study's
+    #: ``optimizer.max_input_chars`` when exported.
+    max_input_chars: int | None = Field(None, ge=1)
 
 
 class _MetadataModel(_Strict):
@@ -187,6 +202,9 @@ _FIXES: Mapping[str, str] = {
     "bins": "give at least one bin: {all: {strategy: single, temperature: 0.7, max_tokens: 64}}",
     "kind": "use one of the listed kinds",
     "verifier": "write the verifier as 'package.module:function', or null",
+    "max_tokens": f"use a budget between 1 and {MAX_TOKENS_CAP} tokens (e.g. 512)",
+    "temperature": f"use a temperature between 0 and {MAX_TEMPERATURE:g} (e.g. 0.7)",
+    "max_input_chars": "use a positive number of characters, e.g. 100000",
 }
 
 
@@ -290,15 +308,14 @@ def _rewrap(exc: JointoptError, path: Path, field: str) -> ConfigError:
 
 def read_policy_dict(path: str | Path) -> dict[str, Any]:
     """Read a policy file into a plain dict, checking only syntax and schema version."""
+    from .safe_load import parse_document, read_text  # size, alias, depth, duplicate keys
+
     path = Path(path)
     fmt = _format(path)
-    if not path.is_file():
-        raise ConfigError("policy file not found", where=str(path), value=str(path),
-                          fix="check the path; `jointopt export ... --out DIR` writes "
-                              "DIR/policy.yaml")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "policy", missing_fix="check the path; `jointopt export ... "
+                                                 "--out DIR` writes DIR/policy.yaml")
     try:
-        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+        data = parse_document(text, fmt, str(path))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON: {exc.msg}", where=f"{path}:{exc.lineno}",
                           fix="fix the JSON syntax at that line") from None
@@ -366,9 +383,17 @@ def _build(parsed: _PolicyFileModel, path: Path) -> Policy:
     prompt = _check_dataclass(PromptTemplate, parsed.prompt, path, "prompt")
     for name, alloc in parsed.bins.items():
         try:
-            make_strategy(alloc.strategy, dict(alloc.params), where=f"bins.{name}.strategy")
+            strategy = make_strategy(alloc.strategy, dict(alloc.params),
+                                     where=f"bins.{name}.strategy")
         except JointoptError as exc:
             raise _rewrap(exc, path, f"bins.{name}") from None
+        cost = strategy.max_completions()
+        if cost > MAX_COMPLETIONS_CAP:
+            raise ConfigError(
+                f"bin {name!r} may cost {cost} completions per input, above the cap of "
+                f"{MAX_COMPLETIONS_CAP}", where=f"{path}: bins.{name}.params",
+                value=dict(alloc.params),
+                fix="lower n / rounds / depth (the study's search space bounds them)")
     if prompt.answer_regex:
         import re
 
@@ -382,6 +407,7 @@ def _build(parsed: _PolicyFileModel, path: Path) -> Policy:
     task_spec = parsed.metadata.task
     if task_spec is not None:
         _check_task_spec(task_spec, prompt, path)
+    _check_template_safety(prompt, task_spec, path)
     dumped = parsed.model_dump(mode="json", exclude_none=False)
     # Metadata as written (no defaults filled in), so a file round-trips unchanged.
     metadata = _drop_empty(parsed.metadata.model_dump(mode="json", exclude_unset=True))
@@ -487,6 +513,22 @@ def _check_task_spec(spec: _TaskSpecModel, prompt: Any, path: Path) -> None:
                               fix=f"give every demo the fields {sorted(fields)}")
 
 
+def _check_template_safety(prompt: Any, spec: _TaskSpecModel | None, path: Path) -> None:
+    """Refuse, at load time, a template the sandbox would refuse on every request
+    (rendered with the file's demonstrations when it holds some)."""
+    from .prompts import check_template_safety
+
+    samples = [{**d.inputs, "target": d.target} for d in spec.demos] if spec else []
+    try:
+        check_template_safety(prompt, samples[:8] or None)
+    except JointoptError as exc:
+        part = (exc.where or "").rpartition(".")[2] or "user"
+        kwargs: dict[str, Any] = {"where": f"{path}: prompt.{part}", "fix": exc.fix}
+        if exc.has_value:
+            kwargs["value"] = exc.value
+        raise ConfigError(f"invalid policy file: {exc.message}", **kwargs) from None
+
+
 def _drop_empty(metadata: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if v not in (None, {}, [])}
 
@@ -515,7 +557,9 @@ def save_policy(policy: Policy, path: str | Path) -> Path:
     path = Path(path)
     fmt = _format(path)
     text = policy_file_text(policy, fmt, path.name)  # type: ignore[arg-type]
-    data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    from .safe_load import parse_document
+
+    data = parse_document(text, fmt, str(path))
     try:
         _build(_PolicyFileModel.model_validate(data), path)
     except ValidationError as exc:

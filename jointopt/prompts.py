@@ -7,6 +7,7 @@ input fields *before* any generation, so a typo fails fast with the field list.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import jinja2
 from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -23,7 +25,8 @@ from .generation import ChatMessage
 if TYPE_CHECKING:
     from .tasks import Example, Task
 
-__all__ = ["PromptTemplate", "render_messages", "select_demos", "validate_template"]
+__all__ = ["PromptTemplate", "check_template_safety", "render_messages", "select_demos",
+           "validate_template"]
 
 
 #: Longest string or list a template expression may build with ``*`` (a guard against
@@ -31,10 +34,37 @@ __all__ = ["PromptTemplate", "render_messages", "select_demos", "validate_templa
 MAX_EXPRESSION_SIZE = 100_000
 
 
+#: Loop iterations (and other scope entries) one render may take (a guard against
+#: templates that never finish, e.g. nested loops over ``range(100000)``).
+MAX_TEMPLATE_STEPS = 100_000
+_STEPS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "jointopt_template_steps", default=None)
+
+
+class _CountingCodeGenerator(CodeGenerator):
+    """Compiles every loop body (and every other scope) to start with a step count."""
+
+    def enter_frame(self, frame: Any) -> None:
+        super().enter_frame(frame)
+        self.writeline("environment.step()")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja2's immutable sandbox, plus bounded ``*`` and ``**``."""
+    """Jinja2's immutable sandbox, plus bounded ``*``, ``**`` and loop iterations."""
 
     intercepted_binops = frozenset(["*", "**"])
+    code_generator_class = _CountingCodeGenerator
+
+    @staticmethod
+    def step() -> None:
+        """Count one step of the current render; refuse once the budget is spent."""
+        budget = _STEPS.get()
+        if budget is None:
+            return
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise SecurityError(f"the template ran more than {MAX_TEMPLATE_STEPS} loop "
+                                "iterations")
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
@@ -162,6 +192,7 @@ class PromptTemplate:
         return cls(**data)
 
     def _render(self, part: str, variables: dict[str, Any]) -> str:
+        token = _STEPS.set([MAX_TEMPLATE_STEPS])
         try:
             return self._compiled[part].render(**variables).strip()
         except jinja2.exceptions.SecurityError as exc:
@@ -183,6 +214,8 @@ class PromptTemplate:
                 where=f"prompt {self.id!r}.{part}",
                 fix="templates may only use the task's fields and simple filters",
             ) from None
+        finally:
+            _STEPS.reset(token)
 
 
 def validate_template(template: PromptTemplate, task: "Task") -> None:
@@ -234,6 +267,73 @@ def _check_no_loading(template: PromptTemplate) -> None:
                 fix="write the text into the template itself; its variables are the task's "
                     "fields",
             )
+
+
+def _unsafe_name(node: nodes.Node) -> str | None:
+    """The ``_private`` attribute a node reads (``x.__class__``, ``x['__class__']``,
+    ``x | attr('__class__')``), else None."""
+    if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+        return node.attr
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
+            and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
+        return node.arg.value
+    if isinstance(node, nodes.Filter) and node.name == "attr":
+        for arg in node.args:
+            if isinstance(arg, nodes.Const) and isinstance(arg.value, str) \
+                    and arg.value.startswith("_"):
+                return arg.value
+    return None
+
+
+def check_template_safety(template: PromptTemplate,
+                          samples: "list[dict[str, Any]] | None" = None) -> None:
+    """Refuse a template that reaches for Python internals or files, before it serves.
+
+    Three checks, in the sandbox: no ``include``/``import``/``extends``; no ``_private``
+    attribute (``{{ ''.__class__ }}``, ``x['__globals__']``, ``attr('_x')``); and a render
+    of every part with each of ``samples`` (variables, e.g. the policy's demonstrations;
+    ``shot_answer`` also gets ``target``). When no samples are given every variable is
+    the placeholder ``"x"``, and only an unsafe operation fails (a placeholder may not
+    suit a template written for real inputs).
+
+    Raises:
+        TemplateError: naming the part, the rule and the fix.
+    """
+    _check_no_loading(template)
+    for part, text in template._texts().items():
+        for node in template._env.parse(text).find_all((nodes.Getattr, nodes.Getitem,
+                                                        nodes.Filter)):
+            name = _unsafe_name(node)
+            if name is not None:
+                raise TemplateError(
+                    f"templates may not read private attributes ({name!r}, line "
+                    f"{node.lineno}): the sandbox refuses them on every request",
+                    where=f"prompt {template.id!r}.{part}", value=text,
+                    fix="use only the task's fields and simple filters, e.g. "
+                        "{{ question | trim }}")
+    real = bool(samples)
+    variables = template.variables()
+    for sample in samples or [{}]:
+        for part in variables:
+            values = {name: "x" for name in variables[part]} if not real else dict(sample)
+            values.setdefault("target", "x")
+            try:
+                template._compiled[part].render(**values)
+            except SecurityError as exc:
+                raise TemplateError(
+                    f"template tried an unsafe operation: {exc}",
+                    where=f"prompt {template.id!r}.{part}", value=template._texts()[part],
+                    fix="templates may only use the task's fields and simple filters",
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - any render failure on real inputs
+                if real:
+                    raise TemplateError(
+                        f"template failed to render a demonstration: "
+                        f"{type(exc).__name__}: {exc}",
+                        where=f"prompt {template.id!r}.{part}",
+                        value=template._texts()[part],
+                        fix="templates may only use the task's fields and simple filters",
+                    ) from None
 
 
 def _size(example: "Example", fields: set[str]) -> int:

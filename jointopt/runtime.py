@@ -168,25 +168,19 @@ def task_spec(task: Task, prompt: Any) -> dict[str, Any]:
     }
 
 
-def _import_verifier(path: str) -> Any:
-    module, _, name = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module)
-        for part in name.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        log.warning("cannot import the serve-time verifier %s (%s); running without it",
-                    path, exc)
-        return None
-    return target if callable(target) else None
-
-
-def task_from_spec(spec: Mapping[str, Any], where: str = "metadata.task") -> Task:
+def task_from_spec(spec: Mapping[str, Any], where: str = "metadata.task", *,
+                   allow_verifiers: Sequence[str] = ()) -> Task:
     """Build the :class:`Task` a runner reads answers with, from a ``metadata.task`` section.
 
     The task has no evaluation examples; its fields, demos, extractor, matcher and
-    (importable) verifier are the ones the policy was tuned with.
+    (importable) verifier are the ones the policy was tuned with. The verifier is imported
+    only from jointopt's own modules or the modules in ``allow_verifiers`` (see
+    :func:`jointopt.verifiers.resolve_verifier`).
+
+    Raises:
+        ConfigError: a missing key, or a verifier outside the allow-list.
     """
+    from .verifiers import resolve_verifier
     try:
         ext = dict(spec["extractor"])
         match = dict(spec["matcher"])
@@ -195,7 +189,9 @@ def task_from_spec(spec: Mapping[str, Any], where: str = "metadata.task") -> Tas
                     difficulty=d.get("difficulty"))
             for d in spec.get("demos", ())
         )
-        verifier = _import_verifier(spec["verifier"]) if spec.get("verifier") else None
+        verifier = (resolve_verifier(spec["verifier"], allow_verifiers,
+                                     where=f"{where}.verifier")
+                    if spec.get("verifier") else None)
         return Task(
             name=spec.get("name", "policy"),
             description=spec.get("description", ""),
@@ -418,6 +414,7 @@ def load_policy(
     *,
     seed: int = 0,
     backend_kwargs: Mapping[str, Any] | None = None,
+    allow_verifiers: Sequence[str] = (),
 ) -> PolicyRunner:
     """Load a policy file (validated) and return a runner for it.
 
@@ -430,10 +427,13 @@ def load_policy(
         task: reads the answers; default: built from the file's ``metadata.task``.
         seed: base of the per-input request seeds.
         backend_kwargs: constructor arguments when ``backend`` is a name or None.
+        allow_verifiers: modules (with their submodules) the file's serve-time verifier
+            may be imported from, besides jointopt's own; any other module is refused
+            before it is imported.
 
     Raises:
-        ConfigError: the file is invalid, or it has no ``metadata.task`` and no task
-            was given.
+        ConfigError: the file is invalid, it has no ``metadata.task`` and no task
+            was given, or its verifier is outside the allow-list.
     """
     from .backends import make_backend
     from .policy_file import load_policy_file
@@ -449,7 +449,8 @@ def load_policy(
                 fix="re-export it with `jointopt export` (which writes the section), or pass "
                     "task= to load_policy",
             )
-        task = task_from_spec(spec, where=f"{where}: metadata.task")
+        task = task_from_spec(spec, where=f"{where}: metadata.task",
+                              allow_verifiers=allow_verifiers)
     owns = not isinstance(backend, Backend)
     if not isinstance(backend, Backend):
         kwargs = dict(backend_kwargs or {})

@@ -37,6 +37,7 @@ __all__ = [
     "read_api_key",
     "check_config_for_secrets",
     "install_log_redaction",
+    "mask_record",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,21 @@ MASK = "***"
 _known: set[str] = set()
 _lock = threading.Lock()
 
-#: OpenAI-style keys (``sk-...``, ``sk-proj-...``), bearer tokens, ``key=value`` secrets and
-#: the password part of ``scheme://user:password@host`` URLs.
+#: OpenAI-style keys (``sk-...``, ``sk-proj-...``), bearer tokens, ``Authorization:`` header
+#: values, ``key=value`` secrets and the password part of ``scheme://user:password@host``
+#: URLs.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), MASK),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{8,}"), r"\g<1>" + MASK),
+    # an echoed header: ``Authorization: Basic <base64 of user:password>``, or any scheme
+    (re.compile(r"(?i)\b(authorization[\"']?\s*[=:]\s*[\"']?(?:(?:basic|bearer|token|digest)\s+)?)"
+                r"(?!(?:basic|bearer|token|digest)\b)[^\s\"',;}]{6,}"), r"\g<1>" + MASK),
+    # ``api_key=<value>``: the value is masked when it looks like a secret (a digit, an
+    # upper-case letter or a symbol, or 16+ characters), so that a message such as
+    # "model.engine.api_key: unknown key 'api_key'" keeps its words.
     (re.compile(r"(?i)\b((?:api[_-]?key|secret|token|password|passwd)[\"']?\s*[=:]\s*[\"']?)"
-                r"[^\s\"',;&}]{6,}"), r"\g<1>" + MASK),
+                r"(?-i:(?=[^\s\"',;&}]*[^a-z\s\"',;&}])[^\s\"',;&}]{6,}|[^\s\"',;&}]{16,})"),
+     r"\g<1>" + MASK),
     (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]+:)[^@/\s]+@"), r"\g<1>" + MASK + "@"),
 )
 #: Config keys whose (string) value is a secret: ``api_key``, ``hf_token``, ``password``,
@@ -201,6 +210,58 @@ def _register_path(fields: Mapping[str, Any], path: str) -> None:
 _installed = False
 
 
+def _mask_arg(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    masked = redact(text)
+    if isinstance(value, str) or masked != text:
+        return masked
+    return value  # an object without a secret keeps its own %r / %d formatting
+
+
+def mask_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Mask secrets in a log record, in place, keeping it formattable.
+
+    The message template and each argument are masked separately, so formatters that read
+    ``record.args`` themselves (uvicorn's access log unpacks its five arguments) still
+    work. When that is not enough (a secret split across arguments, a broken format
+    string), the record becomes the masked message with no arguments. A traceback is
+    rendered, masked into ``exc_text`` and dropped from ``exc_info`` (so no handler can
+    render the unmasked original); ``stack_info`` is masked too.
+    """
+    try:
+        message = record.getMessage()
+        broken = False
+    except Exception:  # noqa: BLE001 - a broken format string: keep the raw message
+        message, broken = str(record.msg), True
+    masked = redact(message)
+    if masked != message or broken:
+        done = False
+        if not broken and isinstance(record.msg, str) and record.args:
+            raw = record.args
+            args: Any = ({k: _mask_arg(v) for k, v in raw.items()} if isinstance(raw, Mapping)
+                         else tuple(_mask_arg(v) for v in raw) if isinstance(raw, tuple)
+                         else _mask_arg(raw))
+            template = redact(record.msg)
+            try:
+                again = template % args
+            except Exception:  # noqa: BLE001 - masking changed a placeholder
+                again = None
+            if again is not None and redact(again) == again:
+                record.msg, record.args, done = template, args, True
+        if not done:
+            record.msg, record.args = masked, ()
+    if record.exc_info and record.exc_info[0] is not None:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        record.exc_info = None
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    return record
+
+
 def install_log_redaction() -> None:
     """Redact every log record of this process (all loggers and handlers, including ones
     created later), captured warnings, and uncaught tracebacks. Idempotent."""
@@ -211,18 +272,7 @@ def install_log_redaction() -> None:
     previous = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format string: keep the raw message
-            message = str(record.msg)
-        record.msg = redact(message)
-        record.args = None
-        if record.exc_info and record.exc_info[0] is not None:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return record
+        return mask_record(previous(*args, **kwargs))
 
     logging.setLogRecordFactory(factory)
     logging.captureWarnings(True)

@@ -6,9 +6,10 @@ bin's strategy, makes every generation it needs on the upstream server (an
 :class:`~jointopt.backends.openai.OpenAIBackend`, e.g. vLLM) and answers with the
 aggregated answer::
 
-    jointopt serve --policy out/policy.yaml --upstream http://127.0.0.1:8000/v1
+    jointopt serve --policy out/policy.yaml --upstream http://127.0.0.1:8000/v1 \
+        --api-key-file client_keys.txt
 
-    client = openai.OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+    client = openai.OpenAI(base_url="http://127.0.0.1:8100/v1", api_key="<a client key>")
     r = client.chat.completions.create(model="policy", messages=[{"role": "user",
                                        "content": "Reverse the order of these words: a, b"}])
     r.choices[0].message.content   # the policy's answer
@@ -23,10 +24,18 @@ Endpoints:
   ``inputs`` (``extra_body={"inputs": {...}}`` in the openai client) and a difficulty label
   as ``difficulty``. Sampling parameters in the request (``temperature``, ``max_tokens``,
   ``n`` > 1 ...) are ignored: the policy decides them; their names are listed in the
-  ``x-jointopt-ignored`` response header. Streaming is refused (400).
+  ``x-jointopt-ignored`` response header. ``stream: true`` is answered with server-sent
+  events once the answer is decided (:mod:`jointopt.serve_stream`).
 * ``POST /v1/completions``: the same with ``prompt`` as the input text.
-* ``GET /health``: 200 when the upstream answers ``GET /models``, else 503.
+* ``GET /health`` (no key needed): 200 when the upstream answers ``GET /models``, else
+  503; it names no upstream URL.
 * ``GET /v1/models``: the one model this proxy serves (the policy).
+
+Security and limits (:class:`ServeSettings`, :mod:`jointopt.serve_security`): with client
+API keys every path but ``/health`` needs ``Authorization: Bearer <key>`` (401 otherwise);
+a client over ``rate_limit`` requests a minute gets 429; a body above ``max_body_bytes``
+gets 413, an input above ``max_input_chars`` characters too; when ``max_concurrency``
+requests run and ``max_waiting`` wait, more get 503 at once (``Retry-After``).
 
 Responses: ``choices[0].message.content`` (``choices[0].text`` for completions) is the
 aggregated answer (empty when no completion held an answer); ``usage`` counts every
@@ -35,10 +44,11 @@ text, the answer (or null), the bin, the strategy and per-call usage.
 
 Errors use the OpenAI error body ``{"error": {"message", "type", "code"}}``: 400 for a
 bad input (unknown or missing field, not JSON when JSON is needed), 422 for a body that
-does not match the schema, 502 when the upstream is down or fails (its status and an
-excerpt of its body in the message), 504 when the policy does not finish within
-``timeout`` seconds or the upstream times out, 503 when all ``max_concurrency`` slots
-stay busy for ``queue_timeout`` seconds (with ``Retry-After``).
+does not match the schema, 502 when the upstream is down or fails, 504 when the policy
+does not finish within ``timeout`` seconds or the upstream times out, 503 when no slot
+frees within ``queue_timeout`` seconds. Upstream failures reach the client as a generic
+message with an error id; the details (masked) are in the proxy's log under that id, so
+no upstream URL, key or error body reaches a client.
 
 :func:`create_engine_app` is the other direction: an OpenAI-compatible server in front of
 any jointopt :class:`~jointopt.backends.Backend` (the scripted backend for offline tests
@@ -48,14 +58,16 @@ and demos, or an in-process engine).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
+import traceback
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,19 +76,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import BackendError, ConfigError, DataError, JointoptError, TemplateError
+from . import secrets as _secrets
+from .errors import BackendError, ConfigError, DataError, TemplateError
+from .engine_server import ServerThread, create_engine_app, error_response
+from .serve_security import ApiKeys, GuardMiddleware, RateLimiter
+from .serve_stream import chat_chunks, completion_chunks, event_stream
 
 if TYPE_CHECKING:
-    from .backends.base import Backend
     from .runtime import Answer, PolicyRunner
 
-__all__ = ["ServeSettings", "ServerThread", "create_app", "create_engine_app", "serve"]
+__all__ = ["DEFAULT_MAX_INPUT_CHARS", "ServeSettings", "ServerThread", "create_app",
+           "create_engine_app", "serve"]
 
 log = logging.getLogger(__name__)
 
 #: Request fields a policy proxy reads; every other sampling field is ignored.
 _READ_FIELDS = frozenset({"model", "messages", "prompt", "inputs", "difficulty", "stream",
                           "n", "user", "stream_options"})
+
+
+#: Default cap on an input's characters (all fields), when neither the settings nor the
+#: policy file (``metadata.serving.max_input_chars``) give one.
+DEFAULT_MAX_INPUT_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,16 @@ class ServeSettings:
         max_concurrency: requests answered at once; more wait for a slot.
         queue_timeout: seconds a request may wait for a slot before a 503.
         model_name: the model id clients see (default ``jointopt-<prompt id>``).
-        upstream: URLs of the upstream servers (shown by ``/health``).
+        upstream: URLs of the upstream servers (for the server log, passwords masked;
+            never shown to clients).
+        max_waiting: requests that may wait for a slot; more get a 503 at once.
+        api_keys: client keys (strings or :class:`~jointopt.serve_security.ApiKeys`);
+            empty: no authentication. Never shown in ``repr``.
+        max_body_bytes: largest request body (413 above).
+        max_input_chars: largest input, in characters over all its fields (413 above);
+            None: the policy file's ``metadata.serving.max_input_chars``, else 100000.
+        rate_limit: requests per minute per client key (per address without keys);
+            0: no limit.
     """
 
     timeout: float = 60.0
@@ -96,6 +126,11 @@ class ServeSettings:
     queue_timeout: float = 30.0
     model_name: str | None = None
     upstream: tuple[str, ...] = ()
+    max_waiting: int = 64
+    api_keys: "ApiKeys | tuple[str, ...]" = field(default=(), repr=False)
+    max_body_bytes: int = 1_048_576
+    max_input_chars: int | None = None
+    rate_limit: int = 600
 
     def __post_init__(self) -> None:
         for name in ("timeout", "queue_timeout"):
@@ -103,11 +138,18 @@ class ServeSettings:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"`{name}` must be a number of seconds > 0", where=name,
                                   value=value, fix="e.g. 60")
-        if (isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int)
-                or self.max_concurrency < 1):
-            raise ConfigError("`max_concurrency` must be an integer >= 1",
-                              where="max_concurrency", value=self.max_concurrency,
-                              fix="e.g. 8")
+        for name, low, example in (("max_concurrency", 1, 8), ("max_waiting", 0, 64),
+                                   ("max_body_bytes", 1, 1_048_576), ("rate_limit", 0, 600),
+                                   ("max_input_chars", 1, 100_000)):
+            value = getattr(self, name)
+            if value is None and name == "max_input_chars":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"`{name}` must be an integer >= {low}", where=name,
+                                  value=value, fix=f"e.g. {example}")
+        if not isinstance(self.api_keys, ApiKeys):
+            keys = (self.api_keys,) if isinstance(self.api_keys, str) else self.api_keys
+            object.__setattr__(self, "api_keys", ApiKeys.of(keys))
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -127,6 +169,7 @@ class _ChatRequest(BaseModel):
     messages: list[_Message] = Field(min_length=1)
     n: int | None = None
     stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     difficulty: str | int | None = None
 
@@ -138,6 +181,7 @@ class _CompletionRequest(BaseModel):
     prompt: str | list[str]
     n: int | None = None
     stream: bool | None = False
+    stream_options: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
     difficulty: str | int | None = None
 
@@ -152,29 +196,37 @@ class _HTTPError(Exception):
         self.headers = dict(headers or {})
 
 
-def _error_response(status: int, message: str, kind: str,
-                    headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, headers=dict(headers or {}),
-                        content={"error": {"message": message, "type": kind, "code": status}})
+def _error_id() -> str:
+    return "err-" + uuid.uuid4().hex[:12]
 
 
 def _status_of(exc: BaseException) -> _HTTPError:
-    """Map an error raised while answering to an HTTP status."""
+    """Map an error raised while answering to an HTTP status.
+
+    A bad input (400) keeps its message (it is about the client's own input). Anything
+    else gets a generic message with an error id; the details, masked, go to the log.
+    """
     from .backends.openai import UpstreamError
 
-    text = str(exc)
     if isinstance(exc, (DataError, TemplateError, ConfigError)):
-        return _HTTPError(400, text, "invalid_request_error")
-    if isinstance(exc, UpstreamError):
-        if exc.kind == "timeout":
-            return _HTTPError(504, f"upstream timeout: {text}", "upstream_timeout")
-        label = "upstream unreachable" if exc.kind == "unreachable" else "upstream error"
-        return _HTTPError(502, f"{label}: {text}", "upstream_error")
+        return _HTTPError(400, _secrets.redact(str(exc)), "invalid_request_error")
+    error_id = _error_id()
+    see = f"error id {error_id}; the details are in the proxy's log"
     if isinstance(exc, BackendError):
-        return _HTTPError(502, f"upstream error: {text}", "upstream_error")
-    if isinstance(exc, JointoptError):
-        return _HTTPError(500, text, "server_error")
-    return _HTTPError(500, f"internal error: {type(exc).__name__}", "server_error")
+        kind = getattr(exc, "kind", None)
+        log.warning("upstream failure [%s]: %s", error_id, _secrets.redact(str(exc)))
+        if kind == "timeout":
+            return _HTTPError(504, f"upstream timeout: the upstream server did not answer in "
+                                   f"time ({see})", "upstream_timeout")
+        if kind == "unreachable":
+            return _HTTPError(502, f"upstream unreachable ({see})", "upstream_error")
+        status = getattr(exc, "status", None) if isinstance(exc, UpstreamError) else None
+        said = f"the upstream server answered HTTP {status}" if status else \
+            "the upstream server failed"
+        return _HTTPError(502, f"upstream error: {said} ({see})", "upstream_error")
+    log.error("internal error [%s]: %s", error_id, _secrets.redact(
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+    return _HTTPError(500, f"internal error ({see})", "server_error")
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -209,20 +261,41 @@ def _inputs_from_text(runner: "PolicyRunner", text: str) -> dict[str, Any]:
     return data
 
 
+def _check_size(inputs: Mapping[str, Any], limit: int) -> None:
+    if not isinstance(inputs, Mapping):
+        return  # the runner refuses it with a 400
+    size = sum(len(v) if isinstance(v, str) else len(str(v)) for v in inputs.values())
+    if size > limit:
+        raise _HTTPError(413, f"the input has {size} characters, above this proxy's limit of "
+                              f"{limit} (max_input_chars); send a shorter input",
+                         "invalid_request_error")
+
+
 def _ignored(body: BaseModel) -> list[str]:
     extra = set((body.model_extra or {}).keys())
     return sorted(k for k in extra if k not in _READ_FIELDS)
 
 
-def _check_common(body: _ChatRequest | _CompletionRequest) -> None:
-    if body.stream:
-        raise _HTTPError(400, "streaming is not supported: the answer exists only after the "
-                              "policy's last generation; send stream=false",
-                         "invalid_request_error")
+def _include_usage(body: _ChatRequest | _CompletionRequest) -> bool:
+    """Check ``n`` and ``stream_options``; True when the stream should end with usage."""
     if body.n not in (None, 1):
         raise _HTTPError(400, f"n={body.n}: the policy decides how many samples to draw and "
                               "returns one aggregated answer; send n=1 or leave it out",
                          "invalid_request_error")
+    options = body.stream_options or {}
+    usage = options.get("include_usage", False)
+    if not isinstance(usage, bool):
+        raise _HTTPError(400, f"stream_options.include_usage must be true or false, got "
+                              f"{usage!r}", "invalid_request_error")
+    return usage
+
+
+def _max_input_chars(runner: "PolicyRunner", settings: ServeSettings) -> int:
+    if settings.max_input_chars is not None:
+        return settings.max_input_chars
+    serving = runner.policy.metadata.get("serving") or {}
+    value = serving.get("max_input_chars") if isinstance(serving, Mapping) else None
+    return int(value) if isinstance(value, int) and value > 0 else DEFAULT_MAX_INPUT_CHARS
 
 
 # ------------------------------------------------------------------------------ proxy app
@@ -241,58 +314,75 @@ def create_app(
 
     Args:
         runner: answers the inputs (its backend is the upstream).
-        settings: timeouts, concurrency, model name, upstream URLs; the keyword arguments
-            override single fields of it.
+        settings: timeouts, concurrency, limits, client keys, model name, upstream URLs;
+            the keyword arguments override single fields of it.
 
     All state (runner, settings, the semaphore and the worker threads) lives on
-    ``app.state``; the worker threads stop when the app shuts down.
+    ``app.state``; the worker threads stop when the app shuts down. Logs are masked by
+    :func:`jointopt.secrets.install_log_redaction` (which :func:`serve` installs; call it
+    yourself when serving the app another way).
     """
     base = settings or ServeSettings()
     overrides = {k: v for k, v in (("timeout", timeout), ("max_concurrency", max_concurrency),
                                    ("queue_timeout", queue_timeout), ("model_name", model_name))
                  if v is not None}
-    if overrides:
-        base = ServeSettings(**{**base.__dict__, **overrides})
     upstream = base.upstream or tuple(getattr(runner.backend, "base_urls", ()))
-    settings = ServeSettings(**{**base.__dict__, "upstream": tuple(upstream)})
+    settings = dataclasses.replace(base, **overrides, upstream=tuple(upstream))
     served = settings.model_name or f"jointopt-{runner.policy.prompt.id}"
+    input_limit = _max_input_chars(runner, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
         yield
         app.state.executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="jointopt policy proxy", lifespan=lifespan,
-                  description=f"Answers with policy {runner.policy.prompt.id!r} "
-                              f"({runner.policy.describe()}).")
+    app = FastAPI(title="jointopt policy proxy", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.add_middleware(GuardMiddleware, keys=settings.api_keys,
+                       limiter=RateLimiter(settings.rate_limit),
+                       max_body_bytes=settings.max_body_bytes)
     app.state.runner = runner
     app.state.settings = settings
     app.state.model_name = served
     app.state.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency,
                                             thread_name_prefix="jointopt-serve")
     app.state.semaphore = asyncio.Semaphore(settings.max_concurrency)
+    app.state.waiting = 0
 
     @app.exception_handler(_HTTPError)
     async def _on_http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-        return _error_response(exc.status, exc.message, exc.kind, exc.headers)
+        return error_response(exc.status, exc.message, exc.kind, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
             for e in exc.errors()[:5])
-        return _error_response(422, f"invalid request body: {problems}",
-                               "invalid_request_error")
+        return error_response(422, f"invalid request body: {problems}",
+                              "invalid_request_error")
 
-    async def _answer(request: Request, inputs: Mapping[str, Any],
-                      difficulty: str | int | None) -> "Answer":
-        state = request.app.state
+    def _busy(reason: str) -> _HTTPError:
+        return _HTTPError(503, f"the proxy is busy: {reason}; retry later", "server_busy",
+                          {"Retry-After": "1"})
+
+    async def _slot(state: Any) -> None:
+        if state.semaphore.locked() and state.waiting >= settings.max_waiting:
+            raise _busy(f"all {settings.max_concurrency} slots are in use and "
+                        f"{state.waiting} requests wait (max_waiting)")
+        state.waiting += 1
         try:
             await asyncio.wait_for(state.semaphore.acquire(), settings.queue_timeout)
         except asyncio.TimeoutError:
-            raise _HTTPError(503, f"the proxy is busy: all {settings.max_concurrency} slots "
-                                  f"stayed in use for {settings.queue_timeout:g}s; retry later",
-                             "server_busy", {"Retry-After": "1"}) from None
+            raise _busy(f"all {settings.max_concurrency} slots stayed in use for "
+                        f"{settings.queue_timeout:g}s") from None
+        finally:
+            state.waiting -= 1
+
+    async def _answer(request: Request, inputs: Mapping[str, Any],
+                      difficulty: str | int | None) -> "Answer":
+        _check_size(inputs, input_limit)
+        state = request.app.state
+        await _slot(state)
         loop = asyncio.get_running_loop()
         try:
             future = loop.run_in_executor(
@@ -312,10 +402,8 @@ def create_app(
             raise
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             mapped = _status_of(exc)
-            if mapped.status >= 500 and mapped.kind == "server_error":
-                log.exception("policy failed")
-            else:
-                log.warning("request failed (%d): %s", mapped.status, exc)
+            if mapped.status < 500:
+                log.info("request refused (%d): %s", mapped.status, mapped.message)
             raise mapped from None
 
     def _extension(answer: "Answer") -> dict[str, Any]:
@@ -327,9 +415,28 @@ def create_app(
         ignored = _ignored(body)
         return {"x-jointopt-ignored": ",".join(ignored)} if ignored else {}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: _ChatRequest, request: Request) -> JSONResponse:
-        _check_common(body)
+    def _reply(body: _ChatRequest | _CompletionRequest, answer: "Answer", usage_chunk: bool,
+               chat: bool) -> Any:
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        created, content = int(time.time()), answer.answer or ""
+        if body.stream:
+            make = chat_chunks if chat else completion_chunks
+            return event_stream(make(id=ident, created=created, model=served, content=content,
+                                     usage=answer.usage.to_dict(), include_usage=usage_chunk,
+                                     extension=_extension(answer)), _headers(body))
+        choice: dict[str, Any] = (
+            {"index": 0, "message": {"role": "assistant", "content": content}} if chat
+            else {"index": 0, "text": content})
+        choice.update(finish_reason="stop", logprobs=None)
+        return JSONResponse({
+            "id": ident, "object": "chat.completion" if chat else "text_completion",
+            "created": created, "model": served, "choices": [choice],
+            "usage": answer.usage.to_dict(), "jointopt": _extension(answer),
+        }, headers=_headers(body))
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(body: _ChatRequest, request: Request) -> Any:
+        usage_chunk = _include_usage(body)
         if body.inputs is not None:
             inputs: Mapping[str, Any] = body.inputs
         else:
@@ -340,25 +447,11 @@ def create_app(
                                       "content of the last user message", "invalid_request_error")
             inputs = _inputs_from_text(runner, text)
         answer = await _answer(request, inputs, body.difficulty)
-        content = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.answer or ""},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }],
-            "usage": answer.usage.to_dict(),
-            "jointopt": _extension(answer),
-        }
-        return JSONResponse(content, headers=_headers(body))
+        return _reply(body, answer, usage_chunk, chat=True)
 
-    @app.post("/v1/completions")
-    async def completions(body: _CompletionRequest, request: Request) -> JSONResponse:
-        _check_common(body)
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: _CompletionRequest, request: Request) -> Any:
+        usage_chunk = _include_usage(body)
         if body.inputs is not None:
             inputs = body.inputs
         else:
@@ -369,28 +462,22 @@ def create_app(
                 prompt = prompt[0]
             inputs = _inputs_from_text(runner, prompt)
         answer = await _answer(request, inputs, body.difficulty)
-        content = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": served,
-            "choices": [{"index": 0, "text": answer.answer or "", "finish_reason": "stop",
-                         "logprobs": None}],
-            "usage": answer.usage.to_dict(),
-            "jointopt": _extension(answer),
-        }
-        return JSONResponse(content, headers=_headers(body))
+        return _reply(body, answer, usage_chunk, chat=False)
 
     @app.get("/health")
     async def health() -> JSONResponse:
         check = getattr(runner.backend, "health", None)
         upstream = await asyncio.to_thread(check) if callable(check) else {}
-        ok = all(v == "ok" for v in upstream.values())
+        states = [_health_word(v) for v in upstream.values()]
+        ok = all(v == "ok" for v in states)
+        if not ok:
+            log.debug("upstream health: %s", _secrets.redact(
+                "; ".join(f"{_secrets.safe_url(k)}: {v}" for k, v in upstream.items())))
         return JSONResponse(status_code=200 if ok else 503, content={
             "status": "ok" if ok else "upstream unavailable",
             "model": served,
             "policy": runner.policy.prompt.id,
-            "upstream": upstream,
+            "upstream": states,
         })
 
     @app.get("/v1/models")
@@ -402,162 +489,15 @@ def create_app(
     return app
 
 
-# ------------------------------------------------------------------------------ engine app
-
-
-def create_engine_app(backend: "Backend", model_name: str = "scripted") -> FastAPI:
-    """An OpenAI-compatible server (``/v1/chat/completions``, ``/v1/models``, ``/health``)
-    in front of a jointopt :class:`~jointopt.backends.Backend`.
-
-    Supports ``n``, ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``,
-    ``logprobs`` (sampled-token logprobs in ``logprobs.content``), vLLM's
-    ``return_token_ids`` and ``continue_final_message``; ``usage`` comes from the
-    backend's own token counts. Generation runs in worker threads, one request at a time
-    unless the backend is ``thread_safe``.
-    """
-    import threading
-
-    from .generation import ChatMessage, GenerationRequest
-
-    app = FastAPI(title="jointopt engine server")
-    app.state.backend = backend
-    app.state.lock = None if getattr(backend, "thread_safe", False) else threading.Lock()
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error_response(400, f"invalid request: {exc.errors()[:3]}",
-                               "invalid_request_error")
-
-    def _generate(request: GenerationRequest) -> Any:
-        lock = app.state.lock
-        if lock is None:
-            return backend.generate([request])[0]
-        with lock:
-            return backend.generate([request])[0]
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: dict[str, Any]) -> JSONResponse:
-        try:
-            messages = [ChatMessage(m["role"], str(m.get("content") or ""))
-                        for m in body["messages"]]
-            continuation = ""
-            if body.get("continue_final_message") and messages and \
-                    messages[-1].role == "assistant":
-                continuation = messages[-1].content
-                messages = messages[:-1]
-            stop = body.get("stop") or ()
-            request = GenerationRequest(
-                messages=tuple(messages), n=int(body.get("n") or 1),
-                temperature=float(body.get("temperature", 1.0)),
-                max_tokens=int(body.get("max_tokens") or 16),
-                top_p=float(body.get("top_p", 1.0)),
-                logprobs=bool(body.get("logprobs", False)),
-                stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                seed=body.get("seed"), continuation=continuation,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            return _error_response(400, f"invalid request: {exc!r}", "invalid_request_error")
-        try:
-            result = await asyncio.to_thread(_generate, request)
-        except JointoptError as exc:
-            return _error_response(400, str(exc), "invalid_request_error")
-        choices = []
-        for i, c in enumerate(result.completions):
-            choice: dict[str, Any] = {
-                "index": i, "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason, "logprobs": None,
-            }
-            if request.logprobs and c.logprobs is not None:
-                choice["logprobs"] = {"content": [
-                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(c.token_ids, c.logprobs)]}
-            if body.get("return_token_ids"):
-                choice["token_ids"] = list(c.token_ids)
-            choices.append(choice)
-        return JSONResponse({
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": model_name, "choices": choices,
-            "usage": {"prompt_tokens": result.prompt_tokens,
-                      "completion_tokens": result.completion_tokens,
-                      "total_tokens": result.total_tokens},
-        })
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "jointopt"}]}
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
-# ------------------------------------------------------------------------------ threads
-
-
-class ServerThread:
-    """Run an ASGI app with uvicorn in a background thread (tests, notebooks).
-
-    >>> with ServerThread(app) as server:
-    ...     httpx.get(server.url + "/health")
-
-    Args:
-        app: the ASGI app.
-        host: interface to bind.
-        port: port to bind; 0 picks a free one (see :attr:`port` after start).
-        startup_timeout: seconds to wait for the server to listen.
-    """
-
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0,
-                 startup_timeout: float = 10.0) -> None:
-        import uvicorn
-
-        self._server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on",
-            timeout_graceful_shutdown=2))
-        self._host = host
-        self._timeout = startup_timeout
-        self._thread: Any = None
-
-    @property
-    def port(self) -> int:
-        servers = getattr(self._server, "servers", None) or []
-        for server in servers:
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        raise RuntimeError("the server is not listening")
-
-    @property
-    def url(self) -> str:
-        """``http://host:port`` of the running server."""
-        return f"http://{self._host}:{self.port}"
-
-    def start(self) -> "ServerThread":
-        import threading
-
-        self._thread = threading.Thread(target=self._server.run, name="jointopt-uvicorn",
-                                        daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + self._timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> "ServerThread":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def _health_word(state: Any) -> str:
+    """``ok``, ``unreachable`` or ``HTTP <status>``: an upstream's state without its URL
+    or error body."""
+    text = str(state)
+    if text == "ok":
+        return "ok"
+    if text.startswith("HTTP "):
+        return text.split(":", 1)[0]
+    return "unreachable" if text.startswith("unreachable") else "error"
 
 
 # ------------------------------------------------------------------------------ entry
@@ -567,11 +507,12 @@ def serve(
     policy_path: str | Path,
     upstream_url: str | list[str],
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: int = 8100,
     *,
     timeout: float = 60.0,
     max_concurrency: int = 8,
     queue_timeout: float = 30.0,
+    max_waiting: int = 64,
     api_key_env: str | None = None,
     upstream_model: str | None = None,
     model_name: str | None = None,
@@ -579,16 +520,23 @@ def serve(
     send_seed: bool = True,
     token_ids: bool = False,
     log_level: str = "info",
+    api_key_file: str | Path | None = None,
+    allow_unauthenticated: bool = False,
+    allow_verifiers: list[str] | tuple[str, ...] = (),
+    max_body_bytes: int = 1_048_576,
+    max_input_chars: int | None = None,
+    rate_limit: int = 600,
 ) -> None:
     """Serve a policy file in front of an OpenAI-compatible upstream (blocks until stopped).
 
     Args:
         policy_path: the policy file (``jointopt export`` writes ``policy.yaml``).
         upstream_url: the upstream API root(s), e.g. ``http://127.0.0.1:8000/v1``.
-        host, port: where the proxy listens.
+        host, port: where the proxy listens (port 0: any free port).
         timeout: seconds per request (also the upstream read timeout).
         max_concurrency: requests answered at once (also upstream connections).
         queue_timeout: seconds a request may wait for a slot before a 503.
+        max_waiting: requests that may wait for a slot; more get a 503 at once.
         api_key_env: environment variable holding the upstream API key.
         upstream_model: the upstream's model name (default: the first of its
             ``GET /models``).
@@ -596,33 +544,49 @@ def serve(
         max_retries: upstream retries on connection errors, 429 and 5xx.
         send_seed: send per-request seeds upstream.
         token_ids: ask the upstream (vLLM) for token ids.
-        log_level: uvicorn log level.
+        log_level: uvicorn log level (``info``: one access-log line per request).
+        api_key_file: client keys, one per line (``$JOINTOPT_API_KEYS`` adds more).
+        allow_unauthenticated: listen on a non-loopback host without client keys.
+        allow_verifiers: modules the policy's verifier may be imported from, besides
+            jointopt's own.
+        max_body_bytes, max_input_chars, rate_limit: see :class:`ServeSettings`.
 
     Raises:
-        ConfigError: the policy file is invalid.
+        ConfigError: the policy file, a limit, the port, the client keys are invalid, or
+            a non-loopback host without keys.
         BackendError: bad upstream options (URL, missing API-key variable).
     """
     import uvicorn
 
     from .backends.openai import OpenAIBackend
     from .runtime import load_policy
+    from .serve_security import check_bind, check_port, load_api_keys
 
+    _secrets.install_log_redaction()
+    check_port(port)
+    keys = load_api_keys(api_key_file)
+    check_bind(host, authenticated=bool(keys), allow_unauthenticated=allow_unauthenticated)
     settings = ServeSettings(timeout=timeout, max_concurrency=max_concurrency,
-                             queue_timeout=queue_timeout, model_name=model_name)
+                             queue_timeout=queue_timeout, max_waiting=max_waiting,
+                             model_name=model_name, api_keys=keys,
+                             max_body_bytes=max_body_bytes, max_input_chars=max_input_chars,
+                             rate_limit=rate_limit)
     backend = OpenAIBackend(
         upstream_url, upstream_model, api_key_env=api_key_env, timeout=timeout,
         max_retries=max_retries, max_concurrency=max_concurrency, send_seed=send_seed,
         token_ids=token_ids,
     )
     try:
-        runner = load_policy(policy_path, backend=backend)
+        runner = load_policy(policy_path, backend=backend, allow_verifiers=allow_verifiers)
     except BaseException:
         backend.close()
         raise
     app = create_app(runner, settings)
-    log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s", policy_path,
-             runner.policy.describe(), host, port, ", ".join(backend.base_urls))
+    log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s, %s", policy_path,
+             runner.policy.describe(), host, port,
+             ", ".join(_secrets.safe_url(u) for u in backend.base_urls),
+             f"{len(keys)} client key(s)" if keys else "NO client authentication")
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
     finally:
         backend.close()

@@ -165,6 +165,13 @@ class StudyTracker:
 
     # ------------------------------------------------------------------ trial runs
 
+    def tag_parent(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the study's parent run (tags, unlike params, may change on resume)."""
+        from mlflow.entities import RunTag
+
+        _retry("tagging the parent run", self.client.log_batch, self.parent_run_id,
+               tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()])
+
     def start_trial(self, number: int, params: Mapping[str, Any], policy: Policy) -> str:
         """Open the trial's run (status RUNNING) with its parameters and policy."""
         run = _retry("creating a trial run", self.client.create_run, self.experiment_id,

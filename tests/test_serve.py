@@ -6,6 +6,8 @@ a uvicorn thread; the proxy runs in another thread; nothing touches a real engin
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import threading
 import time
@@ -169,11 +171,44 @@ def test_bad_inputs_are_400(proxy, kwargs, match):
     assert match in _msg(info.value)
 
 
-def test_streaming_and_schema_errors(proxy):
+def _events(response: httpx.Response) -> list:
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = response.text.split("\n\n")
+    assert blocks[-1] == "" and all(b.startswith("data: ") for b in blocks[:-1])
+    data = [b.removeprefix("data: ") for b in blocks[:-1]]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_streaming_sends_the_decided_answer_as_server_sent_events(proxy):
     proxy_server, _ = proxy
-    with pytest.raises(openai.BadRequestError, match="streaming"):
-        _client(proxy_server).chat.completions.create(
-            model="x", messages=[{"role": "user", "content": "hi"}], stream=True)
+    question = [{"role": "user", "content": "What is 20 + 22?"}]
+    plain = _client(proxy_server).chat.completions.create(model="x", messages=question)
+    chat = _events(httpx.post(proxy_server.url + "/v1/chat/completions", timeout=20, json={
+        "messages": question, "stream": True, "stream_options": {"include_usage": True}}))
+    assert {c["object"] for c in chat} == {"chat.completion.chunk"}
+    assert chat[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chat if c["choices"])
+    assert text == plain.choices[0].message.content
+    finish = [c for c in chat if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert [c["choices"][0]["finish_reason"] for c in finish] == ["stop"]
+    assert chat[-1]["choices"] == [] and chat[-1]["usage"] == plain.usage.model_dump(
+        exclude_none=True)
+    assert all(c["usage"] is None for c in chat[:-1])
+    completion = _events(httpx.post(proxy_server.url + "/v1/completions", timeout=20, json={
+        "prompt": "What is 20 + 22?", "stream": True}))
+    assert {c["object"] for c in completion} == {"text_completion"}
+    assert "".join(c["choices"][0]["text"] for c in completion) == text
+    assert completion[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in c for c in completion)  # not asked for
+
+
+def test_schema_errors(proxy):
+    proxy_server, _ = proxy
+    bad_options = httpx.post(proxy_server.url + "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": True,
+        "stream_options": {"include_usage": "yes"}})
+    assert bad_options.status_code == 400 and "include_usage" in bad_options.text
     bad = httpx.post(proxy_server.url + "/v1/chat/completions", json={"model": "x"})
     assert bad.status_code == 422 and "messages" in bad.json()["error"]["message"]
     no_user = httpx.post(proxy_server.url + "/v1/chat/completions",
@@ -261,7 +296,7 @@ def test_upstream_timeout_is_504():
         upstream.stop()
 
 
-def test_upstream_http_error_is_502_with_the_upstream_message():
+def test_upstream_http_error_is_502_with_an_error_id_and_the_details_in_the_log(caplog):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
@@ -278,7 +313,11 @@ def test_upstream_http_error_is_502_with_the_upstream_message():
                 _client(proxy_server).chat.completions.create(
                     model="x", messages=[{"role": "user", "content": "What is 1 + 1?"}])
     assert info.value.status_code == 502
-    assert "HTTP 400: prompt too long" in _msg(info.value)
+    message = _msg(info.value)
+    assert "answered HTTP 400" in message and "prompt too long" not in message
+    error_id = re.search(r"error id (err-[0-9a-f]+)", message).group(1)
+    logged = [r.getMessage() for r in caplog.records if error_id in r.getMessage()]
+    assert len(logged) == 1 and "HTTP 400: prompt too long" in logged[0]
 
 
 def test_concurrency_is_bounded_and_excess_gets_503():
@@ -350,8 +389,18 @@ def test_serve_cli_parser():
     add_serve_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--policy", "p.yaml", "--upstream", "http://a/v1",
                               "--upstream", "http://b/v1", "--port", "9000",
-                              "--max-concurrency", "2", "--api-key-env", "KEY"])
+                              "--max-concurrency", "2", "--api-key-env", "KEY",
+                              "--api-key-file", "keys.txt", "--allow-verifier", "mypkg.v",
+                              "--rate-limit", "0"])
     assert args.upstream == ["http://a/v1", "http://b/v1"] and args.port == 9000
     assert args.max_concurrency == 2 and args.api_key_env == "KEY" and args.timeout == 60
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--policy", "p.yaml", "--upstream", "u", "--timeout", "0"])
+    assert args.api_key_file == "keys.txt" and args.allow_verifier == ["mypkg.v"]
+    assert args.rate_limit == 0 and not args.allow_unauthenticated
+    defaults = parser.parse_args(["serve", "--policy", "p.yaml", "--upstream", "u"])
+    # the proxy's default port is not the upstream's (vLLM listens on 8000)
+    assert defaults.port == 8100 and defaults.max_body_bytes == 1_048_576
+    assert defaults.max_input_chars is None and defaults.allow_verifier == []
+    for bad in (["--timeout", "0"], ["--port", "70000"], ["--port", "-1"],
+                ["--max-waiting", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--policy", "p.yaml", "--upstream", "u", *bad])

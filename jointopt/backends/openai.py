@@ -228,6 +228,10 @@ class OpenAIBackend(Backend):
             raise BackendError("give at least one server URL", where="base_url", value=urls,
                                fix="e.g. http://127.0.0.1:8000/v1")
         self._bases = tuple(normalize_base_url(u) for u in urls)
+        from .. import secrets as _secrets
+
+        for base in self._bases:  # a URL password is masked wherever it shows up
+            _secrets.register_url(base)
         for label, value, low in (("timeout", timeout, 0.0), ("connect_timeout", connect_timeout, 0.0),
                                   ("backoff", backoff, 0.0), ("max_backoff", max_backoff, 0.0)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
@@ -251,6 +255,7 @@ class OpenAIBackend(Backend):
                                    where="api_key_env",
                                    fix=f"export {api_key_env}=... before starting, or drop "
                                        "the API key option for a server without keys")
+            _secrets.register(key)  # masked in every log line and message
             self._api_key = key
         self._model = model
         self._model_id = model_id
@@ -303,7 +308,10 @@ class OpenAIBackend(Backend):
 
     def __repr__(self) -> str:
         key = f", api_key_env={self._api_key_env!r}" if self._api_key_env else ""
-        return f"OpenAIBackend(base_url={list(self._bases)!r}, model={self._model!r}{key})"
+        from ..secrets import safe_url
+
+        urls = [safe_url(u) for u in self._bases]
+        return f"OpenAIBackend(base_url={urls!r}, model={self._model!r}{key})"
 
     # ---------------------------------------------------------------- HTTP
 
