@@ -18,9 +18,9 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .errors import JointoptError
+from .errors import ConfigError, JointoptError
 
 __all__ = ["main"]
 
@@ -74,6 +74,12 @@ def _workers(text: str) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
+    n_trials = getattr(args, "n_trials", None)
+    if n_trials is not None and n_trials < 1:
+        raise ConfigError("must be >= 1 (the number of complete trials the study should "
+                          "hold)", where="--n-trials", value=n_trials,
+                          fix="pass a positive number, e.g. --n-trials 20, or leave the flag "
+                              "out to use optimizer.n_trials of the config")
     out: dict = {}
     if getattr(args, "storage", None):
         out["optimizer"] = {"storage": args.storage}
@@ -88,6 +94,18 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+_FLAGS = {"storage": ("optimizer.storage", "--storage"),
+          "output_dir": ("output_dir", "--output-dir")}
+
+
+def _preflight(plan: object, args: argparse.Namespace) -> None:
+    """:func:`jointopt.preflight.preflight`, naming the CLI flag of a value given by flag."""
+    from .preflight import preflight
+
+    sources = {field: flag for attr, (field, flag) in _FLAGS.items() if getattr(args, attr, None)}
+    preflight(plan, sources=sources)  # type: ignore[arg-type]
+
+
 def setup_logging(verbose: int) -> None:
     """Logging of a jointopt process (the CLI and its worker processes): levels, and the
     redaction of secrets in every log record, warning and traceback."""
@@ -100,6 +118,8 @@ def setup_logging(verbose: int) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     for noisy in ("optuna", "mlflow", "alembic", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # How the engine runs (dtype, threads) changes speed 5x: always say it.
+    logging.getLogger("jointopt.engine").setLevel(min(level, logging.INFO))
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING if verbose < 2 else optuna.logging.INFO)
@@ -151,6 +171,7 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, _overrides(args))
     plan = plan_study(config)
     check_credentials(config)
+    _preflight(plan, args)
     console = Console()
     console.print(f"[green]ok[/green] {args.config}: task {plan.task.name!r} "
                   f"({len(plan.task.examples)} examples, fields {', '.join(plan.task.fields)}), "
@@ -173,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, _overrides(args))
     plan = plan_study(config)  # fail on bad input before the engine loads
     check_credentials(config)
+    _preflight(plan, args)  # storage, MLflow, output folder, model: before anything is written
     worker = args.command == "worker"
     workers = config.optimizer.workers
     console.print(f"study [bold]{plan.study_name}[/bold]: {len(plan.task.examples)} examples of "
@@ -240,11 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return _validate(args)
         if args.command == "compare":
-            return _compare(args)
+            return _stoppable(_compare, args)
         if args.command == "record":
             from .cli_record import run_record
 
-            return run_record(args)
+            return _stoppable(run_record, args)
         if args.command == "export":
             from .cli_export import run_export
 
@@ -253,16 +275,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli_export import run_serve
 
             return run_serve(args)
-        return _run(args)
+        return _stoppable(_run, args)
     except JointoptError as exc:
         from .secrets import redact
 
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: completed trials are kept in the study storage; rerun the same "
-              "command to continue", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if args.command in ("run", "worker"):
+            kept = ("completed trials are kept in the study storage, a trial in flight is "
+                    "marked failed and retried by the rerun")
+        else:
+            kept = "the engine was shut down; generations already stored are kept"
+        print(f"interrupted{_signal_name(exc)}: {kept}; rerun the same command to continue",
+              file=sys.stderr)
+        return getattr(exc, "exit_code", 130)
+
+
+def _stoppable(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command that may start an engine, with SIGTERM and SIGINT turned into an exception
+    in the main thread (a trial in flight is failed with the reason, the engine is closed),
+    and every process the command started ended when it returns: a scheduler's or
+    ``kill``'s SIGTERM must not leave an engine process running."""
+    from .shutdown import ending_new_children, stop_on_signals
+
+    with stop_on_signals(), ending_new_children():
+        return command(args)
+
+
+def _signal_name(exc: BaseException) -> str:
+    import signal
+
+    signum = getattr(exc, "signum", None)
+    return f" ({signal.Signals(signum).name})" if signum else ""
 
 
 if __name__ == "__main__":

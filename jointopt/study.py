@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("accuracy", "mean_tokens")
 #: Study user attribute holding the held-out scores of Pareto trials, by trial number.
 TEST_ATTR = "test_scores"
+#: Study user attribute: how the engine runs (dtype, threads, KV cache, CPU).
+ENGINE_ATTR = "engine"
 DIRECTIONS = ("maximize", "minimize")
 
 
@@ -136,6 +138,11 @@ def build_task(config: StudyConfig) -> Task:
         raise ConfigError("the task needs `builtin` or `dataset`", where="task",
                           fix="see experiments/quickstart.yaml")
     for key, rel in (("path", d.path), ("demos", d.demos)):
+        if rel is not None and config.resolve(rel).is_dir():
+            raise DataError(
+                "the dataset path is a folder, not a file", where=f"task.dataset.{key}",
+                value=rel, fix=f"point to the .jsonl, .json or .csv file inside "
+                               f"{config.resolve(rel).resolve()}")
         if rel is not None and not config.resolve(rel).is_file():
             raise DataError(
                 "dataset file not found", where=f"task.dataset.{key}", value=rel,
@@ -570,6 +577,8 @@ def build_backend(config: StudyConfig) -> Backend:
     if m.backend == "replay":
         return make_backend("replay", bank=config.resolve(m.bank) if m.bank else None,
                             engine_kwargs=engine)
+    if m.backend == "vllm":
+        common["cpu"] = m.cpu.model_dump(exclude_none=True)
     return make_backend(m.backend, engine_kwargs=engine, **common)
 
 
@@ -598,7 +607,18 @@ class _Trials:
             if self.plan.config.cache:
                 engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
             self.engine = engine
+            self._record_engine(engine.engine_record())
         return self.engine
+
+    def _record_engine(self, record: dict[str, str | int | float]) -> None:
+        """Keep how the engine runs in the study's attributes and the MLflow parent run:
+        dtype and threads change results slightly, so a resumed study shows each."""
+        if not record:
+            return
+        self.study.set_user_attr(ENGINE_ATTR, record)
+        if self.tracker is not None:
+            self.tracker.tag_parent({f"engine.{k.removeprefix('engine_')}": v
+                                     for k, v in record.items()})
 
     def _label_by_oracle(self) -> None:
         """``difficulty.source: oracle``: give dev and test examples their oracle bins as
@@ -855,6 +875,9 @@ def _run(config: StudyConfig, *, backend: Backend | None = None, n_trials: int |
                               "'package.module:factory'), or run one worker")
     if backend is None:
         check_credentials(config)
+    from .preflight import preflight
+
+    preflight(plan, model=backend is None)  # before storage, MLflow DB or engine exist
     study = open_study(plan, worker=None if role == "worker" else 0)
     recover_trials(study, config.optimizer)
     tracker = _open_tracker(plan, study)

@@ -22,6 +22,10 @@ Everything here uses Optuna's own mechanisms; jointopt adds no scheduler of its 
   the heartbeat after ``grace_period``. A worker that has nothing left to start but sees
   RUNNING trials waits for them (polling, failing stale ones) so that a retry created by a
   crash is still run in the same session.
+* **Stops.** A worker stopped by SIGTERM or Ctrl-C (:class:`~jointopt.shutdown.Interrupted`
+  or ``KeyboardInterrupt`` in its main thread) fails its trial in flight with the reason and
+  queues its retry, as recovery does for a dead worker; :func:`launch_workers` passes the
+  signal on to its worker processes and waits for them.
 * **Outages.** A trial that raises a :class:`~jointopt.errors.JointoptError` is FAIL with the
   reason in its ``fail_reason`` user attribute and the worker goes on; after
   ``optimizer.max_consecutive_failures`` failures in a row it stops with
@@ -44,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, JointoptError
 from .secrets import redact, register_url, safe_url
+from .shutdown import proc_stat as _proc_stat
+from .shutdown import start_ticks as _start_ticks
 
 if TYPE_CHECKING:
     import optuna
@@ -272,20 +278,6 @@ def _boot_id() -> str:
         return ""
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces; the rest follows the last ')'
-    return text[text.rfind(")") + 2:].split()
-
-
-def _start_ticks(pid: int) -> str:
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else ""
-
-
 def worker_identity() -> dict[str, Any]:
     """Who runs a trial: host name, boot id, pid and the process start time (Linux)."""
     pid = os.getpid()
@@ -487,6 +479,7 @@ def work_on_study(
     report = WorkerReport()
     streak: list[str] = []
     ready = [get_ready is None]
+    current: list[int | None] = [None]  # storage id of the trial this worker is running
     logging.getLogger("optuna.study._optimize").addFilter(_QUIET)
 
     def orphaned() -> bool:
@@ -500,12 +493,19 @@ def work_on_study(
             raise optuna.TrialPruned(f"surplus: the study already holds {target} complete "
                                      "or running trials")
         report.started += 1
-        if not ready[0]:
-            get_ready()  # type: ignore[misc]
-            ready[0] = True
-        return run_trial(trial)
+        current[0] = trial._trial_id
+        try:
+            if not ready[0]:
+                get_ready()  # type: ignore[misc]
+                ready[0] = True
+            return run_trial(trial)
+        except KeyboardInterrupt as exc:
+            if FAIL_ATTR not in trial.user_attrs:
+                trial.set_user_attr(FAIL_ATTR, _interrupt_reason(exc))
+            raise
 
     def callback(st: "optuna.Study", frozen: "optuna.trial.FrozenTrial") -> None:
+        current[0] = None
         if frozen.user_attrs.get(SURPLUS_ATTR):
             return
         if frozen.state == TrialState.COMPLETE:
@@ -547,8 +547,10 @@ def work_on_study(
                            gc_after_trial=False)
             if report.stopped in ("failures", "orphaned"):
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         report.stopped = "interrupted"
+        if current[0] is not None:
+            _settle_interrupted(study, opt, current[0], _interrupt_reason(exc))
         raise
     finally:
         logging.getLogger("optuna.study._optimize").removeFilter(_QUIET)
@@ -564,21 +566,59 @@ def work_on_study(
     return report
 
 
+def _interrupt_reason(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}" if str(exc) else
+                  f"{type(exc).__name__}: the worker process was interrupted")
+
+
+def _settle_interrupted(study: "optuna.Study", opt: "OptimizerConfig", trial_id: int,
+                        reason: str) -> None:
+    """The trial an interrupted worker was running: FAIL with ``reason`` if it is still
+    RUNNING (the signal came while Optuna stored its result), and, once FAIL, queued for a
+    retry with the same parameters, as :func:`recover_trials` does for a dead worker."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    try:
+        trial = storage.get_trial(trial_id)
+        if trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, FAIL_ATTR, reason)
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            trial = storage.get_trial(trial_id)
+        if trial.state != TrialState.FAIL:
+            return
+        log.warning("trial %d failed: %s", trial.number, trial.user_attrs.get(FAIL_ATTR, reason))
+        callback = _retry_callback(opt.max_trial_retries)
+        if callback is not None:
+            callback(study, copy.deepcopy(trial))
+    except UpdateFinishedTrialError:
+        pass  # another worker recovered it first
+    except Exception as exc:  # noqa: BLE001 - stopping must go on; a rerun recovers it
+        log.warning("the interrupted trial was not settled (%s); rerunning recovers it", exc)
+
+
 # ------------------------------------------------------------------------------ launcher
 
 
 def _child_entry(config: Any, target: int, index: int, parent_pid: int, queue: Any,
                  verbose: int) -> None:
-    """Process body of a worker started by :func:`launch_workers` (spawned)."""
+    """Process body of a worker started by :func:`launch_workers` (spawned).
+
+    SIGTERM (sent by the launcher when it is stopped) and SIGINT fail the trial in flight
+    and close the engine, as in ``jointopt run``; a spawned process does not inherit the
+    launcher's handlers, and the default SIGTERM action would orphan the engine."""
     import sys
 
     from .cli import setup_logging
+    from .shutdown import ending_new_children, stop_on_signals
 
     setup_logging(verbose)
     try:
-        from .study import work_in_child
+        with stop_on_signals(), ending_new_children():
+            from .study import work_in_child
 
-        report = work_in_child(config, target, index, parent_pid)
+            report = work_in_child(config, target, index, parent_pid)
         queue.put({"index": index, **report.to_dict()})
     except TooManyFailures as exc:
         queue.put({"index": index, "error": str(exc), "stopped": "failures"})
@@ -586,8 +626,8 @@ def _child_entry(config: Any, target: int, index: int, parent_pid: int, queue: A
     except JointoptError as exc:
         queue.put({"index": index, "error": str(exc), "stopped": "error"})
         sys.exit(2)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        sys.exit(getattr(exc, "exit_code", 130))
 
 
 def launch_workers(plan: Any, study: "optuna.Study", n: int, target: int, *,
@@ -619,11 +659,6 @@ def launch_workers(plan: Any, study: "optuna.Study", n: int, target: int, *,
     procs = [ctx.Process(target=_child_entry, name=f"jointopt-worker-{i}",
                          args=(plan.config, target, i, os.getpid(), queue, verbose))
              for i in range(n)]
-    for proc in procs:
-        proc.start()
-    log.info("started %d workers: pids %s", n, ", ".join(str(p.pid) for p in procs))
-    if on_started:
-        on_started()
     seen = {t.number for t in study.get_trials(deepcopy=False)
             if t.state.is_finished()}
     reports: list[dict[str, Any]] = []
@@ -649,13 +684,21 @@ def launch_workers(plan: Any, study: "optuna.Study", n: int, target: int, *,
             on_trial(summarize(t), complete, target)
 
     try:
+        for proc in procs:
+            proc.start()
+        log.info("started %d workers: pids %s", n, ", ".join(str(p.pid) for p in procs))
+        if on_started:
+            on_started()
         while any(p.is_alive() for p in procs):
             time.sleep(poll)
             drain()
             progress()
     except KeyboardInterrupt:
-        for proc in procs:
-            proc.join(timeout=30)
+        from .shutdown import stop_children
+
+        # SIGTERM each worker (it fails its trial in flight and closes its engine); after
+        # a minute, end whatever of their process trees still runs
+        stop_children(procs, grace=60.0)
         raise
     for proc in procs:
         proc.join()

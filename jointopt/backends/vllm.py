@@ -414,10 +414,17 @@ class VLLMBackend(Backend):
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Shut the engine down and free its memory (best effort; safe to call twice)."""
+        """Shut the engine down and free its memory (best effort; safe to call twice).
+
+        The engine's processes (vLLM's EngineCore and its workers, with everything they
+        started) are recorded first; after vLLM's own shutdown, any of them that still
+        runs gets SIGTERM and, a few seconds later, SIGKILL: an engine process left
+        behind would keep the CPU busy with no parent to answer.
+        """
         llm, self._llm = self._llm, None
         if llm is None:
             return
+        processes = _engine_processes(llm)
         try:
             engine = getattr(llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
@@ -428,6 +435,7 @@ class VLLMBackend(Backend):
             logger.debug("vLLM shutdown raised %r", exc)
         del llm
         gc.collect()
+        _end_engine_processes(processes)
         try:
             import torch
 
@@ -494,3 +502,46 @@ def _model_id(path: str) -> str:
         elif item.suffix in {".safetensors", ".bin", ".json"} and item.is_file():
             digest.update(f"{item.name}:{item.stat().st_size}".encode())
     return f"{folder.name}@{digest.hexdigest()[:12]}"
+
+
+def _engine_process_roots(llm: Any) -> list[Any]:
+    """The ``multiprocessing`` processes vLLM started for ``llm``: the engine cores of its
+    process manager, or the executor's workers when the engine core runs in this process."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+    procs = list(getattr(manager, "processes", None) or [])
+    if not procs:  # in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+        executor = getattr(getattr(core, "engine_core", None), "model_executor", None)
+        procs = [getattr(w, "proc", None) for w in getattr(executor, "workers", None) or []]
+    return [p for p in procs if p is not None]
+
+
+def _engine_processes(llm: Any) -> list[Any]:
+    """The engine's running processes and all their descendants, as
+    :class:`jointopt.shutdown.ProcessRef` (best effort: [] when vLLM's internals differ)."""
+    from ..shutdown import descendants, process_ref
+
+    refs: list[Any] = []
+    try:
+        for proc in _engine_process_roots(llm):
+            ref = process_ref(int(proc.pid)) if proc.pid else None
+            if ref is not None:
+                refs += [ref, *descendants(ref.pid)]
+    except Exception as exc:  # noqa: BLE001 - closing must never raise
+        logger.debug("engine processes not found: %r", exc)
+    return list(dict.fromkeys(refs))
+
+
+def _end_engine_processes(processes: Sequence[Any]) -> None:
+    """SIGTERM, then SIGKILL, the engine processes vLLM's shutdown left running."""
+    from ..shutdown import end_processes, is_running
+
+    left = [ref for ref in processes if is_running(ref)]
+    if not left:
+        return
+    logger.info("vLLM left %d engine process(es) running after shutdown: pids %s",
+                len(left), ", ".join(str(ref.pid) for ref in left))
+    killed = end_processes(left)
+    if killed:
+        logger.warning("engine process(es) %s ignored SIGTERM and were killed",
+                       ", ".join(str(ref.pid) for ref in killed))
