@@ -1,4 +1,4 @@
-"""Timings of jointopt.bank on synthetic pools (no engine).
+"""Timings of jointopt.strategies.pool on synthetic pools (no engine).
 
     .venv/bin/python benchmarks/bank_math.py
 
@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
-import jointopt.bank as bank
-from jointopt.bank import PoolSample, expected_best_of, expected_majority, expected_weighted
+import jointopt.strategies.pool as bank
+from jointopt.strategies.pool import PoolSample, expected_best_of, expected_majority, expected_weighted
 
 
 def pool(seed: int, n: int, n_answers: int, p_none: float = 0.1) -> list[PoolSample]:

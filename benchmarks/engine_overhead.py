@@ -24,7 +24,7 @@ import time
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 from jointopt.backends.vllm import VLLMBackend, _completion
-from jointopt.generation import ChatMessage, GenerationRequest
+from jointopt.core.generation import ChatMessage, GenerationRequest
 
 WORDS = (
     "apple river stone cloud tiger lamp garden window silver piano candle forest "

@@ -65,7 +65,7 @@ def run_raw(args: argparse.Namespace) -> dict:
     import vllm
 
     from engine_overhead import build_requests
-    from jointopt.models import resolve_model
+    from jointopt.backends.models import resolve_model
 
     requests = build_requests(count=48, n=4)
     requests = [dataclasses.replace(r, max_tokens=32) for r in requests]
@@ -177,7 +177,7 @@ def busy(args: argparse.Namespace) -> None:
 
 def model_params(model: str) -> int:
     """Parameter count from the safetensors headers of the model folder."""
-    from jointopt.models import resolve_model
+    from jointopt.backends.models import resolve_model
 
     total = 0
     for file in Path(resolve_model(model)).glob("*.safetensors"):

@@ -35,8 +35,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from jointopt.backends import make_backend
-    from jointopt.config import load_config
-    from jointopt.study import run_study
+    from jointopt.search.config import load_config
+    from jointopt.search.study import run_study
 
     config_path = ROOT / "experiments/joint_vs_decoupled.yaml"
     out = Path(args.output_dir).resolve()

@@ -61,11 +61,11 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from jointopt.backends import make_backend
-    from jointopt.config import load_config
-    from jointopt.evaluation import evaluate
-    from jointopt.study import run_study
+    from jointopt.search.config import load_config
+    from jointopt.evaluation.evaluate import evaluate
+    from jointopt.search.study import run_study
     from jointopt.testing import RecordingBackend
-    from jointopt.validation import bootstrap
+    from jointopt.evaluation.stats import bootstrap
 
     out = Path(tempfile.mkdtemp(prefix="jointopt-reuse-"))
     config = load_config(ROOT / "experiments/reuse.yaml",
@@ -89,7 +89,7 @@ def main() -> int:
         n_examples = len(config.task.builtin.levels) * config.task.builtin.n_per_level
         naive_total = sum(t.mean_tokens * n_examples for t in result.trials)
 
-        from jointopt.study import plan_study
+        from jointopt.search.study import plan_study
 
         plan = plan_study(config)
         distinct: dict[str, object] = {}

@@ -10,7 +10,7 @@ LM-proposed ones) jointly with the strategy (single / majority / best-of-n, n, m
 scored by exact match on generated examples with real generations from vLLM. The script
 prints the Pareto points (accuracy vs. mean tokens per question) and the chosen policy,
 and saves the tuned program with DSPy's own ``program.save`` (the policy is saved with it
-under ``"inference_policy"``; read it back with ``jointopt.dspy_program.load_policy``).
+under ``"inference_policy"``; read it back with ``jointopt.search.dspy_program.load_policy``).
 
 vLLM spawns an engine process that re-imports this file: keep the ``__main__`` guard.
 """
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import dspy
 
-    from jointopt.dspy_program import optimize_program
+    from jointopt.search.dspy_program import optimize_program
     from jointopt.errors import JointoptError
     from jointopt.tasks import make_task
 

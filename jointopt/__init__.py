@@ -15,8 +15,8 @@ The public API::
 
 from __future__ import annotations
 
-from .config import StudyConfig, load_config
-from .errors import (
+from jointopt.search.config import StudyConfig, load_config
+from jointopt.errors import (
     BackendError,
     ConfigError,
     DataError,
@@ -25,14 +25,14 @@ from .errors import (
     StrategyError,
     TemplateError,
 )
-from .evaluation import EvaluationResult, evaluate
-from .policy import Allocation, DifficultySpec, Policy
-from .prompts import PromptTemplate
-from .scorers import Scorer
-from .strategies import Strategy
-from .study import StudyResult, plan_study, run_study
+from jointopt.evaluation.evaluate import EvaluationResult, evaluate
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
+from jointopt.core.prompts import PromptTemplate
+from jointopt.strategies.scorers import Scorer
+from jointopt.strategies import Strategy
+from jointopt.search.study import StudyResult, plan_study, run_study
 
-__version__ = "0.1.0"
+from jointopt._version import __version__
 
 __all__ = [
     "Allocation",

@@ -42,5 +42,5 @@ else
 fi
 
 log "preparing the embedded model"
-"$VENV/bin/python" -m jointopt.models prepare
+"$VENV/bin/python" -m jointopt.backends.models prepare
 log "done"

@@ -51,12 +51,12 @@ def engine(request: pytest.FixtureRequest) -> Iterator[object]:
         _engine_unavailable("vllm is not installed (run: bash scripts/setup.sh)")
     from jointopt.backends.vllm import VLLMBackend
     from jointopt.errors import BackendError
-    from jointopt.models import DEFAULT_ALIAS, is_prepared
+    from jointopt.backends.models import DEFAULT_ALIAS, is_prepared
 
     if not is_prepared(DEFAULT_ALIAS):
         _engine_unavailable(
             "the embedded model is not prepared "
-            "(run: .venv/bin/python -m jointopt.models prepare)"
+            "(run: .venv/bin/python -m jointopt.backends.models prepare)"
         )
     try:
         backend = VLLMBackend(DEFAULT_ALIAS, seed=0, max_model_len=1024)

@@ -6,7 +6,7 @@ import pytest
 
 from jointopt.backends import CachedBackend, SampleStore, ScriptedBackend
 from jointopt.backends.scripted import tokenize
-from jointopt.generation import ChatMessage, GenerationRequest
+from jointopt.core.generation import ChatMessage, GenerationRequest
 from jointopt.testing import BackendContract
 
 

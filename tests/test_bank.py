@@ -16,8 +16,8 @@ from itertools import combinations, permutations
 import numpy as np
 import pytest
 
-import jointopt.bank as bank
-from jointopt.bank import (
+import jointopt.strategies.pool as bank
+from jointopt.strategies.pool import (
     Expected,
     PoolSample,
     expected_best_of,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointopt.cli import main
+from jointopt.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_bad_input_is_one_clear_message(case, command, tmp_path, capsys):
 
 def test_run_with_bad_input_exits_before_any_engine_starts(tmp_path):
     path = _write(tmp_path, {"optimizer": {"n_trails": 5}})
-    code = ("import sys, jointopt.cli as c; rc = c.main(['run', sys.argv[1]]); "
+    code = ("import sys, jointopt.cli.app as c; rc = c.main(['run', sys.argv[1]]); "
             "print('vllm' in sys.modules); sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                           text=True, timeout=120)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from jointopt.backends import ScriptedBackend
-from jointopt.compare import compare_strategies
-from jointopt.config import load_config
+from jointopt.search.compare import compare_strategies
+from jointopt.search.config import load_config
 from jointopt.errors import ConfigError
 
 from test_study import reverse_responder

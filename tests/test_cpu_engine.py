@@ -149,7 +149,7 @@ def test_user_environment_wins_but_jointopts_own_variables_are_replaced():
 
 
 def test_config_carries_cpu_settings_and_refuses_unknown_keys(tmp_path):
-    from jointopt.config import load_config
+    from jointopt.search.config import load_config
     from jointopt.errors import ConfigError
 
     cfg = load_config(ROOT / "experiments/quickstart.yaml",
@@ -168,8 +168,8 @@ def test_study_records_the_engine_in_optuna_and_mlflow(tmp_path):
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from jointopt.config import load_config
-    from jointopt.study import ENGINE_ATTR, run_study
+    from jointopt.search.config import load_config
+    from jointopt.search.study import ENGINE_ATTR, run_study
 
     cfg = load_config(ROOT / "experiments/quickstart.yaml", {
         "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 2}})

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from jointopt.bank import PoolSample
-from jointopt.difficulty import (
+from jointopt.strategies.pool import PoolSample
+from jointopt.difficulty.sources import (
     Agreement,
     DifficultyPredictor,
     agreement,

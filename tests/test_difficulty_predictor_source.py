@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from jointopt.backends import ScriptedBackend
-from jointopt.difficulty import DifficultyPredictor
+from jointopt.difficulty.sources import DifficultyPredictor
 from jointopt.errors import ConfigError
-from jointopt.evaluation import evaluate
-from jointopt.policy import Allocation, DifficultySpec, Policy
+from jointopt.evaluation.evaluate import evaluate
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.testing import RecordingBackend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ def by_length(request, index, rng):
 
 
 def _space(**difficulty):
-    from jointopt.config import load_space_file
-    from jointopt.space import space_from_dict
+    from jointopt.search.config import load_space_file
+    from jointopt.search.space import space_from_dict
 
     data = load_space_file(ROOT / "search_spaces/budgets_uniform.yaml").model_dump()
     data["difficulty"] = {"source": "predictor", "n_bins": 2, "oracle_samples": 4,
@@ -76,7 +76,7 @@ def _policy():
     spec = DifficultySpec(source="predictor", bins=("1", "2"), default_bin="2",
                           predictor=DifficultyPredictor.fit(dev.examples, bins))
     task = make_task("reverse_words", levels=(1, 3), n_per_level=3, n_demos=3, seed=9)
-    from jointopt.prompts import PromptTemplate
+    from jointopt.core.prompts import PromptTemplate
 
     policy = Policy(model="scripted", prompt=PromptTemplate(id="p", user="{{ question }}"),
                     difficulty=spec,
@@ -99,8 +99,8 @@ def test_predictor_policy_spends_tokens_only_on_the_bins_strategy_and_round_trip
 
 
 def test_runtime_answers_with_a_predictor_policy(tmp_path):
-    from jointopt.policy_file import save_policy
-    from jointopt.runtime import load_policy
+    from jointopt.core.policy_file import save_policy
+    from jointopt.serving.runtime import load_policy
 
     policy, task = _policy()
     meta = {"task": {"name": task.name, "fields": list(task.fields),

@@ -6,9 +6,9 @@ import pytest
 
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import ConfigError
-from jointopt.evaluation import evaluate
-from jointopt.policy import Allocation, DifficultySpec, Policy
-from jointopt.prompts import PromptTemplate
+from jointopt.evaluation.evaluate import evaluate
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
+from jointopt.core.prompts import PromptTemplate
 from jointopt.testing import RecordingBackend, noisy_responder, toy_task
 
 SPEC = DifficultySpec(source="probe", bins=("1", "2"), default_bin="2", probe_k=2,
@@ -50,8 +50,8 @@ def test_probe_policy_round_trips_and_validates():
 
 
 def test_runtime_answers_with_a_probe_policy(tmp_path):
-    from jointopt.policy_file import save_policy
-    from jointopt.runtime import load_policy
+    from jointopt.core.policy_file import save_policy
+    from jointopt.serving.runtime import load_policy
 
     task = toy_task(4)
     policy = _policy()
@@ -73,8 +73,8 @@ def study_with_difficulty(tmp_path, difficulty: dict, n_trials: int):
 
     import yaml
 
-    from jointopt.config import load_config
-    from jointopt.study import run_study
+    from jointopt.search.config import load_config
+    from jointopt.search.study import run_study
     from test_study import reverse_responder
 
     root = Path(__file__).resolve().parents[1]
@@ -119,8 +119,8 @@ def test_a_study_with_oracle_bins_labels_dev_and_test_by_pass_rate(tmp_path):
 def test_oracle_labels_follow_the_pass_rate():
     from pathlib import Path
 
-    from jointopt.config import load_space_file
-    from jointopt.space import space_from_dict
+    from jointopt.search.config import load_space_file
+    from jointopt.search.space import space_from_dict
     from jointopt.tasks import make_task
 
     root = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ dspy = pytest.importorskip("dspy")
 lm15 = pytest.importorskip("dspy.lm15")
 
 from jointopt.backends import ScriptedBackend  # noqa: E402
-from jointopt.dspy_lm import (  # noqa: E402
+from jointopt.integrations.dspy_lm import (  # noqa: E402
     BackendEngine,
     TokenCounts,
     TokenMeter,
@@ -29,7 +29,7 @@ from jointopt.dspy_lm import (  # noqa: E402
     make_dspy_lm,
     meter_of,
 )
-from jointopt.dspy_program import (  # noqa: E402
+from jointopt.search.dspy_program import (  # noqa: E402
     InferencePolicy,
     attach_policy,
     load_policy,
@@ -38,16 +38,16 @@ from jointopt.dspy_program import (  # noqa: E402
     run_program,
 )
 from jointopt.errors import BackendError, ConfigError  # noqa: E402
-from jointopt.generation import GenerationRequest  # noqa: E402
-from jointopt.policy import Allocation, Policy  # noqa: E402
-from jointopt.prompts import PromptTemplate, render_messages, validate_template  # noqa: E402
-from jointopt.proposals import (  # noqa: E402
+from jointopt.core.generation import GenerationRequest  # noqa: E402
+from jointopt.core.policy import Allocation, Policy  # noqa: E402
+from jointopt.core.prompts import PromptTemplate, render_messages, validate_template  # noqa: E402
+from jointopt.integrations.proposals import (  # noqa: E402
     ProposalSource,
     expand_prompts,
     log_proposals_to_mlflow,
     propose_instructions,
 )
-from jointopt.space import Choice, Fixed, SearchSpace  # noqa: E402
+from jointopt.search.space import Choice, Fixed, SearchSpace  # noqa: E402
 from jointopt.tasks import make_task  # noqa: E402
 from jointopt.testing import RecordingBackend  # noqa: E402
 
@@ -547,7 +547,7 @@ class _SlowScripted(ScriptedBackend):
 
 
 def _request(text: str) -> GenerationRequest:
-    from jointopt.generation import ChatMessage
+    from jointopt.core.generation import ChatMessage
 
     return GenerationRequest(messages=(ChatMessage("user", text),), n=1, temperature=0.7,
                              max_tokens=8)
@@ -590,7 +590,7 @@ def test_dispatcher_serves_every_request_under_contention():
     down (cleared its busy flag); a request queued in that window waited for a leader that
     had already left and was failed with "batch leader stopped" (seen in CI on a busy
     machine). ``_YieldingCondition`` widens that window so the old code fails every run."""
-    from jointopt.dspy_lm import _Dispatcher
+    from jointopt.integrations.dspy_lm import _Dispatcher
 
     for round_ in range(5):
         backend = _SlowScripted(delay=0.001)
@@ -611,7 +611,7 @@ def test_an_interrupted_leader_fails_every_waiter_instead_of_stranding_it():
     """The leader's thread is interrupted while it sends a batch that holds requests of
     other threads: those callers get an error at once, nobody waits forever, and the
     dispatcher serves new requests afterwards."""
-    from jointopt.dspy_lm import _Dispatcher
+    from jointopt.integrations.dspy_lm import _Dispatcher
 
     class Interrupting(ScriptedBackend):
         def __init__(self) -> None:

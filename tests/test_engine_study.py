@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from jointopt.config import load_config
-from jointopt.evaluation import evaluate
-from jointopt.policy import Allocation, Policy
-from jointopt.prompts import PromptTemplate, render_messages
+from jointopt.search.config import load_config
+from jointopt.evaluation.evaluate import evaluate
+from jointopt.core.policy import Allocation, Policy
+from jointopt.core.prompts import PromptTemplate, render_messages
 from jointopt.strategies import STRATEGIES
-from jointopt.study import run_study
+from jointopt.search.study import run_study
 from jointopt.tasks import make_task
 from jointopt.testing import RecordingBackend
 

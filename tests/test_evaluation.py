@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from jointopt.backends import ScriptedBackend
-from jointopt.evaluation import evaluate
-from jointopt.policy import Allocation, DifficultySpec, Policy
-from jointopt.prompts import PromptTemplate
+from jointopt.evaluation.evaluate import evaluate
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
+from jointopt.core.prompts import PromptTemplate
 from jointopt.testing import RecordingBackend, noisy_responder, toy_task
 
 PROMPT = PromptTemplate(id="p", user="{{ question }}")

@@ -1,4 +1,4 @@
-"""Tests of jointopt.export: pick rules, bootstrap intervals, the exported files, MLflow.
+"""Tests of jointopt.export.targets: pick rules, bootstrap intervals, the exported files, MLflow.
 
 A small study is run offline with the scripted backend; export reads its Optuna storage.
 """
@@ -17,7 +17,7 @@ import yaml
 from jointopt import load_config, run_study
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import ConfigError, DataError
-from jointopt.export import (
+from jointopt.export.targets import (
     Interval,
     TrialPoint,
     bootstrap_mean,
@@ -26,8 +26,8 @@ from jointopt.export import (
     pick_point,
     to_mlflow_template,
 )
-from jointopt.policy_file import load_policy_file
-from jointopt.runtime import load_policy
+from jointopt.core.policy_file import load_policy_file
+from jointopt.serving.runtime import load_policy
 
 pytestmark = pytest.mark.timeout(120)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -215,7 +215,7 @@ def test_exported_policy_runs(study, tmp_path):
     runner = load_policy(exported.files["policy"], backend=ScriptedBackend(_respond))
     answer = runner.answer({"question": "Reverse the order of these words: red, cat"})
     assert answer.usage.total_tokens > 0
-    from jointopt.study import build_task
+    from jointopt.search.study import build_task
 
     assert len(runner.evaluate(build_task(config)).records) == 10
 
@@ -294,9 +294,9 @@ def test_mlflow_prompt_loads_back(study, tmp_path, monkeypatch):
     assert prompt.model_config["temperature"] == alloc.temperature
     assert prompt.model_config["max_tokens"] == alloc.max_tokens
     assert prompt.model_config["extra_params"]["strategy"] == alloc.strategy
-    from jointopt.policy import Policy
+    from jointopt.core.policy import Policy
 
-    assert Policy.from_dict(json.loads(prompt.tags["jointopt.policy"])) == second.policy
+    assert Policy.from_dict(json.loads(prompt.tags["jointopt.core.policy"])) == second.policy
     assert pinned.tags["jointopt.trial"] == str(first.trial_number)
     assert "accuracy" in pinned.commit_message
 
@@ -321,7 +321,7 @@ def test_per_bin_metrics_for_label_bins(tmp_path):
 
 
 def test_cli_export(study, tmp_path, capsys):
-    from jointopt.cli_export import add_export_parser, run_export
+    from jointopt.cli.export import add_export_parser, run_export
 
     path, _, _ = study
     parser = argparse.ArgumentParser()

@@ -1,6 +1,6 @@
 """Hostile and careless input: every case ends in ONE clear message from the real CLI.
 
-Each case builds its files in a fresh folder, runs ``jointopt.cli.main`` in-process and
+Each case builds its files in a fresh folder, runs ``jointopt.cli.app.main`` in-process and
 checks: exit code 2, a message that names the field/file/line and the value, no
 traceback, no engine started (the backend factory and uvicorn are guarded), nothing
 written (the folder tree is unchanged: no optuna.db, mlflow.db or output folder), and
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointopt.cli import main
+from jointopt.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
@@ -397,8 +397,8 @@ def guarded(monkeypatch):
         started.append("engine")
         raise EngineStarted("an engine was started")
 
-    import jointopt.compare as compare
-    import jointopt.study as study
+    import jointopt.search.compare as compare
+    import jointopt.search.study as study
 
     monkeypatch.setattr(study, "build_backend", refuse)
     monkeypatch.setattr(study, "make_backend", refuse)
@@ -474,7 +474,7 @@ def test_a_config_with_anchors_and_merge_keys_still_validates(tmp_path, capsys):
 
 
 def test_guard_loads_merge_keys_and_anchors():
-    from jointopt.safe_load import parse_yaml
+    from jointopt.safety.safe_load import parse_yaml
 
     data = parse_yaml("base: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\nd: *b\n", "f.yaml")
     assert data == {"base": {"x": 1, "y": 2}, "c": {"x": 3, "y": 2}, "d": {"x": 1, "y": 2}}
@@ -526,7 +526,7 @@ def test_run_refuses_in_a_fresh_process_without_importing_vllm(name, tmp_path):
     work.mkdir()
     path = case.build(work)
     before = _tree(work)
-    code = ("import sys, jointopt.cli as c; rc = c.main(['run', sys.argv[1]]); "
+    code = ("import sys, jointopt.cli.app as c; rc = c.main(['run', sys.argv[1]]); "
             "print('vllm' in sys.modules); sys.exit(rc)")
     env = {**os.environ, **dict(case.env)}
     started = time.perf_counter()

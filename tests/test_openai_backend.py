@@ -1,6 +1,6 @@
 """Tests of jointopt.backends.openai: contract, request bodies, accounting, errors, retries.
 
-Offline: a scripted OpenAI-compatible server (jointopt.serve.create_engine_app) in a
+Offline: a scripted OpenAI-compatible server (jointopt.serving.proxy.create_engine_app) in a
 uvicorn thread, and httpx.MockTransport for exact control of responses and failures.
 """
 
@@ -18,8 +18,8 @@ from fastapi import FastAPI
 from jointopt.backends import ScriptedBackend, make_backend
 from jointopt.backends.openai import OpenAIBackend, UpstreamError, normalize_base_url
 from jointopt.errors import BackendError
-from jointopt.generation import ChatMessage, GenerationRequest
-from jointopt.serve import ServerThread, create_engine_app
+from jointopt.core.generation import ChatMessage, GenerationRequest
+from jointopt.serving.proxy import ServerThread, create_engine_app
 from jointopt.testing import BackendContract, RecordingBackend
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from jointopt.backends import CachedBackend, SampleStore, ScriptedBackend
-from jointopt.config import load_config
-from jointopt.export import export_policy
-from jointopt.policy_file import load_policy_file
-from jointopt.runtime import load_policy
-from jointopt.study import plan_study, run_study
+from jointopt.search.config import load_config
+from jointopt.export.targets import export_policy
+from jointopt.core.policy_file import load_policy_file
+from jointopt.serving.runtime import load_policy
+from jointopt.search.study import plan_study, run_study
 
 from test_study import reverse_responder
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jointopt.errors import TemplateError
-from jointopt.prompts import PromptTemplate, render_messages, validate_template
+from jointopt.core.prompts import PromptTemplate, render_messages, validate_template
 from jointopt.tasks import make_task
 
 

@@ -16,18 +16,18 @@ from jointopt.backends.replay import (
     SAMPLING_FIELDS,
     Bank,
     ReplayBackend,
-    check_replayable,
     load_bank,
 )
-from jointopt.config import load_config
+from jointopt.search.replay_check import check_replayable
+from jointopt.search.config import load_config
 from jointopt.errors import BackendError, ConfigError, DataError
-from jointopt.evaluation import _seed
-from jointopt.generation import ChatMessage, GenerationRequest
-from jointopt.prompts import render_messages
-from jointopt.record import record_bank, samples_needed
-from jointopt.space import FloatRange, IntRange
+from jointopt.evaluation.evaluate import _seed
+from jointopt.core.generation import ChatMessage, GenerationRequest
+from jointopt.core.prompts import render_messages
+from jointopt.search.record import record_bank, samples_needed
+from jointopt.search.space import FloatRange, IntRange
 from jointopt.strategies import StrategyContext
-from jointopt.study import plan_study, run_study, task_hash
+from jointopt.search.study import plan_study, run_study, task_hash
 
 
 def reverse_responder(request, index, rng):
@@ -567,7 +567,7 @@ def test_a_changed_bank_file_is_detected(bank_path):
 def test_record_command(tmp_path, capsys, monkeypatch):
     import argparse
 
-    from jointopt import cli_record
+    from jointopt.cli.app import record as cli_record
 
     config_path = tmp_path / "study.yaml"
     cfg = yaml.safe_load((ROOT / "experiments/quickstart.yaml").read_text())
@@ -604,7 +604,7 @@ def test_record_command(tmp_path, capsys, monkeypatch):
 def test_record_command_fails_before_the_engine_loads(tmp_path, monkeypatch):
     import argparse
 
-    from jointopt import cli_record
+    from jointopt.cli.app import record as cli_record
 
     def no_engine(config):
         raise AssertionError("the engine must not be built")
@@ -632,7 +632,7 @@ def test_record_command_fails_before_the_engine_loads(tmp_path, monkeypatch):
 
 
 def _has_bank_field() -> bool:
-    from jointopt.config import ModelConfig
+    from jointopt.search.config import ModelConfig
 
     return "bank" in ModelConfig.model_fields
 

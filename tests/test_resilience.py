@@ -4,7 +4,7 @@
   rerunning the same command keeps the complete trials, fails the killed one and runs it
   again with the same parameters, regenerates no sample the cache already had, and closes
   the killed trial's MLflow run.
-* The OpenAI-compatible upstream (``jointopt.serve.create_engine_app`` on a scripted
+* The OpenAI-compatible upstream (``jointopt.serving.proxy.create_engine_app`` on a scripted
   backend, in its own process) is killed in the middle of a trial: the trial fails with the
   reason, the study stops after ``max_consecutive_failures`` failures with a clear message
   (exit code 2), nothing half-written is left, and once the upstream is back the same
@@ -42,7 +42,7 @@ TASK = {"builtin": {"family": "reverse_words", "levels": [1, 2], "n_per_level": 
 
 
 def jointopt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jointopt.cli", *args]
+    return [sys.executable, "-m", "jointopt.cli.app", *args]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -181,9 +181,9 @@ def test_stale_trial_is_failed_and_retried_by_heartbeat(tmp_path):
     once its heartbeat is older than the grace period, and retried."""
     import optuna
 
-    from jointopt.config import load_config
-    from jointopt.study import open_study, plan_study
-    from jointopt.workers import recover_trials
+    from jointopt.search.config import load_config
+    from jointopt.search.study import open_study, plan_study
+    from jointopt.search.workers import recover_trials
 
     config = load_config(write(tmp_path, "stale", {"backend": "scripted"}, n_trials=3,
                                grace_period=1))
@@ -213,7 +213,7 @@ def _free_port() -> int:
 
 UPSTREAM = """
 import sys, uvicorn
-from jointopt.serve import create_engine_app
+from jointopt.serving.proxy import create_engine_app
 from jointopt.testing import scripted_backend
 backend = scripted_backend(engine_kwargs={"responder": "reverse_words",
                                           "delay": float(sys.argv[2]), "busy_file": sys.argv[3]})

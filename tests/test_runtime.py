@@ -1,4 +1,4 @@
-"""Tests of the policy file (jointopt.policy_file) and the runtime (jointopt.runtime)."""
+"""Tests of the policy file (jointopt.core.policy_file) and the runtime (jointopt.serving.runtime)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import yaml
 
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import ConfigError, DataError
-from jointopt.evaluation import evaluate
-from jointopt.policy import SCHEMA_VERSION, Allocation, DifficultySpec, Policy
-from jointopt.policy_file import load_policy_file, save_policy
-from jointopt.prompts import PromptTemplate
-from jointopt.runtime import Answer, PolicyRunner, load_policy, task_from_spec, task_spec
+from jointopt.evaluation.evaluate import evaluate
+from jointopt.core.policy import SCHEMA_VERSION, Allocation, DifficultySpec, Policy
+from jointopt.core.policy_file import load_policy_file, save_policy
+from jointopt.core.prompts import PromptTemplate
+from jointopt.serving.runtime import Answer, PolicyRunner, load_policy, task_from_spec, task_spec
 from jointopt.testing import RecordingBackend, noisy_responder, toy_task
 
 pytestmark = pytest.mark.timeout(60)

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointopt.config import load_config
+from jointopt.search.config import load_config
 from jointopt.errors import ConfigError, DataError, JointoptError, TemplateError
-from jointopt.study import build_backend, check_credentials, plan_study
+from jointopt.search.study import build_backend, check_credentials, plan_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = "sk-PLANTED-6f1d2c9e8b7a4f3e2d1c0b9a"
@@ -52,7 +52,7 @@ def plan(folder: Path, **sections):
 
 
 def test_redact_masks_keys_tokens_and_url_passwords():
-    from jointopt.secrets import redact, register, safe_url
+    from jointopt.safety.secrets import redact, register, safe_url
 
     register("hunter2-registered-value")
     text = redact(f"key {PLANTED}; Authorization: Bearer abcdef123456789; api_key=qwerty12345 "
@@ -67,7 +67,7 @@ def test_redact_masks_keys_tokens_and_url_passwords():
 
 @pytest.fixture
 def redacting_logs():
-    from jointopt import secrets
+    from jointopt.safety import secrets
 
     factory, hook = logging.getLogRecordFactory(), sys.excepthook
     secrets._installed = False
@@ -80,7 +80,7 @@ def redacting_logs():
 
 
 def test_log_records_and_tracebacks_are_redacted(redacting_logs, caplog):
-    from jointopt.secrets import register
+    from jointopt.safety.secrets import register
 
     register("registered-secret-value-42")
     log = logging.getLogger("jointopt.test")
@@ -174,7 +174,7 @@ def test_a_planted_key_reaches_no_file_and_no_log(tmp_path):
     the exported files, nor in anything the commands print (at debug verbosity)."""
     from fastapi.responses import JSONResponse
 
-    from jointopt.serve import ServerThread, create_engine_app
+    from jointopt.serving.proxy import ServerThread, create_engine_app
     from jointopt.testing import scripted_backend
 
     app = create_engine_app(scripted_backend(engine_kwargs={"responder": "reverse_words"}))
@@ -195,7 +195,7 @@ def test_a_planted_key_reaches_no_file_and_no_log(tmp_path):
     outputs = []
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "jointopt.cli", "-vv", *args],
+        result = subprocess.run([sys.executable, "-m", "jointopt.cli.app", "-vv", *args],
                                 cwd=tmp_path, env=env, capture_output=True, text=True,
                                 timeout=180)
         outputs.append(result.stdout + result.stderr)

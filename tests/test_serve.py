@@ -1,4 +1,4 @@
-"""Tests of the policy proxy (jointopt.serve) with the official openai client.
+"""Tests of the policy proxy (jointopt.serving.proxy) with the official openai client.
 
 Upstream: a scripted OpenAI-compatible server (create_engine_app over ScriptedBackend) in
 a uvicorn thread; the proxy runs in another thread; nothing touches a real engine.
@@ -19,10 +19,10 @@ import pytest
 from jointopt.backends import ScriptedBackend
 from jointopt.backends.openai import OpenAIBackend
 from jointopt.errors import ConfigError
-from jointopt.policy import Allocation, DifficultySpec, Policy
-from jointopt.prompts import PromptTemplate
-from jointopt.runtime import load_policy, task_spec
-from jointopt.serve import ServeSettings, ServerThread, create_app, create_engine_app
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
+from jointopt.core.prompts import PromptTemplate
+from jointopt.serving.runtime import load_policy, task_spec
+from jointopt.serving.proxy import ServeSettings, ServerThread, create_app, create_engine_app
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Example, Task
 from jointopt.testing import RecordingBackend, noisy_responder, toy_task
 
@@ -383,7 +383,7 @@ def test_bad_settings():
 def test_serve_cli_parser():
     import argparse
 
-    from jointopt.cli_export import add_serve_parser
+    from jointopt.cli.export import add_serve_parser
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))

@@ -32,12 +32,12 @@ import yaml
 from jointopt.backends import ScriptedBackend
 from jointopt.backends.openai import OpenAIBackend
 from jointopt.errors import ConfigError
-from jointopt.policy import Allocation, DifficultySpec, Policy
-from jointopt.policy_file import load_policy_file, save_policy
-from jointopt.prompts import PromptTemplate
-from jointopt.runtime import load_policy, task_spec
-from jointopt.serve import ServeSettings, ServerThread, create_app, create_engine_app, serve
-from jointopt.serve_security import check_bind, check_port
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
+from jointopt.core.policy_file import load_policy_file, save_policy
+from jointopt.core.prompts import PromptTemplate
+from jointopt.serving.runtime import load_policy, task_spec
+from jointopt.serving.proxy import ServeSettings, ServerThread, create_app, create_engine_app, serve
+from jointopt.serving.security import check_bind, check_port
 from jointopt.testing import noisy_responder, toy_task
 
 pytestmark = pytest.mark.timeout(60)
@@ -79,7 +79,7 @@ def _free_port() -> int:
 @pytest.fixture
 def redaction():
     """Log redaction as the CLI installs it, removed afterwards."""
-    from jointopt import secrets
+    from jointopt.safety import secrets
 
     factory, hook = logging.getLogRecordFactory(), sys.excepthook
     secrets._installed = False
@@ -182,7 +182,7 @@ def test_openai_client_with_a_key_streams_the_answer_and_usage():
 
 
 def test_keys_load_from_a_file_and_the_environment(tmp_path, monkeypatch):
-    from jointopt.serve_security import load_api_keys
+    from jointopt.serving.security import load_api_keys
 
     path = tmp_path / "keys.txt"
     path.write_text(f"# clients\n{CLIENT_KEY}\n\n{OTHER_KEY}\n")
@@ -325,7 +325,7 @@ def test_planted_upstream_secrets_reach_no_client_and_no_log(redaction, monkeypa
 
 def test_the_drill_does_see_a_leak_when_masking_is_off(redaction, monkeypatch):
     """The leak check is not vacuous: with the masker switched off, the same drill leaks."""
-    from jointopt import secrets
+    from jointopt.safety import secrets
 
     monkeypatch.setattr(secrets, "redact", lambda text: text if isinstance(text, str)
                         else str(text))
@@ -334,7 +334,7 @@ def test_the_drill_does_see_a_leak_when_masking_is_off(redaction, monkeypatch):
 
 
 def test_masking_keeps_words_and_masks_values():
-    from jointopt.secrets import redact
+    from jointopt.safety.secrets import redact
 
     message = "model.engine.api_key: unknown key 'api_key'"
     assert redact(message) == message
@@ -350,7 +350,7 @@ def test_masking_keeps_words_and_masks_values():
 
 
 def test_access_log_is_one_formatted_line_per_request(redaction):
-    from jointopt import secrets
+    from jointopt.safety import secrets
 
     record = logging.getLogger("uvicorn.access").makeRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
@@ -498,7 +498,7 @@ def test_verifier_outside_the_allow_list_is_refused_before_any_import(tmp_path, 
     assert runner.task.verifier.__name__ == "check"
     # an allowed module cannot lend a function it merely imported
     reach = _policy_file(tmp_path, lambda d: d["metadata"]["task"].update(
-        verifier="jointopt.runtime:importlib.import_module"))
+        verifier="jointopt.serving.runtime:importlib.import_module"))
     with pytest.raises(ConfigError, match="defined in an allowed module"):
         load_policy(reach, backend=ScriptedBackend())
     with pytest.raises(ConfigError, match="dotted module name"):
@@ -540,7 +540,7 @@ def test_budgets_above_the_caps_are_refused_naming_field_value_and_fix(tmp_path)
 
 
 def test_an_internal_error_is_a_generic_500_and_its_traceback_is_masked(redaction):
-    from jointopt import secrets
+    from jointopt.safety import secrets
 
     secrets.register(UPSTREAM_KEY)  # as OpenAIBackend registers its key
 

@@ -89,10 +89,10 @@ def stack(tmp_path_factory):
     import optuna
 
     from jointopt import load_config
-    from jointopt.export import export_policy
-    from jointopt.models import resolve_model
-    from jointopt.policy import Allocation, Policy
-    from jointopt.study import open_study, plan_study
+    from jointopt.export.targets import export_policy
+    from jointopt.backends.models import resolve_model
+    from jointopt.core.policy import Allocation, Policy
+    from jointopt.search.study import open_study, plan_study
 
     import importlib.util
 
@@ -149,7 +149,7 @@ def stack(tmp_path_factory):
         vllm_url = f"http://127.0.0.1:{vllm_port}"
         vllm_ready = _wait_healthy(vllm_url + "/health", vllm, folder / "vllm.log",
                                    STARTUP_TIMEOUT)
-        code = ("from jointopt.serve import serve; "
+        code = ("from jointopt.serving.proxy import serve; "
                 f"serve({str(out / 'policy.yaml')!r}, {vllm_url + '/v1'!r}, port={proxy_port}, "
                 "timeout=120, max_concurrency=4, log_level='warning')")
         proxy_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
@@ -217,7 +217,7 @@ def test_proxy_answer_and_usage_are_exact(stack):
 def test_direct_backend_counts_match_token_ids(stack):
     """Completion tokens counted from logprobs equal vLLM's token ids; prompt tokens agree."""
     from jointopt.backends.openai import OpenAIBackend
-    from jointopt.generation import ChatMessage, GenerationRequest
+    from jointopt.core.generation import ChatMessage, GenerationRequest
 
     request = GenerationRequest(messages=(ChatMessage("user", "Name three colours."),), n=2,
                                 temperature=0.8, max_tokens=16, seed=1)

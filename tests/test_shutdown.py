@@ -12,7 +12,7 @@ EngineCore did (``stubborn_backend`` below; the real-engine test is in
   after a grace period), and a rerun completes the study regenerating nothing stored.
 * ``jointopt run --workers 2``: the launcher passes SIGTERM on to its workers; each fails
   its trial and ends its engine's processes.
-* Units: :mod:`jointopt.shutdown` (signals, process trees) and ``VLLMBackend.close`` on a
+* Units: :mod:`jointopt.processes` (signals, process trees) and ``VLLMBackend.close`` on a
   stand-in engine whose processes survive vLLM's own shutdown.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from jointopt.shutdown import (
+from jointopt.processes import (
     Interrupted,
     descendants,
     end_processes,
@@ -209,7 +209,7 @@ def test_sigterm_mid_trial_fails_it_ends_the_engine_and_rerun_resumes(tmp_path, 
 
 
 def _state(pid: int) -> str:
-    from jointopt.shutdown import proc_stat
+    from jointopt.processes import proc_stat
 
     fields = proc_stat(pid)
     return fields[0] if fields else ""
@@ -276,7 +276,7 @@ def test_end_processes_kills_a_tree_that_ignores_sigterm():
 
 
 def test_a_reused_pid_is_never_signalled():
-    from jointopt.shutdown import ProcessRef
+    from jointopt.processes import ProcessRef
 
     me = process_ref(os.getpid())
     assert me is not None and is_running(me)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointopt.shutdown import descendants, is_running
+from jointopt.processes import descendants, is_running
 from test_resilience import by_state, child_env, jointopt, optuna_trials, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.engine_process]
@@ -43,14 +43,14 @@ SPACE = {
 
 
 def _skip_without_engine() -> None:
-    from jointopt.models import DEFAULT_ALIAS, is_prepared
+    from jointopt.backends.models import DEFAULT_ALIAS, is_prepared
 
     reason = None
     if importlib.util.find_spec("vllm") is None:
         reason = "vllm is not installed (run: bash scripts/setup.sh)"
     elif not is_prepared(DEFAULT_ALIAS):
         reason = ("the embedded model is not prepared "
-                  "(run: .venv/bin/python -m jointopt.models prepare)")
+                  "(run: .venv/bin/python -m jointopt.backends.models prepare)")
     if reason and os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so the engine tests must run)", pytrace=False)
     if reason:

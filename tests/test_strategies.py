@@ -8,9 +8,9 @@ import pytest
 
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import StrategyError
-from jointopt.evaluation import drive
-from jointopt.generation import ChatMessage, Completion
-from jointopt.scorers import AutoScorer, LogprobScorer, VerifierScorer
+from jointopt.evaluation.evaluate import drive
+from jointopt.core.generation import ChatMessage, Completion
+from jointopt.strategies.scorers import AutoScorer, LogprobScorer, VerifierScorer
 from jointopt.strategies import StrategyContext, make_strategy
 from jointopt.strategies.parallel import BestOfN, MajorityVote, SingleSample
 from jointopt.strategies.voting import plurality

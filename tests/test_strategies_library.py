@@ -11,8 +11,8 @@ import pytest
 from jointopt.backends import ScriptedBackend
 from jointopt.backends.base import Backend
 from jointopt.errors import StrategyError
-from jointopt.evaluation import drive
-from jointopt.generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+from jointopt.evaluation.evaluate import drive
+from jointopt.core.generation import ChatMessage, Completion, GenerationRequest, GenerationResult
 from jointopt.strategies import STRATEGIES, StrategyContext, make_strategy
 from jointopt.strategies.adaptive import AdaptiveVote
 from jointopt.strategies.hybrid import ParallelRevision, split_budget
@@ -254,7 +254,7 @@ def test_verifier_weights_let_verified_answers_win():
 
 @pytest.mark.parametrize("weight", ["mean_logprob", "sum_logprob", "scorer:verifier"])
 def test_weighted_vote_pool_score_matches_a_run_on_the_whole_pool(weight):
-    from jointopt.bank import PoolSample
+    from jointopt.strategies.pool import PoolSample
 
     completions = ([_completion("It is -3", -0.1)] * 2 + [_completion("It is 4", -2.0)] * 2
                    + [_completion("It is 5", -1.0, tokens=1)])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jointopt import models
+from jointopt.backends import models
 from jointopt.errors import BackendError, ModelError
-from jointopt.generation import ChatMessage, GenerationRequest
+from jointopt.core.generation import ChatMessage, GenerationRequest
 from jointopt.testing import BackendContract
 
 
@@ -120,7 +120,7 @@ def test_unprepared_alias_says_how_to_prepare(empty_cache):
     with pytest.raises(ModelError) as info:
         models.resolve_model("smollm2-135m-instruct")
     assert "smollm2-135m-instruct" in str(info.value)
-    assert "python -m jointopt.models prepare" in str(info.value)
+    assert "python -m jointopt.backends.models prepare" in str(info.value)
 
 
 def test_aliases_resolve_to_the_prepared_folder(empty_cache):

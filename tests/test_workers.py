@@ -69,7 +69,7 @@ def write_study(folder: Path, *, name: str = "scale", n_trials: int = N_TRIALS,
 
 
 def jointopt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jointopt.cli", *args]
+    return [sys.executable, "-m", "jointopt.cli.app", *args]
 
 
 def child_env() -> dict[str, str]:
@@ -82,8 +82,8 @@ def child_env() -> dict[str, str]:
 def load(storage: str, name: str = "scale"):
     import optuna
 
-    from jointopt.config import OptimizerConfig
-    from jointopt.workers import make_storage
+    from jointopt.search.config import OptimizerConfig
+    from jointopt.search.workers import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(storage, OptimizerConfig()))
 
@@ -274,7 +274,7 @@ def test_four_workers_on_a_journal_file(tmp_path):
 
 
 def test_process_is_gone_knows_dead_zombie_and_foreign_processes():
-    from jointopt.workers import _start_ticks, process_is_gone, worker_identity
+    from jointopt.search.workers import _start_ticks, process_is_gone, worker_identity
 
     me = worker_identity()
     assert process_is_gone(me) is False
@@ -295,9 +295,9 @@ def test_workers_count_running_trials_and_prune_surplus_ones(tmp_path):
     when lower-numbered ones already fill it is surplus."""
     import optuna
 
-    from jointopt.config import load_config
-    from jointopt.study import open_study, plan_study
-    from jointopt.workers import WORKER_ATTR, _start_ticks, _surplus, work_on_study
+    from jointopt.search.config import load_config
+    from jointopt.search.study import open_study, plan_study
+    from jointopt.search.workers import WORKER_ATTR, _start_ticks, _surplus, work_on_study
 
     config = load_config(write_study(tmp_path, name="units"))
     study = open_study(plan_study(config))

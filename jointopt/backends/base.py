@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from ..generation import GenerationRequest, GenerationResult
+from jointopt.core.generation import GenerationRequest, GenerationResult
 
 __all__ = ["Backend"]
 

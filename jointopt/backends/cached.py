@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..generation import (
+from jointopt.core.generation import (
     Completion,
     GenerationRequest,
     GenerationResult,
     serve_greedy_once,
 )
-from .base import Backend
+from jointopt.backends.base import Backend
 
 __all__ = ["SampleStore", "CachedBackend"]
 

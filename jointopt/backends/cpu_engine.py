@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendError
+from jointopt.errors import BackendError
 
 __all__ = [
     "CpuEngineChoice",

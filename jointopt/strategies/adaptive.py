@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ..errors import StrategyError
-from .base import (
+from jointopt.errors import StrategyError
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -16,8 +16,8 @@ from .base import (
     check_int,
     completions_of,
 )
-from .parallel import MAX_N
-from .voting import plurality
+from jointopt.strategies.parallel import MAX_N
+from jointopt.strategies.voting import plurality
 
 __all__ = ["AdaptiveVote"]
 

@@ -18,12 +18,12 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..errors import StrategyError
-from ..generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+from jointopt.errors import StrategyError
+from jointopt.core.generation import ChatMessage, Completion, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
-    from ..bank import Expected, PoolSample
-    from ..tasks import Example, Task
+    from jointopt.strategies.pool import Expected, PoolSample
+    from jointopt.tasks import Example, Task
 
 __all__ = [
     "Strategy",
@@ -202,7 +202,7 @@ class Strategy(ABC):
         """Samples used, if the strategy is a function of i.i.d. samples of one prompt.
 
         Such *parallel* strategies are scored from a shared sample pool (see
-        :mod:`jointopt.bank`) by :meth:`score_pool` instead of being run; others return None.
+        :mod:`jointopt.strategies.pool`) by :meth:`score_pool` instead of being run; others return None.
         """
         return None
 

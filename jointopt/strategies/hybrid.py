@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import StrategyError
-from ..generation import ChatMessage
-from .base import (
+from jointopt.errors import StrategyError
+from jointopt.core.generation import ChatMessage
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -16,15 +16,15 @@ from .base import (
     check_int,
     completions_of,
 )
-from .parallel import MAX_N
-from .sequential import (
+from jointopt.strategies.parallel import MAX_N
+from jointopt.strategies.sequential import (
     DEFAULT_REVISION_PROMPT,
     MAX_ROUNDS,
     check_text,
     latest_answer,
     revision_messages,
 )
-from .voting import plurality
+from jointopt.strategies.voting import plurality
 
 __all__ = ["ParallelRevision", "split_budget"]
 

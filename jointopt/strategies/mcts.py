@@ -68,9 +68,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..errors import StrategyError
-from ..generation import Completion
-from .base import (
+from jointopt.errors import StrategyError
+from jointopt.core.generation import Completion
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -81,7 +81,7 @@ from .base import (
     check_int,
     require_verifier,
 )
-from .voting import plurality
+from jointopt.strategies.voting import plurality
 
 __all__ = ["MCTS", "uct_choice", "uct_score"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..scorers import SCORERS, get_scorer
-from .base import (
+from jointopt.strategies.scorers import SCORERS, get_scorer
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -15,7 +15,7 @@ from .base import (
     check_int,
     completions_of,
 )
-from .voting import plurality
+from jointopt.strategies.voting import plurality
 
 __all__ = ["SingleSample", "MajorityVote", "BestOfN"]
 
@@ -39,7 +39,7 @@ class SingleSample(Strategy):
         return 1
 
     def score_pool(self, pool, completions, ctx):
-        from ..bank import expected_single
+        from jointopt.strategies.pool import expected_single
 
         return expected_single(pool)
 
@@ -70,7 +70,7 @@ class MajorityVote(Strategy):
         return self.params.n
 
     def score_pool(self, pool, completions, ctx):
-        from ..bank import expected_majority
+        from jointopt.strategies.pool import expected_majority
 
         return expected_majority(pool, self.params.n)
 
@@ -112,7 +112,7 @@ class BestOfN(Strategy):
     def score_pool(self, pool, completions, ctx):
         from dataclasses import replace
 
-        from ..bank import expected_best_of
+        from jointopt.strategies.pool import expected_best_of
 
         scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
         scored = [replace(s, score=scorer.score(ctx, c, s.answer))

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import StrategyError
-from ..generation import ChatMessage
-from .base import (
+from jointopt.errors import StrategyError
+from jointopt.core.generation import ChatMessage
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -18,7 +18,7 @@ from .base import (
     check_int,
     completions_of,
 )
-from .voting import plurality
+from jointopt.strategies.voting import plurality
 
 __all__ = ["RevisionChain", "DEFAULT_REVISION_PROMPT", "revision_messages", "check_text",
            "latest_answer"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..generation import Completion
-from ..scorers import SCORERS, get_scorer
-from .base import (
+from jointopt.core.generation import Completion
+from jointopt.strategies.scorers import SCORERS, get_scorer
+from jointopt.strategies.base import (
     Candidate,
     Run,
     Strategy,
@@ -18,8 +18,8 @@ from .base import (
     completions_of,
     require_verifier,
 )
-from .parallel import MAX_N
-from .voting import plurality
+from jointopt.strategies.parallel import MAX_N
+from jointopt.strategies.voting import plurality
 
 __all__ = ["WeightedVote", "WEIGHTS"]
 
@@ -38,7 +38,7 @@ class WeightedVote(Strategy):
     * ``sum_logprob``: ``exp`` of the sequence logprob. Computed relative to the most
       likely sample (``exp(s_i - max s)``), which leaves the vote unchanged and avoids
       underflow.
-    * ``scorer:<name>``: a :mod:`jointopt.scorers` scorer. ``scorer:logprob`` weighs by
+    * ``scorer:<name>``: a :mod:`jointopt.strategies.scorers` scorer. ``scorer:logprob`` weighs by
       ``exp`` of its score (same as ``mean_logprob``); ``scorer:verifier`` uses its score
       directly (about 1 for a verified answer, about 0.001 x likelihood otherwise, so
       verified answers dominate and likelihood decides when none verifies);
@@ -55,7 +55,7 @@ class WeightedVote(Strategy):
         #: Number of samples that vote.
         n: int = 5
         #: How a vote is weighted: ``mean_logprob``, ``sum_logprob`` or
-        #: ``scorer:<name>`` with a name from :data:`jointopt.scorers.SCORERS`.
+        #: ``scorer:<name>`` with a name from :data:`jointopt.strategies.scorers.SCORERS`.
         weight: str = "mean_logprob"
 
         def __post_init__(self) -> None:
@@ -75,10 +75,10 @@ class WeightedVote(Strategy):
 
     def score_pool(self, pool, completions, ctx):
         """Expected accuracy over random ``n``-subsets of a shared pool (see
-        :func:`jointopt.bank.expected_weighted`); weights are per sample, as in :meth:`run`."""
+        :func:`jointopt.strategies.pool.expected_weighted`); weights are per sample, as in :meth:`run`."""
         from dataclasses import replace
 
-        from ..bank import expected_weighted
+        from jointopt.strategies.pool import expected_weighted
 
         weight = self.params.weight
         if not weight.startswith("scorer:"):

@@ -10,10 +10,10 @@ True
 
 from __future__ import annotations
 
-from .base import Example, FrozenInputs, Task
-from .extraction import AnswerExtractor, AnswerMatcher, ExtractorKind, MatcherKind, parse_number
-from .families import FAMILIES, LEVELS, describe_families, make_task
-from .loaders import DatasetFormat, load_examples, make_dataset_task
+from jointopt.tasks.base import Example, FrozenInputs, Task
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, ExtractorKind, MatcherKind, parse_number
+from jointopt.tasks.families import FAMILIES, LEVELS, describe_families, make_task
+from jointopt.tasks.loaders import DatasetFormat, load_examples, make_dataset_task
 
 __all__ = [
     "Example",

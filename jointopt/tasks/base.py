@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DataError
-from .extraction import AnswerExtractor, AnswerMatcher
+from jointopt.errors import DataError
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher
 
 __all__ = ["Example", "Task", "FrozenInputs"]
 

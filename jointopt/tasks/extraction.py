@@ -16,8 +16,8 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Literal, get_args
 
-from ..errors import ConfigError
-from ._common import did_you_mean
+from jointopt.errors import ConfigError
+from jointopt.tasks._common import did_you_mean
 
 __all__ = ["AnswerExtractor", "AnswerMatcher", "ExtractorKind", "MatcherKind", "parse_number"]
 

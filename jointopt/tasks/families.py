@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from ..errors import ConfigError
-from ._common import did_you_mean
-from .base import Example, Task
-from .extraction import AnswerExtractor, AnswerMatcher, parse_number
+from jointopt.errors import ConfigError
+from jointopt.tasks._common import did_you_mean
+from jointopt.tasks.base import Example, Task
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_number
 
 __all__ = ["FAMILIES", "LEVELS", "make_task", "describe_families"]
 

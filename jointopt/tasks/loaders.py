@@ -16,11 +16,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ..errors import ConfigError, DataError
-from ..safe_load import check_line_size, data_limits, parse_json, read_text
-from ._common import did_you_mean
-from .base import Example, Task
-from .extraction import AnswerExtractor, AnswerMatcher
+from jointopt.errors import ConfigError, DataError
+from jointopt.safety.safe_load import check_line_size, data_limits, parse_json, read_text
+from jointopt.tasks._common import did_you_mean
+from jointopt.tasks.base import Example, Task
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher
 
 __all__ = ["load_examples", "make_dataset_task", "DatasetFormat"]
 

@@ -1,0 +1,241 @@
+"""The Policy: the one object a trial builds, evaluation scores, export writes and the
+runtime executes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from jointopt.errors import ConfigError
+from jointopt.core.prompts import PromptTemplate
+
+if TYPE_CHECKING:
+    from jointopt.core.predictor import DifficultyPredictor
+    from jointopt.tasks import Example
+
+__all__ = ["SCHEMA_VERSION", "Allocation", "DifficultySpec", "Policy", "DEFAULT_BIN"]
+
+#: Version of the serialised policy format. Loading refuses other versions.
+SCHEMA_VERSION = 1
+#: Bin used for every input when the policy does not split by difficulty.
+DEFAULT_BIN = "all"
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(sorted((mapping or {}).items())))
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """How one difficulty bin is answered.
+
+    Attributes:
+        strategy: registered strategy name (``single``, ``majority``, ``best_of_n``, ...).
+        temperature: sampling temperature of every generation the strategy makes.
+        max_tokens: completion-token cap per generation.
+        params: strategy parameters (``n``, ``scorer``, ...), validated by the strategy.
+    """
+
+    strategy: str
+    temperature: float = 0.7
+    max_tokens: int = 64
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", _frozen(self.params))
+
+    def describe(self) -> str:
+        """Short human form, e.g. ``majority(n=4) T=0.4 max_tokens=12``."""
+        params = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.strategy}({params}) T={self.temperature:g} max_tokens={self.max_tokens}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "params": dict(self.params),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Allocation":
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class DifficultySpec:
+    """How an input gets its difficulty bin at serve time.
+
+    Attributes:
+        source: ``none`` (one bin for everything), ``label`` (the input carries its bin),
+            ``probe`` (the policy first draws ``probe_k`` samples; the share of the
+            plurality answer, with a likelihood tie-breaker, picks the bin by
+            ``thresholds``; the probe's samples are reused by the bin's strategy when it
+            samples with the same temperature and max_tokens) or ``predictor`` (a
+            :class:`~jointopt.difficulty.sources.DifficultyPredictor` picks the bin from the
+            input's text, generating nothing).
+        bins: the bin labels, in order of increasing difficulty.
+        default_bin: bin used when an input has no label or its label has no allocation.
+        probe_k: samples of the probe (``probe`` only).
+        probe_temperature: sampling temperature of the probe.
+        probe_max_tokens: completion-token cap of the probe samples.
+        thresholds: descending cut points of the probe signal, one fewer than ``bins``
+            (fitted on the dev split); a signal >= ``thresholds[0]`` is the easiest bin.
+        predictor: the fitted text predictor (``predictor`` only; a mapping from
+            :meth:`~jointopt.difficulty.sources.DifficultyPredictor.to_dict` is accepted).
+    """
+
+    source: Literal["none", "label", "probe", "predictor"] = "none"
+    bins: tuple[str, ...] = ()
+    default_bin: str = DEFAULT_BIN
+    probe_k: int = 0
+    probe_temperature: float = 0.7
+    probe_max_tokens: int = 16
+    thresholds: tuple[float, ...] = ()
+    predictor: "DifficultyPredictor | None" = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if self.source == "predictor":
+            self._check_predictor()
+        if self.source != "probe":
+            return
+        if self.probe_k < 1:
+            raise ConfigError("a probe needs `probe_k` >= 1", where="difficulty.probe_k",
+                              value=self.probe_k, fix="use e.g. probe_k: 4")
+        if len(self.thresholds) != len(self.bins) - 1 or list(self.thresholds) != sorted(
+                self.thresholds, reverse=True):
+            raise ConfigError(
+                "`thresholds` must be descending and one fewer than `bins`",
+                where="difficulty.thresholds", value=self.thresholds,
+                fix=f"give {max(len(self.bins) - 1, 0)} descending cut points")
+
+    def _check_predictor(self) -> None:
+        from jointopt.core.predictor import DifficultyPredictor
+
+        predictor = self.predictor
+        if isinstance(predictor, Mapping):
+            predictor = DifficultyPredictor.from_dict(predictor)
+            object.__setattr__(self, "predictor", predictor)
+        if not isinstance(predictor, DifficultyPredictor):
+            raise ConfigError("source 'predictor' needs a fitted predictor",
+                              where="difficulty.predictor", value=predictor,
+                              fix="give the output of DifficultyPredictor.to_dict()")
+        unknown = sorted(set(predictor.classes) - set(self.bins))
+        if unknown:
+            raise ConfigError("the predictor predicts bins the policy does not have",
+                              where="difficulty.predictor.classes", value=unknown,
+                              fix=f"list them in difficulty.bins (has: {list(self.bins)})")
+
+    def bin_of(self, example: "Example") -> str:
+        if self.source == "label" and example.difficulty is not None:
+            return str(example.difficulty)
+        if self.source == "predictor":
+            return self.predictor.predict(example)
+        return self.default_bin
+
+    def probe_bin(self, signal: float) -> str:
+        """The bin of a probe signal (``probe`` only)."""
+        for label, cut in zip(self.bins, self.thresholds):
+            if signal >= cut:
+                return label
+        return self.bins[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source, "bins": list(self.bins),
+                               "default_bin": self.default_bin}
+        if self.source == "probe":
+            out.update(probe_k=self.probe_k, probe_temperature=self.probe_temperature,
+                       probe_max_tokens=self.probe_max_tokens,
+                       thresholds=list(self.thresholds))
+        if self.source == "predictor":
+            out["predictor"] = self.predictor.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A complete inference policy: prompt, difficulty spec and per-bin allocations.
+
+    Attributes:
+        model: the model the policy was tuned for (alias, folder or hub id).
+        prompt: the prompt template.
+        bins: allocation per difficulty bin; ``difficulty.default_bin`` must be present.
+        difficulty: how inputs are assigned to bins.
+        schema_version: serialised format version.
+        metadata: free-form provenance (study, trial, measured objectives).
+    """
+
+    model: str
+    prompt: PromptTemplate
+    bins: Mapping[str, Allocation]
+    difficulty: DifficultySpec = field(default_factory=DifficultySpec)
+    schema_version: int = SCHEMA_VERSION
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bins", MappingProxyType(dict(self.bins)))
+        object.__setattr__(self, "metadata", _frozen(self.metadata))
+        if self.difficulty.default_bin not in self.bins:
+            raise ConfigError(
+                "policy has no allocation for its default bin",
+                where="policy.bins",
+                value=sorted(self.bins),
+                fix=f"add an allocation for bin {self.difficulty.default_bin!r}",
+            )
+
+    @property
+    def strategy_label(self) -> str:
+        """The strategy name, or ``per-bin`` when bins use different strategies."""
+        names = {a.strategy for a in self.bins.values()}
+        return names.pop() if len(names) == 1 else "per-bin"
+
+    def describe(self) -> str:
+        """Short human form of the allocations (one per bin)."""
+        if len(self.bins) == 1:
+            return next(iter(self.bins.values())).describe()
+        return "; ".join(f"[{name}] {a.describe()}" for name, a in self.bins.items())
+
+    def allocation_for(self, example: "Example") -> tuple[str, Allocation]:
+        """The bin of an example and the allocation that answers it."""
+        name = self.difficulty.bin_of(example)
+        if name not in self.bins:
+            name = self.difficulty.default_bin
+        return name, self.bins[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "model": self.model,
+            "prompt": self.prompt.to_dict(),
+            "difficulty": self.difficulty.to_dict(),
+            "bins": {k: v.to_dict() for k, v in self.bins.items()},
+            "metadata": json.loads(json.dumps(dict(self.metadata), default=str)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                "unsupported policy schema version",
+                where="policy.schema_version",
+                value=version,
+                fix=f"this jointopt reads version {SCHEMA_VERSION}; re-export the policy",
+            )
+        return cls(
+            model=data["model"],
+            prompt=PromptTemplate.from_dict(data["prompt"]),
+            bins={k: Allocation.from_dict(v) for k, v in data["bins"].items()},
+            difficulty=DifficultySpec(**data.get("difficulty", {})),
+            metadata=data.get("metadata", {}),
+        )
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)

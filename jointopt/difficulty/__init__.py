@@ -1,0 +1,1 @@
+"""Difficulty sources: how an input gets its bin (label, probe, predictor, oracle)."""

