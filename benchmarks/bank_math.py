@@ -14,7 +14,8 @@ import time
 import numpy as np
 
 import jointopt.strategies.pool as bank
-from jointopt.strategies.pool import PoolSample, expected_best_of, expected_majority, expected_weighted
+from jointopt.strategies.pool import PoolSample, expected_best_of, expected_majority
+from jointopt.strategies.pool_weighted import expected_weighted
 
 
 def pool(seed: int, n: int, n_answers: int, p_none: float = 0.1) -> list[PoolSample]:

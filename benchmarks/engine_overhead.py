@@ -23,7 +23,8 @@ import time
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
-from jointopt.backends.vllm import VLLMBackend, _completion
+from jointopt.backends.vllm import VLLMBackend
+from jointopt.backends.vllm_outputs import completion_of as _completion
 from jointopt.core.generation import ChatMessage, GenerationRequest
 
 WORDS = (

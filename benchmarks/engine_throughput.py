@@ -52,7 +52,7 @@ FLOPS_PER_CYCLE = {
 def _child_env(dtype_free: bool = True) -> dict[str, str]:
     """The engine environment jointopt sets (binding, iomp, KV cache), for raw runs too."""
     from jointopt.backends.cpu_engine import choose_cpu_engine, read_cpu_info
-    from jointopt.backends.vllm import cpu_env
+    from jointopt.backends.vllm_env import cpu_env
 
     env = dict(os.environ)
     env.update(cpu_env())

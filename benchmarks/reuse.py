@@ -89,7 +89,7 @@ def main() -> int:
         n_examples = len(config.task.builtin.levels) * config.task.builtin.n_per_level
         naive_total = sum(t.mean_tokens * n_examples for t in result.trials)
 
-        from jointopt.search.study import plan_study
+        from jointopt.search.plan import plan_study
 
         plan = plan_study(config)
         distinct: dict[str, object] = {}

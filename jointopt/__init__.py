@@ -30,12 +30,32 @@ from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.core.prompts import PromptTemplate
 from jointopt.strategies.scorers import Scorer
 from jointopt.strategies import Strategy
-from jointopt.search.study import StudyResult, plan_study, run_study
+from jointopt.search.results import StudyResult
+from jointopt.search.plan import plan_study
+from jointopt.search.study import run_study
+from jointopt.backends.base import Backend
 
-from jointopt._version import __version__
+from jointopt._version import __version__  # noqa: F401 - the package version
+
+#: Verbs whose stages import more (the proxy's web stack, export targets): loaded on use.
+_LAZY = {
+    "join_study": "jointopt.search.study:join_study",
+    "export_policy": "jointopt.export.policy:export_policy",
+    "load_policy": "jointopt.serving.runtime:load_policy",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from jointopt._registry import import_path
+
+        return import_path(_LAZY[name])
+    raise AttributeError(f"module 'jointopt' has no attribute {name!r}")
+
 
 __all__ = [
     "Allocation",
+    "Backend",
     "BackendError",
     "ConfigError",
     "DataError",
@@ -52,7 +72,10 @@ __all__ = [
     "StudyResult",
     "TemplateError",
     "evaluate",
+    "export_policy",
+    "join_study",
     "load_config",
+    "load_policy",
     "plan_study",
     "run_study",
 ]

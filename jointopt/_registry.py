@@ -125,9 +125,15 @@ BACKENDS = Registry("backend", "jointopt.backends.base:Backend", {
     "scripted": "jointopt.backends.scripted:ScriptedBackend",
 }, error=BackendError, factories=True)
 
-#: Filled as difficulty sources and export targets get their base classes.
+#: Filled as difficulty sources get their base class.
 DIFFICULTY_SOURCES: Registry | None = None
-EXPORTERS: Registry | None = None
+#: Export targets, run by ``export_policy`` in this order (EXPORT.md lists their files so).
+EXPORTERS = Registry("export target", "jointopt.export.base:Exporter", {
+    "policy": "jointopt.export.policy_file:PolicyFileExporter",
+    "vllm": "jointopt.export.vllm:VllmExporter",
+    "openai_presets": "jointopt.export.openai_presets:OpenAIPresetsExporter",
+    "dspy": "jointopt.export.dspy_program:DSPyExporter",
+})
 #: Study observers (MLflow today): the study calls them; they never drive it.
 OBSERVERS = Registry("observer", "jointopt.tracking.mlflow:StudyTracker", {
     "mlflow": "jointopt.tracking.mlflow:StudyTracker",

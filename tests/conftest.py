@@ -69,3 +69,21 @@ def engine(request: pytest.FixtureRequest) -> Iterator[object]:
         yield backend
     finally:
         backend.close()
+
+
+@pytest.fixture
+def log_redaction() -> Iterator[None]:
+    """Log redaction as the CLI installs it (records, warnings, tracebacks), removed after."""
+    import logging
+    import sys
+
+    from jointopt.safety import secrets
+
+    factory, hook = logging.getLogRecordFactory(), sys.excepthook
+    secrets._installed = False
+    secrets.install_log_redaction()
+    yield
+    logging.setLogRecordFactory(factory)
+    sys.excepthook = hook
+    logging.captureWarnings(False)
+    secrets._installed = False

@@ -24,9 +24,9 @@ from jointopt.strategies.pool import (
     expected_majority,
     expected_pass_at,
     expected_single,
-    expected_weighted,
     majority_curve,
 )
+from jointopt.strategies.pool_weighted import expected_weighted
 from jointopt.errors import StrategyError
 
 # ----------------------------------------------------------------------------- helpers

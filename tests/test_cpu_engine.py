@@ -14,7 +14,7 @@ from jointopt.backends.cpu_engine import (
     parse_cpu_list,
     read_cpu_info,
 )
-from jointopt.backends.vllm import OWNED_ENV, cpu_env
+from jointopt.backends.vllm_env import OWNED_ENV, cpu_env
 from jointopt.errors import BackendError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,8 @@ def test_study_records_the_engine_in_optuna_and_mlflow(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from jointopt.search.config import load_config
-    from jointopt.search.study import ENGINE_ATTR, run_study
+    from jointopt.search.objective import ENGINE_ATTR
+    from jointopt.search.study import run_study
 
     cfg = load_config(ROOT / "experiments/quickstart.yaml", {
         "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 2}})

@@ -24,8 +24,8 @@ def by_length(request, index, rng):
 
 
 def _space(**difficulty):
-    from jointopt.search.config import load_space_file
-    from jointopt.search.space import space_from_dict
+    from jointopt.search.space_config import load_space_file
+    from jointopt.search.space_build import space_from_dict
 
     data = load_space_file(ROOT / "search_spaces/budgets_uniform.yaml").model_dump()
     data["difficulty"] = {"source": "predictor", "n_bins": 2, "oracle_samples": 4,

@@ -119,8 +119,8 @@ def test_a_study_with_oracle_bins_labels_dev_and_test_by_pass_rate(tmp_path):
 def test_oracle_labels_follow_the_pass_rate():
     from pathlib import Path
 
-    from jointopt.search.config import load_space_file
-    from jointopt.search.space import space_from_dict
+    from jointopt.search.space_config import load_space_file
+    from jointopt.search.space_build import space_from_dict
     from jointopt.tasks import make_task
 
     root = Path(__file__).resolve().parents[1]

@@ -23,12 +23,11 @@ lm15 = pytest.importorskip("dspy.lm15")
 from jointopt.backends import ScriptedBackend  # noqa: E402
 from jointopt.integrations.dspy_lm import (  # noqa: E402
     BackendEngine,
-    TokenCounts,
-    TokenMeter,
     engine_of,
     make_dspy_lm,
     meter_of,
 )
+from jointopt.integrations.token_meter import TokenCounts, TokenMeter  # noqa: E402
 from jointopt.search.dspy_program import (  # noqa: E402
     InferencePolicy,
     attach_policy,
@@ -590,7 +589,7 @@ def test_dispatcher_serves_every_request_under_contention():
     down (cleared its busy flag); a request queued in that window waited for a leader that
     had already left and was failed with "batch leader stopped" (seen in CI on a busy
     machine). ``_YieldingCondition`` widens that window so the old code fails every run."""
-    from jointopt.integrations.dspy_lm import _Dispatcher
+    from jointopt.integrations.batching import _Dispatcher
 
     for round_ in range(5):
         backend = _SlowScripted(delay=0.001)
@@ -611,7 +610,7 @@ def test_an_interrupted_leader_fails_every_waiter_instead_of_stranding_it():
     """The leader's thread is interrupted while it sends a batch that holds requests of
     other threads: those callers get an error at once, nobody waits forever, and the
     dispatcher serves new requests afterwards."""
-    from jointopt.integrations.dspy_lm import _Dispatcher
+    from jointopt.integrations.batching import _Dispatcher
 
     class Interrupting(ScriptedBackend):
         def __init__(self) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 dspy = pytest.importorskip("dspy")
 
-from jointopt.integrations.dspy_lm import TokenMeter, make_dspy_lm  # noqa: E402
+from jointopt.integrations.dspy_lm import make_dspy_lm  # noqa: E402
+from jointopt.integrations.token_meter import TokenMeter  # noqa: E402
 from jointopt.search.dspy_program import load_policy, optimize_program, run_program  # noqa: E402
 from jointopt.testing import RecordingBackend  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Tests of jointopt.export.targets: pick rules, bootstrap intervals, the exported files, MLflow.
+"""Tests of jointopt.export: pick rules, bootstrap intervals, the exported files, MLflow.
 
 A small study is run offline with the scripted backend; export reads its Optuna storage.
 """
@@ -17,15 +17,9 @@ import yaml
 from jointopt import load_config, run_study
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import ConfigError, DataError
-from jointopt.export.targets import (
-    Interval,
-    TrialPoint,
-    bootstrap_mean,
-    export_policy,
-    pareto_points,
-    pick_point,
-    to_mlflow_template,
-)
+from jointopt.export.messages import to_mlflow_template
+from jointopt.export.pick import Interval, TrialPoint, bootstrap_mean, pareto_points, pick_point
+from jointopt.export.policy import export_policy
 from jointopt.core.policy_file import load_policy_file
 from jointopt.serving.runtime import load_policy
 
@@ -215,7 +209,7 @@ def test_exported_policy_runs(study, tmp_path):
     runner = load_policy(exported.files["policy"], backend=ScriptedBackend(_respond))
     answer = runner.answer({"question": "Reverse the order of these words: red, cat"})
     assert answer.usage.total_tokens > 0
-    from jointopt.search.study import build_task
+    from jointopt.search.plan import build_task
 
     assert len(runner.evaluate(build_task(config)).records) == 10
 

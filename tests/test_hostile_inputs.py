@@ -398,7 +398,7 @@ def guarded(monkeypatch):
         raise EngineStarted("an engine was started")
 
     import jointopt.search.compare as compare
-    import jointopt.search.study as study
+    import jointopt.search.objective as study
 
     monkeypatch.setattr(study, "build_backend", refuse)
     monkeypatch.setattr(study, "make_backend", refuse)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from jointopt.backends import CachedBackend, SampleStore, ScriptedBackend
 from jointopt.search.config import load_config
-from jointopt.export.targets import export_policy
+from jointopt.export.policy import export_policy
 from jointopt.core.policy_file import load_policy_file
 from jointopt.serving.runtime import load_policy
-from jointopt.search.study import plan_study, run_study
+from jointopt.search.plan import plan_study
+from jointopt.search.study import run_study
 
 from test_study import reverse_responder
 

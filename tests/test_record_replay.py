@@ -10,14 +10,9 @@ import pytest
 import yaml
 
 from jointopt.backends import CachedBackend, SampleStore, ScriptedBackend, make_backend
-from jointopt.backends.replay import (
-    BANK_FORMAT,
-    BANK_VERSION,
-    SAMPLING_FIELDS,
-    Bank,
-    ReplayBackend,
-    load_bank,
-)
+from jointopt.backends.bank_file import BANK_FORMAT, BANK_VERSION, SAMPLING_FIELDS, Bank
+from jointopt.backends.bank_loader import load_bank
+from jointopt.backends.replay import ReplayBackend
 from jointopt.search.replay_check import check_replayable
 from jointopt.search.config import load_config
 from jointopt.errors import BackendError, ConfigError, DataError
@@ -27,7 +22,8 @@ from jointopt.core.prompts import render_messages
 from jointopt.search.record import record_bank, samples_needed
 from jointopt.search.space import FloatRange, IntRange
 from jointopt.strategies import StrategyContext
-from jointopt.search.study import plan_study, run_study, task_hash
+from jointopt.search.plan import plan_study, task_hash
+from jointopt.search.study import run_study
 
 
 def reverse_responder(request, index, rng):
@@ -567,7 +563,7 @@ def test_a_changed_bank_file_is_detected(bank_path):
 def test_record_command(tmp_path, capsys, monkeypatch):
     import argparse
 
-    from jointopt.cli.app import record as cli_record
+    from jointopt.cli import record as cli_record
 
     config_path = tmp_path / "study.yaml"
     cfg = yaml.safe_load((ROOT / "experiments/quickstart.yaml").read_text())
@@ -604,7 +600,7 @@ def test_record_command(tmp_path, capsys, monkeypatch):
 def test_record_command_fails_before_the_engine_loads(tmp_path, monkeypatch):
     import argparse
 
-    from jointopt.cli.app import record as cli_record
+    from jointopt.cli import record as cli_record
 
     def no_engine(config):
         raise AssertionError("the engine must not be built")

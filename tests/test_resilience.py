@@ -182,8 +182,9 @@ def test_stale_trial_is_failed_and_retried_by_heartbeat(tmp_path):
     import optuna
 
     from jointopt.search.config import load_config
-    from jointopt.search.study import open_study, plan_study
-    from jointopt.search.workers import recover_trials
+    from jointopt.search.study import open_study
+    from jointopt.search.plan import plan_study
+    from jointopt.search.recovery import recover_trials
 
     config = load_config(write(tmp_path, "stale", {"backend": "scripted"}, n_trials=3,
                                grace_period=1))

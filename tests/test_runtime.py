@@ -189,7 +189,7 @@ def test_multi_round_strategy_counts_every_round():
 
 def test_best_of_n_with_the_recorded_verifier(tmp_path):
     policy = _policy("best_of_n", {"n": 4, "scorer": "verifier"})
-    assert policy.metadata["task"]["verifier"] == "jointopt.testing:_toy_verifier"
+    assert policy.metadata["task"]["verifier"] == "jointopt.testing.contracts:_toy_verifier"
     runner = load_policy(save_policy(policy, tmp_path / "p.yaml"),
                          backend=ScriptedBackend(noisy_responder(0.5)))
     assert runner.task.verifier is not None

@@ -22,7 +22,9 @@ import yaml
 
 from jointopt.search.config import load_config
 from jointopt.errors import ConfigError, DataError, JointoptError, TemplateError
-from jointopt.search.study import build_backend, check_credentials, plan_study
+from jointopt.search.objective import build_backend
+from jointopt.search.plan_checks import check_credentials
+from jointopt.search.plan import plan_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANTED = "sk-PLANTED-6f1d2c9e8b7a4f3e2d1c0b9a"
@@ -65,21 +67,8 @@ def test_redact_masks_keys_tokens_and_url_passwords():
     assert safe_url("postgresql+psycopg2://u:pw@h/db") == "postgresql+psycopg2://u:***@h/db"
 
 
-@pytest.fixture
-def redacting_logs():
-    from jointopt.safety import secrets
 
-    factory, hook = logging.getLogRecordFactory(), sys.excepthook
-    secrets._installed = False
-    secrets.install_log_redaction()
-    yield
-    logging.setLogRecordFactory(factory)
-    sys.excepthook = hook
-    logging.captureWarnings(False)
-    secrets._installed = False
-
-
-def test_log_records_and_tracebacks_are_redacted(redacting_logs, caplog):
+def test_log_records_and_tracebacks_are_redacted(log_redaction, caplog):
     from jointopt.safety.secrets import register
 
     register("registered-secret-value-42")

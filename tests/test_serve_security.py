@@ -76,20 +76,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def redaction():
-    """Log redaction as the CLI installs it, removed afterwards."""
-    from jointopt.safety import secrets
-
-    factory, hook = logging.getLogRecordFactory(), sys.excepthook
-    secrets._installed = False
-    secrets.install_log_redaction()
-    yield
-    logging.setLogRecordFactory(factory)
-    sys.excepthook = hook
-    logging.captureWarnings(False)
-    secrets._installed = False
-
 
 class _Capture(logging.Handler):
     """Formats every record as the server's handlers would (uvicorn's access formatter for
@@ -134,7 +120,7 @@ def _captured(level: int):
 # ------------------------------------------------------------------------------ auth
 
 
-def test_no_key_and_wrong_key_are_401_the_right_key_200(redaction):
+def test_no_key_and_wrong_key_are_401_the_right_key_200(log_redaction):
     with _captured(logging.DEBUG) as logs, ServerThread(_local_app(), log_level="debug") as s:
         url = s.url + "/v1/chat/completions"
         missing = httpx.post(url, json={"messages": QUESTION})
@@ -200,7 +186,7 @@ def test_keys_load_from_a_file_and_the_environment(tmp_path, monkeypatch):
         load_api_keys(path)
 
 
-def test_non_loopback_bind_without_keys_is_refused(redaction, tmp_path):
+def test_non_loopback_bind_without_keys_is_refused(log_redaction, tmp_path):
     check_bind("127.0.0.1", authenticated=False)
     check_bind("::1", authenticated=False)
     check_bind("localhost", authenticated=False)
@@ -214,7 +200,7 @@ def test_non_loopback_bind_without_keys_is_refused(redaction, tmp_path):
         serve(policy, "http://127.0.0.1:9/v1", host="0.0.0.0", port=_free_port())
 
 
-def test_port_must_be_in_range(redaction, tmp_path):
+def test_port_must_be_in_range(log_redaction, tmp_path):
     assert check_port(0) == 0 and check_port(65535) == 65535
     for bad in (70000, -1, 65536, "8100", True):
         with pytest.raises(ConfigError, match="1 to 65535"):
@@ -301,7 +287,7 @@ def _leaks(texts: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING])
-def test_planted_upstream_secrets_reach_no_client_and_no_log(redaction, monkeypatch, level):
+def test_planted_upstream_secrets_reach_no_client_and_no_log(log_redaction, monkeypatch, level):
     responses, lines, logs = _drill(level, monkeypatch)
     assert _leaks(responses + lines) == []
     assert not logs.errors
@@ -323,7 +309,7 @@ def test_planted_upstream_secrets_reach_no_client_and_no_log(redaction, monkeypa
         assert any(name == "uvicorn.access" for name, _ in logs.lines)
 
 
-def test_the_drill_does_see_a_leak_when_masking_is_off(redaction, monkeypatch):
+def test_the_drill_does_see_a_leak_when_masking_is_off(log_redaction, monkeypatch):
     """The leak check is not vacuous: with the masker switched off, the same drill leaks."""
     from jointopt.safety import secrets
 
@@ -349,7 +335,7 @@ def test_masking_keeps_words_and_masks_values():
 # ------------------------------------------------------------------------------ access log
 
 
-def test_access_log_is_one_formatted_line_per_request(redaction):
+def test_access_log_is_one_formatted_line_per_request(log_redaction):
     from jointopt.safety import secrets
 
     record = logging.getLogger("uvicorn.access").makeRecord(
@@ -498,7 +484,7 @@ def test_verifier_outside_the_allow_list_is_refused_before_any_import(tmp_path, 
     assert runner.task.verifier.__name__ == "check"
     # an allowed module cannot lend a function it merely imported
     reach = _policy_file(tmp_path, lambda d: d["metadata"]["task"].update(
-        verifier="jointopt.serving.runtime:importlib.import_module"))
+        verifier="jointopt.core.task_spec:importlib.import_module"))
     with pytest.raises(ConfigError, match="defined in an allowed module"):
         load_policy(reach, backend=ScriptedBackend())
     with pytest.raises(ConfigError, match="dotted module name"):
@@ -539,7 +525,7 @@ def test_budgets_above_the_caps_are_refused_naming_field_value_and_fix(tmp_path)
         load_policy_file(path)
 
 
-def test_an_internal_error_is_a_generic_500_and_its_traceback_is_masked(redaction):
+def test_an_internal_error_is_a_generic_500_and_its_traceback_is_masked(log_redaction):
     from jointopt.safety import secrets
 
     secrets.register(UPSTREAM_KEY)  # as OpenAIBackend registers its key

@@ -89,10 +89,11 @@ def stack(tmp_path_factory):
     import optuna
 
     from jointopt import load_config
-    from jointopt.export.targets import export_policy
+    from jointopt.export.policy import export_policy
     from jointopt.backends.models import resolve_model
     from jointopt.core.policy import Allocation, Policy
-    from jointopt.search.study import open_study, plan_study
+    from jointopt.search.study import open_study
+    from jointopt.search.plan import plan_study
 
     import importlib.util
 

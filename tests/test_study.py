@@ -99,7 +99,7 @@ def test_held_out_split_rescores_the_front_on_test(tmp_path):
     cfg = load_config(ROOT / "experiments/quickstart.yaml", {
         "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 6},
         "validation": {"test_fraction": 0.3, "seed": 1}, "tracking": {"enabled": True}})
-    from jointopt.search.study import plan_study
+    from jointopt.search.plan import plan_study
 
     plan = plan_study(cfg)
     dev_ids = {e.id for e in plan.task.examples}
@@ -143,7 +143,8 @@ def test_proposed_prompts_join_the_search_and_are_cached(tmp_path):
     cfg = load_config(ROOT / "experiments/quickstart.yaml", {
         "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 6},
         "search_space": str(tmp_path / "space.yaml")})
-    from jointopt.search.study import open_study, plan_study
+    from jointopt.search.study import open_study
+    from jointopt.search.plan import plan_study
 
     plan = plan_study(cfg)  # validates the proposal entry, spends nothing
     assert calls["proposer"] == 0 and plan.space.proposals

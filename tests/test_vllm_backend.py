@@ -107,7 +107,7 @@ def empty_cache(tmp_path, monkeypatch):
 def _fake_prepared(folder: Path) -> None:
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    files = {"config.json": {"sha256": models._sha256(folder / "config.json"), "size": 2}}
+    files = {"config.json": {"sha256": models.file_sha256(folder / "config.json"), "size": 2}}
     manifest = {"schema": models.MANIFEST_SCHEMA, "files": files, "source": {"sha256": "ab" * 32}}
     (folder / models.MANIFEST_NAME).write_text(json.dumps(manifest))
 

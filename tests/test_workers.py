@@ -83,7 +83,7 @@ def load(storage: str, name: str = "scale"):
     import optuna
 
     from jointopt.search.config import OptimizerConfig
-    from jointopt.search.workers import make_storage
+    from jointopt.search.storage import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(storage, OptimizerConfig()))
 
@@ -274,7 +274,8 @@ def test_four_workers_on_a_journal_file(tmp_path):
 
 
 def test_process_is_gone_knows_dead_zombie_and_foreign_processes():
-    from jointopt.search.workers import _start_ticks, process_is_gone, worker_identity
+    from jointopt.processes import start_ticks as _start_ticks
+    from jointopt.search.recovery import process_is_gone, worker_identity
 
     me = worker_identity()
     assert process_is_gone(me) is False
@@ -296,8 +297,11 @@ def test_workers_count_running_trials_and_prune_surplus_ones(tmp_path):
     import optuna
 
     from jointopt.search.config import load_config
-    from jointopt.search.study import open_study, plan_study
-    from jointopt.search.workers import WORKER_ATTR, _start_ticks, _surplus, work_on_study
+    from jointopt.search.study import open_study
+    from jointopt.search.plan import plan_study
+    from jointopt.processes import start_ticks as _start_ticks
+    from jointopt.search.storage import WORKER_ATTR
+    from jointopt.search.workers import _surplus, work_on_study
 
     config = load_config(write_study(tmp_path, name="units"))
     study = open_study(plan_study(config))

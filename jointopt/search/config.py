@@ -1,20 +1,21 @@
-"""Study configuration: the only place YAML is read.
+"""Study configuration: the sections of a study config file and :func:`load_config`.
 
 Every file is parsed by :mod:`jointopt.safety.safe_load` (``yaml.safe_load`` semantics, with
 size, alias, depth and duplicate-key caps) into pydantic models that reject unknown keys;
 errors are turned into one :class:`ConfigError` naming the file, the field path, the
-value and the fix (with "did you mean" for misspelled keys).
+value and the fix (with "did you mean" for misspelled keys); see
+:mod:`jointopt.search.config_parse`. Search-space files: :mod:`jointopt.search.space_config`.
 """
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import Field
 
 from jointopt.errors import ConfigError
+from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
 
 __all__ = [
     "StudyConfig",
@@ -29,20 +30,11 @@ __all__ = [
     "BankConfig",
     "CompareConfig",
     "ValidationConfig",
-    "SearchSpaceFile",
-    "PromptConfig",
-    "DifficultyConfig",
     "load_config",
-    "load_space_file",
-    "read_yaml",
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class CpuConfig(_Strict):
+class CpuConfig(StrictModel):
     """How vLLM's CPU engine runs. Every field left out is chosen from the hardware
     (``jointopt.backends.cpu_engine``) and the choice is logged and recorded in the study."""
 
@@ -60,7 +52,7 @@ class CpuConfig(_Strict):
     """KV-cache size in whole GiB. Default: a tenth of RAM, between 1 and 8 GiB."""
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """Which model answers, and on which engine."""
 
     backend: str = Field("vllm", min_length=1)
@@ -98,7 +90,7 @@ class ModelConfig(_Strict):
     best_of_n, weighted_vote) with the recorded prompts, temperatures and max_tokens."""
 
 
-class ExtractorConfig(_Strict):
+class ExtractorConfig(StrictModel):
     """How an answer is read out of a completion (user datasets)."""
 
     kind: Literal["regex", "last_number", "choice_letter", "exact", "first_line"] = "first_line"
@@ -107,7 +99,7 @@ class ExtractorConfig(_Strict):
     """The regular expression for ``kind: regex``."""
 
 
-class MatcherConfig(_Strict):
+class MatcherConfig(StrictModel):
     """How an answer is compared with the target (user datasets)."""
 
     kind: Literal["exact", "normalized", "numeric", "words"] = "normalized"
@@ -116,7 +108,7 @@ class MatcherConfig(_Strict):
     """Absolute tolerance of ``numeric`` matching."""
 
 
-class BuiltinTaskConfig(_Strict):
+class BuiltinTaskConfig(StrictModel):
     """A built-in task family generated from a seed."""
 
     family: str
@@ -131,7 +123,7 @@ class BuiltinTaskConfig(_Strict):
     """Size of the few-shot demonstration pool (disjoint from the examples)."""
 
 
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     """A user dataset in JSONL or CSV."""
 
     path: str
@@ -158,7 +150,7 @@ class DatasetConfig(_Strict):
     """Answer comparison."""
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """The task: exactly one of ``builtin`` or ``dataset``."""
 
     builtin: BuiltinTaskConfig | None = None
@@ -167,7 +159,7 @@ class TaskConfig(_Strict):
     """Your own data."""
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     """The Optuna study."""
 
     n_trials: int = Field(20, ge=1)
@@ -216,7 +208,7 @@ class OptimizerConfig(_Strict):
     study is validated."""
 
 
-class BankConfig(_Strict):
+class BankConfig(StrictModel):
     """Sample once, score many: how parallel strategies are evaluated."""
 
     enabled: bool = True
@@ -227,7 +219,7 @@ class BankConfig(_Strict):
     more grows the pool."""
 
 
-class ValidationConfig(_Strict):
+class ValidationConfig(StrictModel):
     """Held-out validation of the Pareto front."""
 
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0)
@@ -241,7 +233,7 @@ class ValidationConfig(_Strict):
     """Confidence level of the intervals."""
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """MLflow tracking."""
 
     enabled: bool = True
@@ -252,7 +244,7 @@ class TrackingConfig(_Strict):
     """MLflow experiment name; default: the config's ``name``."""
 
 
-class CompareConfig(_Strict):
+class CompareConfig(StrictModel):
     """Accuracy-vs-tokens curves of several strategies with one prompt (``jointopt compare``)."""
 
     prompt: str
@@ -265,7 +257,7 @@ class CompareConfig(_Strict):
     """Strategy name -> its parameter settings, one curve point each, by growing budget."""
 
 
-class StudyConfig(_Strict):
+class StudyConfig(StrictModel):
     """A complete study: model, task, search space, optimizer, tracking."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -307,183 +299,6 @@ class StudyConfig(_Strict):
         return Path(self.output_dir or f"runs/{self.name}")
 
 
-class PromptConfig(_Strict):
-    """A prompt template in a search space."""
-
-    id: str
-    """Unique name."""
-    user: str
-    """Jinja2 text of the user turn (variables: the task's fields)."""
-    system: str | None = None
-    """Jinja2 text of the system turn."""
-    shots: int = Field(0, ge=0)
-    """Demonstrations taken from the task's demo pool."""
-    shot_answer: str = "{{ target }}"
-    """Jinja2 text of a demonstration's answer (variables: fields and ``target``)."""
-    answer_regex: str | None = None
-    """Pattern whose first group is the answer, tried before the task's extraction."""
-    shot_selection: Literal["first", "nearest"] = "first"
-    """``first``: the first ``shots`` demos for every input; ``nearest``: the demos closest
-    in length to the input, the closest last (uses only the input: serve-time safe)."""
-    description: str = ""
-    """What the template does."""
-
-
-ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
-
-
-class DifficultyConfig(_Strict):
-    """How inputs are split into difficulty bins, each with its own strategy and budget."""
-
-    source: Literal["none", "label", "probe", "predictor", "oracle"] = "none"
-    """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
-    picks the bin. ``probe``: the policy first draws ``probe_k`` samples with its prompt;
-    their agreement picks the bin (thresholds fitted on the dev split), and the bin's
-    strategy reuses them; usable at serve time. ``predictor``: a small logistic regression
-    on the input's text features, fitted on the dev split's oracle bins, picks the bin;
-    usable at serve time and generates nothing (cheap, but only as good as the text says
-    how hard an input is: see ``difficulty_report.json``). ``oracle``: bins by each
-    example's pass rate over ``oracle_samples`` samples with the space's first prompt
-    (quantiles, Snell et al.); an analysis upper bound, not servable: inputs would need the
-    label."""
-    bins: list[str] | None = None
-    """Bin labels; default: the difficulty labels found in the task's examples, sorted."""
-    default_bin: str | None = None
-    """Bin for inputs without a known label; default: the last bin (the most compute)."""
-    n_bins: int = Field(3, ge=2, le=10)
-    """``probe``, ``predictor`` and ``oracle``: number of bins (``"1"`` = easiest)."""
-    probe_k: int = Field(4, ge=1, le=64)
-    """``probe``: samples of the probe; their tokens are part of the policy's cost."""
-    probe_temperature: float = Field(0.7, gt=0.0)
-    """``probe``: sampling temperature of the probe (allocations with the same temperature
-    and max_tokens reuse the probe's samples); ``predictor`` and ``oracle``: of the oracle
-    samples."""
-    probe_max_tokens: int = Field(16, ge=1)
-    """``probe``: completion-token cap of the probe samples; ``predictor`` and ``oracle``:
-    of the oracle samples."""
-    oracle_samples: int = Field(8, ge=2)
-    """``probe``, ``predictor`` and ``oracle``: samples per example for the oracle bins
-    (pass rate); for ``probe`` and ``predictor`` they are what the predicted bins are
-    compared with in the report, and ``predictor`` is trained on them."""
-
-
-class ProposeEntry(_Strict):
-    """A ``prompts:`` entry asking an LM to propose instruction templates:
-    ``{propose: {k, n_examples?, seed?, model?, temperature?, max_tokens?, id_prefix?}}``
-    (checked in detail by :class:`jointopt.integrations.proposals.ProposeSpec`)."""
-
-    propose: dict[str, Any]
-    """The proposal request; proposals are made once the engine is up and cached."""
-
-
-def _prompt_kind(value: Any) -> str:
-    """Which model a ``prompts:`` entry is checked against (so an error speaks of one)."""
-    if isinstance(value, dict):
-        return "ProposeEntry" if "propose" in value else "PromptConfig"
-    return type(value).__name__
-
-
-_PromptEntry = Annotated[
-    Union[Annotated[PromptConfig, Tag("PromptConfig")],
-          Annotated[ProposeEntry, Tag("ProposeEntry")]],
-    Discriminator(_prompt_kind)]
-
-
-class SearchSpaceFile(_Strict):
-    """A search-space file: prompts x strategies x sampling budget.
-
-    A parameter is a constant, ``{choices: [...]}`` or ``{low, high, step?, log?}``.
-    """
-
-    prompts: list[_PromptEntry] = Field(min_length=1)
-    """Candidate prompt templates, and ``{propose: {...}}`` entries for LM-proposed ones."""
-    strategies: dict[str, dict[str, ParamValue] | None] = Field(min_length=1)
-    """Strategy name -> its parameters (searched or fixed)."""
-    temperature: ParamValue = 0.7
-    """Sampling temperature."""
-    max_tokens: ParamValue = 64
-    """Completion-token cap per generation."""
-    difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
-    """Per-difficulty allocation: with a source other than ``none``, every bin gets its own
-    strategy, strategy parameters, temperature and max_tokens (the prompt is shared)."""
-
-
-def read_yaml(path: Path, what: str) -> Any:
-    """Load a YAML file safely, with errors naming the file and line (size, alias, depth
-    and duplicate-key caps of :mod:`jointopt.safety.safe_load`)."""
-    from jointopt.safety.safe_load import load_yaml
-
-    return load_yaml(path, what, missing_fix="check the path (relative paths start at the "
-                                             "config file)")
-
-
-def _validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
-    lines = []
-    for err in exc.errors():
-        path, holder = _walk(model, err["loc"][:-1])
-        key = str(err["loc"][-1]) if err["loc"] else ""
-        loc = ".".join([*path, key]) if key else ".".join(path)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            known = [k for k in holder.model_fields if k != "base_dir"] if holder else []
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            lines.append(f"{loc}: unknown key {key!r}\n  fix: {hint}known keys here: "
-                         f"{', '.join(known)}")
-        elif kind == "missing":
-            lines.append(f"{loc}: required key is missing\n  fix: add `{key}:`")
-        else:
-            value = err.get("input")
-            shown = repr(value)
-            if len(shown) > 120:
-                shown = shown[:117] + "..."
-            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{key}` "
-                         f"to a value that satisfies: {err['msg'][0].lower()}{err['msg'][1:]}")
-    return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
-
-
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
-    """The field path of ``loc`` without pydantic's union-member names
-    (``prompts.0.PromptConfig.user`` -> ``prompts.0``...), and the model it ends in."""
-    path: list[str] = []
-    current: type[BaseModel] | None = model
-    candidates = [model]
-    for part in loc:
-        if isinstance(part, int):
-            path.append(str(part))
-            continue
-        named = [m for m in candidates if m.__name__ == part]
-        if named:  # the union member pydantic checked the value against
-            current, candidates = named[0], named[:1]
-            continue
-        path.append(str(part))
-        field = current.model_fields.get(part) if current is not None else None
-        candidates = _models_in(field.annotation) if field is not None else []
-        current = candidates[0] if candidates else None
-    return path, current
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models inside a field's annotation (``list[X]``, unions, Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()):
-        found.extend(m for m in _models_in(arg) if m not in found)
-    return found
-
-
-def _parse(model: type[BaseModel], data: Any, source: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must be a mapping of keys to values", where=source,
-                          value="an empty file" if data is None else type(data).__name__,
-                          fix="write `key: value` lines at the top level")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(exc, model, source) from None
-
-
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
     """Read and validate a study config file.
 
@@ -507,7 +322,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
             raise ConfigError("unknown key 'base_dir'", where=f"{path}: base_dir",
                               fix="remove it; relative paths start at the config file")
         data = {**data, "base_dir": str(path.parent)}
-    config = _parse(StudyConfig, data, str(path))
+    config = parse_model(StudyConfig, data, str(path))
     task = config.task
     if (task.builtin is None) == (task.dataset is None):
         raise ConfigError("the task needs exactly one of `builtin` or `dataset`",
@@ -515,8 +330,3 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
                           fix="write task: {builtin: {family: reverse_words}} or "
                               "task: {dataset: {path: data.jsonl}}")
     return config
-
-
-def load_space_file(path: Path) -> SearchSpaceFile:
-    """Read and validate a search-space file."""
-    return _parse(SearchSpaceFile, read_yaml(path, "search space"), str(path))

@@ -33,7 +33,7 @@ from jointopt.errors import BackendError, ConfigError, ModelError
 
 if TYPE_CHECKING:
     from jointopt.search.config import StudyConfig
-    from jointopt.search.study import StudyPlan
+    from jointopt.search.plan import StudyPlan
 
 __all__ = ["preflight", "check_folder", "check_new_file", "check_storage_url",
            "check_tracking_uri", "check_model_available", "check_upstreams", "REACH_TIMEOUT"]
@@ -165,7 +165,7 @@ def _check_db_url(url: str, where: str, what: str, examples: str = _STORAGE_EXAM
 
 def check_storage_url(url: str, where: str = "optimizer.storage") -> None:
     """The Optuna storage URL can be opened (see the module docstring). Creates nothing."""
-    from jointopt.search.workers import JOURNAL_SCHEME, journal_path
+    from jointopt.search.storage import JOURNAL_SCHEME, journal_path
 
     if url.startswith(JOURNAL_SCHEME):
         check_new_file(journal_path(url), where, "journal file", value=url)
@@ -207,7 +207,7 @@ def _hub_offline() -> bool:
     flag = os.environ.get("HF_HUB_OFFLINE")
     if flag is not None:
         return flag.strip().lower() in ("1", "true", "yes", "on")
-    from jointopt.backends.vllm import is_cpu_platform
+    from jointopt.backends.vllm_env import is_cpu_platform
 
     return is_cpu_platform()  # the CPU engine sets HF_HUB_OFFLINE=1 (backends/vllm.py)
 
@@ -278,7 +278,7 @@ def preflight(plan: "StudyPlan", *, sources: Mapping[str, str] | None = None,
     """Every check ``jointopt run`` needs before it writes a file or starts an engine.
 
     Args:
-        plan: a plan from :func:`jointopt.search.study.plan_study` (input already validated).
+        plan: a plan from :func:`jointopt.search.plan.plan_study` (input already validated).
         sources: how a field was given when not by the config file, e.g.
             ``{"optimizer.storage": "--storage"}``; errors then name the flag.
         model: also check that the model can be loaded (skip it when a Backend object is

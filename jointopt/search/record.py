@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from jointopt.backends.base import Backend
-from jointopt.backends.replay import BANK_FORMAT, BANK_VERSION, sampling_fields
+from jointopt.backends.bank_file import BANK_FORMAT, BANK_VERSION, sampling_fields
 from jointopt.search.replay_check import (
     check_difficulty_replayable,
     largest_pool_k,
@@ -37,7 +37,7 @@ from jointopt.evaluation.evaluate import example_context
 from jointopt.core.generation import GenerationRequest, GenerationResult
 from jointopt.core.prompts import PromptTemplate
 from jointopt.strategies import StrategyContext
-from jointopt.search.study import StudyPlan, task_hash
+from jointopt.search.plan import StudyPlan, task_hash
 from jointopt.tasks import Example
 
 __all__ = ["RecordSummary", "ProgressCallback", "record_bank", "check_recording",
@@ -61,7 +61,7 @@ class RecordSummary:
         path: the bank file.
         model: the backend's model id (the header's ``model``).
         task: task name.
-        dataset_hash: sha256 of the searched (dev) examples (:func:`jointopt.search.study.task_hash`).
+        dataset_hash: sha256 of the searched (dev) examples (:func:`jointopt.search.plan.task_hash`).
         examples: examples recorded (the searched ones and the held-out test split).
         settings: (prompt, temperature, max_tokens) combinations recorded.
         pools: pool lines written (settings x examples, dev and test).
@@ -200,7 +200,7 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
     ``out`` and renamed over ``out`` when complete.
 
     Args:
-        plan: a validated study (:func:`jointopt.search.study.plan_study`).
+        plan: a validated study (:func:`jointopt.search.plan.plan_study`).
         backend: where samples come from; a :class:`~jointopt.backends.CachedBackend`
             over the study's sample store reuses what the study generated.
         samples: samples per sampled pool (>= 1); to replay every trial it must be at
@@ -231,9 +231,34 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
     def pool_n(setting: _Setting) -> int:
         return 1 if setting.temperature == 0 else samples
 
+    header = _header(plan, backend, settings, examples, samples)
+    counts = {"pools": 0, "samples": 0, "generated": 0, "cached": 0, "calls": 0,
+              "prompt_tokens": 0, "completion_tokens": 0}
+    _write_bank(out, header, plan, backend, settings, examples, pool_n, counts, progress,
+                batch_samples)
+    summary = RecordSummary(
+        path=out, model=backend.model_id, task=task.name, dataset_hash=header["dataset_hash"],
+        examples=len(examples), settings=len(settings), pools=counts["pools"],
+        samples=counts["samples"],
+        generated=counts["generated"], cached=counts["cached"], engine_calls=counts["calls"],
+        prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"],
+        samples_per_pool=samples,
+        samples_needed=needed if any(s.temperature != 0 for s in settings) else 1,
+        wall_time=time.perf_counter() - start,
+    )
+    log.info("recorded %d pools, %d samples (%d generated, %d from the store) in %.1fs",
+             summary.pools, summary.samples, summary.generated, summary.cached,
+             summary.wall_time)
+    return summary
+
+
+def _header(plan: StudyPlan, backend: Backend, settings: Sequence[_Setting],
+            examples: Sequence[Example], samples: int) -> dict[str, Any]:
+    """The bank's header line: model, task and dataset hashes, settings, provenance."""
     from jointopt._version import __version__
 
-    header = {
+    task = plan.task
+    return {
         "type": "header",
         "format": BANK_FORMAT,
         "version": BANK_VERSION,
@@ -251,13 +276,19 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
         "temperatures": sorted({s.temperature for s in settings}),
         "max_tokens": sorted({s.max_tokens for s in settings}),
     }
+
+
+def _write_bank(out: Path, header: dict[str, Any], plan: StudyPlan, backend: Backend,
+                settings: Sequence[_Setting], examples: Sequence[Example],
+                pool_n: Callable[[_Setting], int], counts: dict[str, int],
+                progress: ProgressCallback | None, batch_samples: int) -> None:
+    """Write the bank to a temporary file next to ``out`` and rename it over ``out`` once
+    complete (removed on any error); ``counts`` is updated as pools are written."""
     total_pools = len(settings) * len(examples)
-    counts = {"pools": 0, "samples": 0, "generated": 0, "cached": 0, "calls": 0,
-              "prompt_tokens": 0, "completion_tokens": 0}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     log.info("recording %d settings x %d examples (%d samples per sampled pool) to %s",
-             len(settings), len(examples), samples, out)
+             len(settings), len(examples), header["samples"], out)
     try:
         with tmp.open("w", encoding="utf-8", newline="\n") as fh:
             fh.write(_dump(header))
@@ -274,20 +305,6 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    summary = RecordSummary(
-        path=out, model=backend.model_id, task=task.name, dataset_hash=header["dataset_hash"],
-        examples=len(examples), settings=len(settings), pools=counts["pools"],
-        samples=counts["samples"],
-        generated=counts["generated"], cached=counts["cached"], engine_calls=counts["calls"],
-        prompt_tokens=counts["prompt_tokens"], completion_tokens=counts["completion_tokens"],
-        samples_per_pool=samples,
-        samples_needed=needed if any(s.temperature != 0 for s in settings) else 1,
-        wall_time=time.perf_counter() - start,
-    )
-    log.info("recorded %d pools, %d samples (%d generated, %d from the store) in %.1fs",
-             summary.pools, summary.samples, summary.generated, summary.cached,
-             summary.wall_time)
-    return summary
 
 
 def _record_batch(fh: IO[str], plan: StudyPlan, backend: Backend, batch: Sequence[_Setting],

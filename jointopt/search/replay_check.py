@@ -11,14 +11,8 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from jointopt.backends.replay import (
-    Bank,
-    BankPool,
-    REPLAY_FIX,
-    ReplayBackend,
-    messages_hash,
-    preview,
-)
+from jointopt.backends.bank_file import Bank, BankPool, messages_hash, preview
+from jointopt.backends.replay import REPLAY_FIX, ReplayBackend
 from jointopt.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -143,8 +137,6 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             / temperature / max_tokens not in the bank, pools with too few samples, or a
             dataset whose hash differs from the bank's (both hashes are named).
     """
-    from jointopt.strategies import get_strategy_class
-
     bank = bank.bank if isinstance(bank, ReplayBackend) else bank
     where = f"{space.source}"
     unexpanded = getattr(space, "proposals", ())
@@ -156,25 +148,41 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             fix="write the templates the bank was recorded with into the search space")
     check_difficulty_replayable(space)
     if task is not None or test_task is not None:
-        from jointopt.search.study import task_hash
+        _check_hashes(bank, task, test_task)
+    _check_strategies(space, where)
+    temperatures = sampling_values(space.temperature, "temperature", where)
+    budgets = sampling_values(space.max_tokens, "max_tokens", where)
+    _check_settings(space, bank, temperatures, budgets, where)
+    _check_pool_sizes(space, bank, task, test_task, temperatures, budgets, pool_size)
 
-        for label, field_name, mine_task in (("searched", "dataset_hash", task),
-                                              ("held-out test", "test_dataset_hash",
-                                               test_task)):
-            if mine_task is None:
-                continue
-            mine = task_hash(mine_task)
-            theirs = bank.header.get(field_name)
-            if mine != theirs:
-                raise ConfigError(
-                    f"the bank was recorded on other {label} examples than this study's",
-                    where=f"{bank.path}: {field_name}",
-                    value={"bank": theirs, "study": mine},
-                    fix=f"use the task and validation.test_fraction/seed the bank was recorded "
-                        f"with (task {bank.header.get('task')!r}, "
-                        f"{bank.header.get('examples', '?')} examples), or re-record the bank "
-                        "with this config",
-                )
+
+def _check_hashes(bank: Bank, task: "Task | None", test_task: "Task | None") -> None:
+    """The bank was recorded on the same searched and held-out examples as the study's."""
+    from jointopt.search.plan import task_hash
+
+    for label, field_name, mine_task in (("searched", "dataset_hash", task),
+                                          ("held-out test", "test_dataset_hash",
+                                           test_task)):
+        if mine_task is None:
+            continue
+        mine = task_hash(mine_task)
+        theirs = bank.header.get(field_name)
+        if mine != theirs:
+            raise ConfigError(
+                f"the bank was recorded on other {label} examples than this study's",
+                where=f"{bank.path}: {field_name}",
+                value={"bank": theirs, "study": mine},
+                fix=f"use the task and validation.test_fraction/seed the bank was recorded "
+                    f"with (task {bank.header.get('task')!r}, "
+                    f"{bank.header.get('examples', '?')} examples), or re-record the bank "
+                    "with this config",
+            )
+
+
+def _check_strategies(space: "SearchSpace", where: str) -> None:
+    """Every strategy of the space is scored from sample pools at every parameter value."""
+    from jointopt.strategies import get_strategy_class
+
     for name, params in space.strategies.items():
         cls = get_strategy_class(name, where=f"{where}: strategies.{name}")
         for values in _strategy_values(params):
@@ -187,8 +195,11 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
                     fix=f"remove {name!r} from the search space for a replayed study, or run "
                         "it live; " + REPLAY_FIX,
                 )
-    temperatures = sampling_values(space.temperature, "temperature", where)
-    budgets = sampling_values(space.max_tokens, "max_tokens", where)
+
+
+def _check_settings(space: "SearchSpace", bank: Bank, temperatures: list[float],
+                    budgets: list[int], where: str) -> None:
+    """Every temperature, max_tokens and prompt id of the space is in the bank."""
     for label, wanted, have in (("temperature", temperatures, bank.temperatures),
                                 ("max_tokens", budgets, bank.max_tokens)):
         missing = [v for v in wanted if v not in have]
@@ -207,6 +218,12 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             value=absent, fix=f"recorded prompts: {sorted(prompt_ids)}; search only those, "
                               "or record the others first",
         )
+
+
+def _check_pool_sizes(space: "SearchSpace", bank: Bank, task: "Task | None",
+                      test_task: "Task | None", temperatures: list[float], budgets: list[int],
+                      pool_size: int | None) -> None:
+    """Every pool the study samples holds enough samples (and, with a task, exists)."""
     needed = max(pool_size or 0, largest_pool_k(space))
     if task is None and test_task is None:
         too_few = [p for p in bank.pools.values()

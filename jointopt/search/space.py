@@ -3,6 +3,7 @@
 A search space lists prompt templates, strategies with their parameters, and the sampling
 budget (temperature, max_tokens). Strategy parameters are *conditional*: the trial
 parameter ``majority.n`` exists only in trials whose ``strategy`` is ``majority``.
+A file is turned into one by :func:`jointopt.search.space_build.space_from_dict`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from jointopt.errors import ConfigError, JointoptError, StrategyError, relocate
-from jointopt.core.policy import DEFAULT_BIN, Allocation, DifficultySpec, Policy
+from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.core.prompts import PromptTemplate, validate_template
 from jointopt.strategies import get_strategy_class
 from jointopt.tasks import Task
@@ -387,81 +388,3 @@ def _settings_contexts(template: PromptTemplate, task: Task, settings: Mapping[s
     return [example_context(template, task, e, temperature=float(settings["probe_temperature"]),
                             max_tokens=int(settings["probe_max_tokens"]), seed=seed)
             for e in task.examples]
-
-
-def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
-    """Build a :class:`SearchSpace` from an already schema-checked mapping."""
-    prompts = []
-    seen: set[str] = set()
-    entries = []
-    for i, spec in enumerate(data["prompts"]):
-        spec = {k: v for k, v in spec.items() if v is not None or k == "system"}
-        entries.append(spec)
-        if "propose" in spec:
-            from pydantic import ValidationError
-
-            from jointopt.integrations.proposals import ProposalSource, _config_error
-
-            try:
-                ProposalSource.model_validate(spec)
-            except ValidationError as exc:
-                raise _config_error(exc, f"{source}: prompts[{i}]") from None
-            continue
-        try:
-            template = PromptTemplate(**spec)
-        except JointoptError as exc:
-            raise ConfigError(exc.message, where=f"{source}: prompts[{i}]",
-                              value=exc.value if exc.has_value else spec.get("id"),
-                              fix=exc.fix) from None
-        if template.id in seen:
-            raise ConfigError("duplicate prompt id", where=f"{source}: prompts[{i}].id",
-                              value=template.id, fix="give every prompt a unique id")
-        seen.add(template.id)
-        prompts.append(template)
-    strategies = {}
-    for name, params in data["strategies"].items():
-        get_strategy_class(name, where=f"{source}: strategies.{name}")
-        strategies[name] = {
-            pname: SearchSpace.param_from_spec(spec, f"{source}: strategies.{name}.{pname}")
-            for pname, spec in (params or {}).items()
-        }
-    difficulty = data.get("difficulty") or {}
-    source_kind = difficulty.get("source", "none")
-    bins = tuple(str(b) for b in (difficulty.get("bins") or ()))
-    default_bin = difficulty.get("default_bin")
-    if default_bin is not None and bins and default_bin not in bins:
-        raise ConfigError("`default_bin` must be one of the bins",
-                          where=f"{source}: difficulty.default_bin", value=default_bin,
-                          fix=f"choose one of: {', '.join(bins)}")
-    probe = oracle = predictor = None
-    if source_kind == "predictor":
-        predictor = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
-                                                      "probe_max_tokens", "oracle_samples")}
-        spec = DifficultySpec()
-    elif source_kind == "oracle":
-        oracle = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
-                                                   "probe_max_tokens", "oracle_samples")}
-        labels = tuple(str(i) for i in range(1, int(difficulty["n_bins"]) + 1))
-        spec = DifficultySpec(source="label", bins=labels, default_bin=labels[-1])
-    elif source_kind == "probe":
-        probe = {key: difficulty[key] for key in ("n_bins", "probe_k", "probe_temperature",
-                                                  "probe_max_tokens", "oracle_samples")}
-        spec = DifficultySpec()
-    else:
-        spec = (DifficultySpec() if source_kind == "none" else
-                DifficultySpec(source=source_kind, bins=bins,
-                               default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
-    return SearchSpace(
-        probe=probe,
-        oracle=oracle,
-        predictor_settings=predictor,
-        entries=tuple(entries),
-        difficulty=spec,
-        prompts=tuple(prompts),
-        strategies=strategies,
-        temperature=SearchSpace.param_from_spec(data.get("temperature", 0.7),
-                                                f"{source}: temperature"),
-        max_tokens=SearchSpace.param_from_spec(data.get("max_tokens", 64),
-                                               f"{source}: max_tokens"),
-        source=source,
-    )

@@ -21,6 +21,7 @@ from jointopt.errors import JointoptError
 
 if TYPE_CHECKING:
     from jointopt.backends.base import Backend
+    from jointopt.core.generation import GenerationRequest, GenerationResult
 
 __all__ = ["ServerThread", "create_engine_app", "error_response"]
 
@@ -34,6 +35,47 @@ def error_response(status: int, message: str, kind: str,
         "error": {"message": message, "type": kind, "code": status if code is None else code}})
 
 
+def _generation_request(body: Mapping[str, Any]) -> "GenerationRequest":
+    """The generation request of a chat-completions body (KeyError, TypeError or
+    ValueError when it is malformed)."""
+    from jointopt.core.generation import ChatMessage, GenerationRequest
+
+    messages = [ChatMessage(m["role"], str(m.get("content") or "")) for m in body["messages"]]
+    continuation = ""
+    if body.get("continue_final_message") and messages and messages[-1].role == "assistant":
+        continuation = messages[-1].content
+        messages = messages[:-1]
+    stop = body.get("stop") or ()
+    return GenerationRequest(
+        messages=tuple(messages), n=int(body.get("n") or 1),
+        temperature=float(body.get("temperature", 1.0)),
+        max_tokens=int(body.get("max_tokens") or 16),
+        top_p=float(body.get("top_p", 1.0)),
+        logprobs=bool(body.get("logprobs", False)),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        seed=body.get("seed"), continuation=continuation,
+    )
+
+
+def _choices(result: "GenerationResult", request: "GenerationRequest",
+             body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The OpenAI ``choices`` of a generation result."""
+    choices = []
+    for i, c in enumerate(result.completions):
+        choice: dict[str, Any] = {
+            "index": i, "message": {"role": "assistant", "content": c.text},
+            "finish_reason": c.finish_reason, "logprobs": None,
+        }
+        if request.logprobs and c.logprobs is not None:
+            choice["logprobs"] = {"content": [
+                {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                for t, lp in zip(c.token_ids, c.logprobs)]}
+        if body.get("return_token_ids"):
+            choice["token_ids"] = list(c.token_ids)
+        choices.append(choice)
+    return choices
+
+
 def create_engine_app(backend: "Backend", model_name: str = "scripted") -> FastAPI:
     """An OpenAI-compatible server (``/v1/chat/completions``, ``/v1/models``, ``/health``)
     in front of a jointopt :class:`~jointopt.backends.Backend`.
@@ -45,8 +87,6 @@ def create_engine_app(backend: "Backend", model_name: str = "scripted") -> FastA
     unless the backend is ``thread_safe``.
     """
     import threading
-
-    from jointopt.core.generation import ChatMessage, GenerationRequest
 
     app = FastAPI(title="jointopt engine server")
     app.state.backend = backend
@@ -67,45 +107,17 @@ def create_engine_app(backend: "Backend", model_name: str = "scripted") -> FastA
     @app.post("/v1/chat/completions")
     async def chat(body: dict[str, Any]) -> JSONResponse:
         try:
-            messages = [ChatMessage(m["role"], str(m.get("content") or ""))
-                        for m in body["messages"]]
-            continuation = ""
-            if body.get("continue_final_message") and messages and \
-                    messages[-1].role == "assistant":
-                continuation = messages[-1].content
-                messages = messages[:-1]
-            stop = body.get("stop") or ()
-            request = GenerationRequest(
-                messages=tuple(messages), n=int(body.get("n") or 1),
-                temperature=float(body.get("temperature", 1.0)),
-                max_tokens=int(body.get("max_tokens") or 16),
-                top_p=float(body.get("top_p", 1.0)),
-                logprobs=bool(body.get("logprobs", False)),
-                stop=(stop,) if isinstance(stop, str) else tuple(stop),
-                seed=body.get("seed"), continuation=continuation,
-            )
+            request = _generation_request(body)
         except (KeyError, TypeError, ValueError) as exc:
             return error_response(400, f"invalid request: {exc!r}", "invalid_request_error")
         try:
             result = await asyncio.to_thread(_generate, request)
         except JointoptError as exc:
             return error_response(400, str(exc), "invalid_request_error")
-        choices = []
-        for i, c in enumerate(result.completions):
-            choice: dict[str, Any] = {
-                "index": i, "message": {"role": "assistant", "content": c.text},
-                "finish_reason": c.finish_reason, "logprobs": None,
-            }
-            if request.logprobs and c.logprobs is not None:
-                choice["logprobs"] = {"content": [
-                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(c.token_ids, c.logprobs)]}
-            if body.get("return_token_ids"):
-                choice["token_ids"] = list(c.token_ids)
-            choices.append(choice)
         return JSONResponse({
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-            "created": int(time.time()), "model": model_name, "choices": choices,
+            "created": int(time.time()), "model": model_name,
+            "choices": _choices(result, request, body),
             "usage": {"prompt_tokens": result.prompt_tokens,
                       "completion_tokens": result.completion_tokens,
                       "total_tokens": result.total_tokens},

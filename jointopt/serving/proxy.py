@@ -59,11 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import time
-import traceback
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -71,28 +67,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import FastAPI
 
+from jointopt.errors import ConfigError
 from jointopt.safety import secrets as _secrets
-from jointopt.errors import BackendError, ConfigError, DataError, TemplateError
-from jointopt.serving.engine_server import ServerThread, create_engine_app, error_response
+from jointopt.serving.engine_server import ServerThread, create_engine_app
+from jointopt.serving.errors import add_error_handlers
+from jointopt.serving.routes import add_completion_routes, add_info_routes
 from jointopt.serving.security import ApiKeys, GuardMiddleware, RateLimiter
-from jointopt.serving.stream import chat_chunks, completion_chunks, event_stream
 
 if TYPE_CHECKING:
-    from jointopt.serving.runtime import Answer, PolicyRunner
+    from jointopt.backends.openai import OpenAIBackend
+    from jointopt.serving.runtime import PolicyRunner
 
 __all__ = ["DEFAULT_MAX_INPUT_CHARS", "ServeSettings", "ServerThread", "create_app",
            "create_engine_app", "serve"]
 
 log = logging.getLogger(__name__)
-
-#: Request fields a policy proxy reads; every other sampling field is ignored.
-_READ_FIELDS = frozenset({"model", "messages", "prompt", "inputs", "difficulty", "stream",
-                          "n", "user", "stream_options"})
 
 
 #: Default cap on an input's characters (all fields), when neither the settings nor the
@@ -150,144 +141,6 @@ class ServeSettings:
         if not isinstance(self.api_keys, ApiKeys):
             keys = (self.api_keys,) if isinstance(self.api_keys, str) else self.api_keys
             object.__setattr__(self, "api_keys", ApiKeys.of(keys))
-
-
-# ------------------------------------------------------------------------------ schemas
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class _ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    messages: list[_Message] = Field(min_length=1)
-    n: int | None = None
-    stream: bool | None = False
-    stream_options: dict[str, Any] | None = None
-    inputs: dict[str, Any] | None = None
-    difficulty: str | int | None = None
-
-
-class _CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str | None = None
-    prompt: str | list[str]
-    n: int | None = None
-    stream: bool | None = False
-    stream_options: dict[str, Any] | None = None
-    inputs: dict[str, Any] | None = None
-    difficulty: str | int | None = None
-
-
-class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, kind: str,
-                 headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.headers = dict(headers or {})
-
-
-def _error_id() -> str:
-    return "err-" + uuid.uuid4().hex[:12]
-
-
-def _status_of(exc: BaseException) -> _HTTPError:
-    """Map an error raised while answering to an HTTP status.
-
-    A bad input (400) keeps its message (it is about the client's own input). Anything
-    else gets a generic message with an error id; the details, masked, go to the log.
-    """
-    from jointopt.backends.openai import UpstreamError
-
-    if isinstance(exc, (DataError, TemplateError, ConfigError)):
-        return _HTTPError(400, _secrets.redact(str(exc)), "invalid_request_error")
-    error_id = _error_id()
-    see = f"error id {error_id}; the details are in the proxy's log"
-    if isinstance(exc, BackendError):
-        kind = getattr(exc, "kind", None)
-        log.warning("upstream failure [%s]: %s", error_id, _secrets.redact(str(exc)))
-        if kind == "timeout":
-            return _HTTPError(504, f"upstream timeout: the upstream server did not answer in "
-                                   f"time ({see})", "upstream_timeout")
-        if kind == "unreachable":
-            return _HTTPError(502, f"upstream unreachable ({see})", "upstream_error")
-        status = getattr(exc, "status", None) if isinstance(exc, UpstreamError) else None
-        said = f"the upstream server answered HTTP {status}" if status else \
-            "the upstream server failed"
-        return _HTTPError(502, f"upstream error: {said} ({see})", "upstream_error")
-    log.error("internal error [%s]: %s", error_id, _secrets.redact(
-        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
-    return _HTTPError(500, f"internal error ({see})", "server_error")
-
-
-# ------------------------------------------------------------------------------ inputs
-
-
-def _text_of(content: str | list[dict[str, Any]] | None) -> str | None:
-    if content is None or isinstance(content, str):
-        return content
-    parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-    return "\n".join(parts) if parts else None
-
-
-def _inputs_from_text(runner: "PolicyRunner", text: str) -> dict[str, Any]:
-    fields = runner.input_fields
-    if len(fields) == 1:
-        return {fields[0]: text}
-    if not fields:
-        return {}
-    example = json.dumps({f: "..." for f in fields})
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise _HTTPError(
-            400,
-            f"the policy's template reads the fields {', '.join(fields)}: send the user message as "
-            f"a JSON object such as {example}, or pass the fields as `inputs` "
-            f"(openai client: extra_body={{'inputs': {{...}}}})",
-            "invalid_request_error",
-        )
-    return data
-
-
-def _check_size(inputs: Mapping[str, Any], limit: int) -> None:
-    if not isinstance(inputs, Mapping):
-        return  # the runner refuses it with a 400
-    size = sum(len(v) if isinstance(v, str) else len(str(v)) for v in inputs.values())
-    if size > limit:
-        raise _HTTPError(413, f"the input has {size} characters, above this proxy's limit of "
-                              f"{limit} (max_input_chars); send a shorter input",
-                         "invalid_request_error")
-
-
-def _ignored(body: BaseModel) -> list[str]:
-    extra = set((body.model_extra or {}).keys())
-    return sorted(k for k in extra if k not in _READ_FIELDS)
-
-
-def _include_usage(body: _ChatRequest | _CompletionRequest) -> bool:
-    """Check ``n`` and ``stream_options``; True when the stream should end with usage."""
-    if body.n not in (None, 1):
-        raise _HTTPError(400, f"n={body.n}: the policy decides how many samples to draw and "
-                              "returns one aggregated answer; send n=1 or leave it out",
-                         "invalid_request_error")
-    options = body.stream_options or {}
-    usage = options.get("include_usage", False)
-    if not isinstance(usage, bool):
-        raise _HTTPError(400, f"stream_options.include_usage must be true or false, got "
-                              f"{usage!r}", "invalid_request_error")
-    return usage
 
 
 def _max_input_chars(runner: "PolicyRunner", settings: ServeSettings) -> int:
@@ -348,159 +201,28 @@ def create_app(
                                             thread_name_prefix="jointopt-serve")
     app.state.semaphore = asyncio.Semaphore(settings.max_concurrency)
     app.state.waiting = 0
-
-    @app.exception_handler(_HTTPError)
-    async def _on_http_error(request: Request, exc: _HTTPError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in exc.errors()[:5])
-        return error_response(422, f"invalid request body: {problems}",
-                              "invalid_request_error")
-
-    def _busy(reason: str) -> _HTTPError:
-        return _HTTPError(503, f"the proxy is busy: {reason}; retry later", "server_busy",
-                          {"Retry-After": "1"})
-
-    async def _slot(state: Any) -> None:
-        if state.semaphore.locked() and state.waiting >= settings.max_waiting:
-            raise _busy(f"all {settings.max_concurrency} slots are in use and "
-                        f"{state.waiting} requests wait (max_waiting)")
-        state.waiting += 1
-        try:
-            await asyncio.wait_for(state.semaphore.acquire(), settings.queue_timeout)
-        except asyncio.TimeoutError:
-            raise _busy(f"all {settings.max_concurrency} slots stayed in use for "
-                        f"{settings.queue_timeout:g}s") from None
-        finally:
-            state.waiting -= 1
-
-    async def _answer(request: Request, inputs: Mapping[str, Any],
-                      difficulty: str | int | None) -> "Answer":
-        _check_size(inputs, input_limit)
-        state = request.app.state
-        await _slot(state)
-        loop = asyncio.get_running_loop()
-        try:
-            future = loop.run_in_executor(
-                state.executor, lambda: state.runner.answer(inputs, difficulty=difficulty))
-        except RuntimeError:  # executor shut down
-            state.semaphore.release()
-            raise _HTTPError(503, "the proxy is shutting down", "server_busy") from None
-        # The slot is freed when the work really ends, not when the client gives up, so
-        # at most max_concurrency policies ever run at once.
-        future.add_done_callback(lambda _: state.semaphore.release())
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), settings.timeout)
-        except asyncio.TimeoutError:
-            raise _HTTPError(504, f"the policy did not finish within {settings.timeout:g}s "
-                                  "(the proxy's --timeout)", "timeout") from None
-        except _HTTPError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status
-            mapped = _status_of(exc)
-            if mapped.status < 500:
-                log.info("request refused (%d): %s", mapped.status, mapped.message)
-            raise mapped from None
-
-    def _extension(answer: "Answer") -> dict[str, Any]:
-        out = answer.to_dict()
-        out["policy"] = runner.policy.prompt.id
-        return out
-
-    def _headers(body: BaseModel) -> dict[str, str]:
-        ignored = _ignored(body)
-        return {"x-jointopt-ignored": ",".join(ignored)} if ignored else {}
-
-    def _reply(body: _ChatRequest | _CompletionRequest, answer: "Answer", usage_chunk: bool,
-               chat: bool) -> Any:
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        created, content = int(time.time()), answer.answer or ""
-        if body.stream:
-            make = chat_chunks if chat else completion_chunks
-            return event_stream(make(id=ident, created=created, model=served, content=content,
-                                     usage=answer.usage.to_dict(), include_usage=usage_chunk,
-                                     extension=_extension(answer)), _headers(body))
-        choice: dict[str, Any] = (
-            {"index": 0, "message": {"role": "assistant", "content": content}} if chat
-            else {"index": 0, "text": content})
-        choice.update(finish_reason="stop", logprobs=None)
-        return JSONResponse({
-            "id": ident, "object": "chat.completion" if chat else "text_completion",
-            "created": created, "model": served, "choices": [choice],
-            "usage": answer.usage.to_dict(), "jointopt": _extension(answer),
-        }, headers=_headers(body))
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(body: _ChatRequest, request: Request) -> Any:
-        usage_chunk = _include_usage(body)
-        if body.inputs is not None:
-            inputs: Mapping[str, Any] = body.inputs
-        else:
-            users = [m for m in body.messages if m.role == "user"]
-            text = _text_of(users[-1].content) if users else None
-            if text is None:
-                raise _HTTPError(400, "no user message with text content: the input is the "
-                                      "content of the last user message", "invalid_request_error")
-            inputs = _inputs_from_text(runner, text)
-        answer = await _answer(request, inputs, body.difficulty)
-        return _reply(body, answer, usage_chunk, chat=True)
-
-    @app.post("/v1/completions", response_model=None)
-    async def completions(body: _CompletionRequest, request: Request) -> Any:
-        usage_chunk = _include_usage(body)
-        if body.inputs is not None:
-            inputs = body.inputs
-        else:
-            prompt = body.prompt
-            if isinstance(prompt, list):
-                if len(prompt) != 1:
-                    raise _HTTPError(400, "send one prompt per request", "invalid_request_error")
-                prompt = prompt[0]
-            inputs = _inputs_from_text(runner, prompt)
-        answer = await _answer(request, inputs, body.difficulty)
-        return _reply(body, answer, usage_chunk, chat=False)
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        check = getattr(runner.backend, "health", None)
-        upstream = await asyncio.to_thread(check) if callable(check) else {}
-        states = [_health_word(v) for v in upstream.values()]
-        ok = all(v == "ok" for v in states)
-        if not ok:
-            log.debug("upstream health: %s", _secrets.redact(
-                "; ".join(f"{_secrets.safe_url(k)}: {v}" for k, v in upstream.items())))
-        return JSONResponse(status_code=200 if ok else 503, content={
-            "status": "ok" if ok else "upstream unavailable",
-            "model": served,
-            "policy": runner.policy.prompt.id,
-            "upstream": states,
-        })
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": served, "object": "model", "created": 0, "owned_by": "jointopt",
-        }]}
-
+    add_error_handlers(app)
+    add_completion_routes(app, runner, settings, served, input_limit)
+    add_info_routes(app, runner, served)
     return app
 
 
-def _health_word(state: Any) -> str:
-    """``ok``, ``unreachable`` or ``HTTP <status>``: an upstream's state without its URL
-    or error body."""
-    text = str(state)
-    if text == "ok":
-        return "ok"
-    if text.startswith("HTTP "):
-        return text.split(":", 1)[0]
-    return "unreachable" if text.startswith("unreachable") else "error"
-
-
 # ------------------------------------------------------------------------------ entry
+
+
+def _upstream_runner(policy_path: str | Path, allow_verifiers: list[str] | tuple[str, ...],
+                     *args: Any, **kwargs: Any) -> tuple["PolicyRunner", "OpenAIBackend"]:
+    """The policy file's runner on an :class:`OpenAIBackend` built from ``args`` /
+    ``kwargs`` (closed when the policy does not load), and that backend."""
+    from jointopt.backends.openai import OpenAIBackend
+    from jointopt.serving.runtime import load_policy
+
+    backend = OpenAIBackend(*args, **kwargs)
+    try:
+        return load_policy(policy_path, backend=backend, allow_verifiers=allow_verifiers), backend
+    except BaseException:
+        backend.close()
+        raise
 
 
 def serve(
@@ -558,8 +280,6 @@ def serve(
     """
     import uvicorn
 
-    from jointopt.backends.openai import OpenAIBackend
-    from jointopt.serving.runtime import load_policy
     from jointopt.serving.security import check_bind, check_port, load_api_keys
 
     _secrets.install_log_redaction()
@@ -571,16 +291,10 @@ def serve(
                              model_name=model_name, api_keys=keys,
                              max_body_bytes=max_body_bytes, max_input_chars=max_input_chars,
                              rate_limit=rate_limit)
-    backend = OpenAIBackend(
-        upstream_url, upstream_model, api_key_env=api_key_env, timeout=timeout,
-        max_retries=max_retries, max_concurrency=max_concurrency, send_seed=send_seed,
-        token_ids=token_ids,
-    )
-    try:
-        runner = load_policy(policy_path, backend=backend, allow_verifiers=allow_verifiers)
-    except BaseException:
-        backend.close()
-        raise
+    runner, backend = _upstream_runner(
+        policy_path, allow_verifiers, upstream_url, upstream_model, api_key_env=api_key_env,
+        timeout=timeout, max_retries=max_retries, max_concurrency=max_concurrency,
+        send_seed=send_seed, token_ids=token_ids)
     app = create_app(runner, settings)
     log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s, %s", policy_path,
              runner.policy.describe(), host, port,

@@ -75,10 +75,11 @@ class WeightedVote(Strategy):
 
     def score_pool(self, pool, completions, ctx):
         """Expected accuracy over random ``n``-subsets of a shared pool (see
-        :func:`jointopt.strategies.pool.expected_weighted`); weights are per sample, as in :meth:`run`."""
+        :func:`jointopt.strategies.pool_weighted.expected_weighted`); weights are per
+        sample, as in :meth:`run`."""
         from dataclasses import replace
 
-        from jointopt.strategies.pool import expected_weighted
+        from jointopt.strategies.pool_weighted import expected_weighted
 
         weight = self.params.weight
         if not weight.startswith("scorer:"):

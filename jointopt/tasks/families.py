@@ -23,32 +23,18 @@ from jointopt.errors import ConfigError
 from jointopt.tasks._common import did_you_mean
 from jointopt.tasks.base import Example, Task
 from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_number
+from jointopt.tasks.family_problems import (
+    generate_digit_sum,
+    generate_max_list,
+    generate_next_term,
+    generate_reverse,
+    problem_stream,
+)
 
 __all__ = ["FAMILIES", "LEVELS", "make_task", "describe_families"]
 
 #: The difficulty levels every built-in family has.
 LEVELS: tuple[int, ...] = (1, 2, 3)
-
-# Common short English words (3-6 letters), distinct, lower case.
-_WORDS: tuple[str, ...] = (
-    "apple", "river", "blue", "house", "green", "chair", "table", "bread", "water", "stone",
-    "cloud", "light", "music", "paper", "plant", "horse", "train", "clock", "grass", "beach",
-    "dog", "cat", "sun", "moon", "star", "tree", "bird", "fish", "book", "door",
-    "road", "milk", "rain", "snow", "fire", "wind", "ship", "lamp", "shoe", "coat",
-    "hand", "king", "bell", "cake", "farm", "gold", "hill", "lake", "leaf", "rice",
-    "salt", "sand", "seed", "wolf", "bear", "frog", "duck", "goat", "lion", "mouse",
-    "red", "black", "white", "brown", "pink", "happy", "quiet", "small", "large", "warm",
-    "cold", "fast", "slow", "soft", "sweet", "bright", "dark", "early", "late", "young",
-    "city", "field", "forest", "garden", "island", "market", "window", "pencil", "orange", "banana",
-    "lemon", "tiger", "rabbit", "candle", "basket", "bottle", "button", "carpet", "guitar",
-    "letter",
-    "money", "night", "ocean", "party", "queen", "radio", "smile", "sugar", "voice", "wheel",
-)
-
-_REVERSE_LEN = {1: 2, 2: 3, 3: 4}
-_STEP_RANGE = {1: (1, 1), 2: (2, 5), 3: (6, 15)}
-_SUM_OPERANDS = {1: 2, 2: 3, 3: 4}
-_MAX_SHAPE = {1: (3, 1, 9), 2: (5, 10, 99), 3: (8, 10, 99)}  # (count, low, high)
 
 _INT_RE = re.compile(r"-?\d+")
 _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
@@ -63,34 +49,6 @@ def _as_int(answer: str) -> int | None:
     if value is None or value != int(value):
         return None
     return int(value)
-
-
-# --- generators: (level, rng) -> (field value, target) ------------------------------------
-
-
-def _gen_reverse(level: int, rng: random.Random) -> tuple[str, str]:
-    words = rng.sample(_WORDS, _REVERSE_LEN[level])
-    return ", ".join(words), ", ".join(reversed(words))
-
-
-def _gen_next_term(level: int, rng: random.Random) -> tuple[str, str]:
-    low, high = _STEP_RANGE[level]
-    step = rng.randint(low, high)
-    start = rng.randint(1, 30)
-    length = rng.choice((4, 5))
-    terms = [start + i * step for i in range(length + 1)]
-    return ", ".join(str(t) for t in terms[:-1]), str(terms[-1])
-
-
-def _gen_digit_sum(level: int, rng: random.Random) -> tuple[str, str]:
-    operands = [rng.randint(1, 9) for _ in range(_SUM_OPERANDS[level])]
-    return " + ".join(str(o) for o in operands), str(sum(operands))
-
-
-def _gen_max_list(level: int, rng: random.Random) -> tuple[str, str]:
-    count, low, high = _MAX_SHAPE[level]
-    numbers = rng.sample(range(low, high + 1), count)
-    return ", ".join(str(n) for n in numbers), str(max(numbers))
 
 
 # --- serve-time verifiers: never read example.target ---------------------------------------
@@ -172,7 +130,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
                 "the order changes; the words themselves are not altered."
             ),
             levels=MappingProxyType({1: "2 words", 2: "3 words", 3: "4 words"}),
-            generate=_gen_reverse,
+            generate=generate_reverse,
             question=lambda v: f"Reverse the order of these words: {v}",
             extractor=AnswerExtractor("first_line"),
             matcher=AnswerMatcher("words"),
@@ -187,7 +145,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
                 "before, and the answer is the following term as a single integer: 11."
             ),
             levels=MappingProxyType({1: "step 1", 2: "step 2-5", 3: "step 6-15"}),
-            generate=_gen_next_term,
+            generate=generate_next_term,
             question=lambda v: f"What number comes next in this sequence: {v}?",
             extractor=_NUMBER,
             matcher=_NUMERIC,
@@ -201,7 +159,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
                 "'3 + 5 + 2' and the answer is its sum as a single integer: 10."
             ),
             levels=MappingProxyType({1: "2 operands", 2: "3 operands", 3: "4 operands"}),
-            generate=_gen_digit_sum,
+            generate=generate_digit_sum,
             question=lambda v: f"What is {v}?",
             extractor=_NUMBER,
             matcher=_NUMERIC,
@@ -217,7 +175,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
             levels=MappingProxyType(
                 {1: "3 one-digit numbers", 2: "5 two-digit numbers", 3: "8 two-digit numbers"}
             ),
-            generate=_gen_max_list,
+            generate=generate_max_list,
             question=lambda v: f"What is the largest number in this list: {v}?",
             extractor=_NUMBER,
             matcher=_NUMERIC,
@@ -288,11 +246,6 @@ def _check_levels(levels: object) -> tuple[int, ...]:
     return out
 
 
-def _stream(family: str, purpose: str, seed: int, level: int) -> random.Random:
-    # A str seed is hashed with SHA-512 by random.Random: stable across runs and platforms.
-    return random.Random(f"jointopt/{family}/{purpose}/seed={seed}/level={level}")
-
-
 def _draw(
     fam: _Family,
     level: int,
@@ -321,6 +274,37 @@ def _draw(
         taken.add(value)
         out.append((value, target))
     return out
+
+
+def _example(fam: _Family, ident: str, level: int, value: str, target: str) -> Example:
+    """One generated problem as an Example: the family's field and its question."""
+    return Example(
+        id=ident,
+        inputs={fam.field: value, "question": fam.question(value)},
+        target=target,
+        difficulty=str(level),
+    )
+
+
+def _demos(fam: _Family, level_list: tuple[int, ...], n_demos: int, seed: int,
+           taken: set[str]) -> list[Example]:
+    """``n_demos`` demonstrations drawn round-robin over the levels, none in ``taken``."""
+    family = fam.name
+    per_level = {lv: sum(1 for i in range(n_demos) if level_list[i % len(level_list)] == lv)
+                 for lv in level_list}
+    drawn_demos = {
+        lv: _draw(fam, lv, problem_stream(family, "demos", seed, lv), k, taken, "n_demos")
+        for lv, k in per_level.items()
+    }
+    demos: list[Example] = []
+    cursor = dict.fromkeys(level_list, 0)
+    for i in range(n_demos):
+        level = level_list[i % len(level_list)]
+        value, target = drawn_demos[level][cursor[level]]
+        ident = f"{family}-demo-L{level}-{cursor[level]:04d}"
+        demos.append(_example(fam, ident, level, value, target))
+        cursor[level] += 1
+    return demos
 
 
 def make_task(
@@ -366,38 +350,17 @@ def make_task(
             "seed must be an integer", where="seed", value=seed, fix="pass e.g. seed=0"
         )
     fam = _REGISTRY[family]
-
-    def build(ident: str, level: int, value: str, target: str) -> Example:
-        return Example(
-            id=ident,
-            inputs={fam.field: value, "question": fam.question(value)},
-            target=target,
-            difficulty=str(level),
-        )
-
     taken: set[str] = set()
     examples: list[Example] = []
     for level in level_list:
-        drawn = _draw(fam, level, _stream(family, "examples", seed, level), n_per_level, taken,
-                      "n_per_level")
+        drawn = _draw(fam, level, problem_stream(family, "examples", seed, level), n_per_level,
+                      taken, "n_per_level")
         examples.extend(
-            build(f"{family}-L{level}-{i:04d}", level, value, target)
+            _example(fam, f"{family}-L{level}-{i:04d}", level, value, target)
             for i, (value, target) in enumerate(drawn)
         )
 
-    per_level = {lv: sum(1 for i in range(n_demos) if level_list[i % len(level_list)] == lv)
-                 for lv in level_list}
-    drawn_demos = {
-        lv: _draw(fam, lv, _stream(family, "demos", seed, lv), k, taken, "n_demos")
-        for lv, k in per_level.items()
-    }
-    demos: list[Example] = []
-    cursor = dict.fromkeys(level_list, 0)
-    for i in range(n_demos):
-        level = level_list[i % len(level_list)]
-        value, target = drawn_demos[level][cursor[level]]
-        demos.append(build(f"{family}-demo-L{level}-{cursor[level]:04d}", level, value, target))
-        cursor[level] += 1
+    demos = _demos(fam, level_list, n_demos, seed, taken)
 
     return Task(
         name=family,

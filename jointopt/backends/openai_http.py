@@ -1,0 +1,149 @@
+"""Errors and HTTP helpers of the OpenAI-compatible backend: the error type, base URLs,
+body excerpts and the fix to suggest for an HTTP status."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from jointopt.errors import BackendError
+
+__all__ = ["UpstreamError", "normalize_base_url"]
+
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_EXCERPT = 300
+
+
+class UpstreamError(BackendError):
+    """The OpenAI-compatible server failed a request.
+
+    Attributes:
+        kind: ``unreachable``, ``timeout``, ``http`` or ``protocol``.
+        status: the HTTP status for ``http`` errors, else None.
+        url: the URL that failed.
+    """
+
+    def __init__(self, message: str, *, kind: str, url: str, status: int | None = None,
+                 fix: str | None = None) -> None:
+        self.kind = kind
+        self.status = status
+        self.url = url
+        super().__init__(message, where=url, fix=fix)
+
+
+def normalize_base_url(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1``; a URL with a path is kept as given.
+
+    Raises:
+        BackendError: not an ``http(s)://host[:port][/path]`` URL.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise BackendError("the server URL must be a non-empty string", where="base_url",
+                           value=url, fix="e.g. http://127.0.0.1:8000/v1")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BackendError("the server URL must start with http:// or https:// and name a host",
+                           where="base_url", value=url, fix="e.g. http://127.0.0.1:8000/v1")
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def excerpt(response: Any) -> str:
+    try:
+        data = response.json()
+    except Exception:  # noqa: BLE001 - any body
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err:
+            text = str(err)
+            return text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "..."
+    text = response.text.strip().replace("\n", " ")
+    return (text if len(text) <= _EXCERPT else text[: _EXCERPT - 3] + "...") or "(empty body)"
+
+
+UNREACHABLE_FIX = ("start the server (python -m vllm.entrypoints.openai.api_server --config "
+                    "vllm_serve.yaml) or check the URL")
+
+
+def http_fix(status: int) -> str:
+    if status in (401, 403):
+        return "check the API key (the environment variable named by api_key_env)"
+    if status == 404:
+        return "check the URL (it usually ends in /v1) and the model name"
+    if status == 429:
+        return "the server is rate-limiting: lower max_concurrency or retry later"
+    if status >= 500:
+        return "the server failed; check its log"
+    return "check the request parameters against the server's limits (e.g. max_model_len)"
+
+
+def check_settings(*, timeout: float, connect_timeout: float, backoff: float,
+                   max_backoff: float, max_retries: int, max_concurrency: int,
+                   continuation: str) -> None:
+    """Raise a :class:`BackendError` for a timeout, retry or concurrency setting out of range."""
+    for label, value, low in (("timeout", timeout, 0.0), ("connect_timeout", connect_timeout, 0.0),
+                              ("backoff", backoff, 0.0), ("max_backoff", max_backoff, 0.0)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+                or (label in ("timeout", "connect_timeout") and value == 0):
+            raise BackendError(f"`{label}` must be a number > 0", where=label, value=value,
+                               fix="use seconds, e.g. 30")
+    for label, value, low in (("max_retries", max_retries, 0),
+                              ("max_concurrency", max_concurrency, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise BackendError(f"`{label}` must be an integer >= {low}", where=label,
+                               value=value, fix=f"use an integer >= {low}")
+    if continuation not in ("prefill", "error"):
+        raise BackendError("unknown continuation mode", where="continuation",
+                           value=continuation, fix="use 'prefill' or 'error'")
+
+
+def read_api_key(api_key_env: str) -> str:
+    """The API key in the environment variable ``api_key_env``, registered for masking."""
+    from jointopt.safety import secrets as _secrets
+
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise BackendError(f"the environment variable {api_key_env} is not set",
+                           where="api_key_env",
+                           fix=f"export {api_key_env}=... before starting, or drop "
+                               "the API key option for a server without keys")
+    _secrets.register(key)  # masked in every log line and message
+    return key
+
+
+def base_url_list(base_url: str | Sequence[str]) -> tuple[str, ...]:
+    """The normalized API roots given as one URL or several (their passwords get masked)."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
+    if not urls:
+        raise BackendError("give at least one server URL", where="base_url", value=urls,
+                           fix="e.g. http://127.0.0.1:8000/v1")
+    bases = tuple(normalize_base_url(u) for u in urls)
+    from jointopt.safety import secrets as _secrets
+
+    for base in bases:  # a URL password is masked wherever it shows up
+        _secrets.register_url(base)
+    return bases
+
+
+def make_client(api_key: str | None, headers: Mapping[str, str] | None, *, timeout: float,
+                connect_timeout: float, max_concurrency: int, transport: Any) -> Any:
+    """The ``httpx.Client`` that sends every request (API key, headers, timeouts, pool size)."""
+    import httpx
+
+    send_headers = {"User-Agent": "jointopt"}
+    send_headers.update(headers or {})
+    if api_key:
+        send_headers["Authorization"] = f"Bearer {api_key}"
+    limits = httpx.Limits(max_connections=max_concurrency + 2,
+                          max_keepalive_connections=max_concurrency)
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=float(connect_timeout)),
+        headers=send_headers, limits=limits, transport=transport,
+    )

@@ -1,0 +1,205 @@
+"""The schema of a policy file: pydantic models that reject unknown keys, the budget
+caps, and the translation of a validation failure into one ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from jointopt.errors import ConfigError
+
+__all__ = [
+    "MAX_COMPLETIONS_CAP",
+    "MAX_TEMPERATURE",
+    "MAX_TOKENS_CAP",
+    "PolicyFileModel",
+    "TaskSpecModel",
+    "validation_error",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: Largest ``max_tokens`` a policy file may give a bin (a guard against typos such as
+#: ``1e9``, which the upstream would otherwise be asked for on every request).
+MAX_TOKENS_CAP = 65_536
+#: Largest number of completions one input may cost under a bin's strategy.
+MAX_COMPLETIONS_CAP = 1_024
+#: Highest sampling temperature a policy file may give a bin.
+MAX_TEMPERATURE = 10.0
+
+
+class _AllocationModel(_Strict):
+    strategy: str
+    temperature: float = Field(0.7, ge=0, le=MAX_TEMPERATURE)
+    max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CAP)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ExtractorModel(_Strict):
+    kind: Literal["regex", "last_number", "choice_letter", "exact", "first_line"]
+    pattern: str | None = None
+    group: int | str = 1
+
+
+class _MatcherModel(_Strict):
+    kind: Literal["exact", "normalized", "numeric", "words"]
+    tolerance: float = Field(1e-6, ge=0)
+
+
+class _DemoModel(_Strict):
+    id: str
+    inputs: dict[str, str]
+    target: str
+    difficulty: str | None = None
+
+
+class TaskSpecModel(_Strict):
+    name: str = "policy"
+    description: str = ""
+    fields: list[str] = Field(min_length=1)
+    extractor: _ExtractorModel
+    matcher: _MatcherModel
+    verifier: str | None = Field(None, pattern=r"^[\w.]+:[\w.]+$")
+    demos: list[_DemoModel] = Field(default_factory=list)
+
+
+class _IntervalModel(_Strict):
+    estimate: float
+    low: float | None = None
+    high: float | None = None
+
+
+class _BinMetricsModel(_Strict):
+    n_examples: int = Field(ge=0)
+    accuracy: _IntervalModel
+    mean_tokens: _IntervalModel
+
+
+class _MetricsModel(_Strict):
+    n_examples: int | None = Field(None, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    n_bootstrap: int | None = Field(None, ge=1)
+    bootstrap_seed: int | None = None
+    accuracy: _IntervalModel | None = None
+    mean_tokens: _IntervalModel | None = None
+    mean_prompt_tokens: float | None = None
+    mean_completion_tokens: float | None = None
+    per_bin: dict[str, _BinMetricsModel] = Field(default_factory=dict)
+    #: Scores on the study's held-out test split (when it had one).
+    test: _BinMetricsModel | None = None
+
+
+class _ProvenanceModel(_Strict):
+    study_name: str | None = None
+    storage: str | None = None
+    trial_number: int | None = None
+    dataset_hash: str | None = None
+    dataset_hash_matches: bool | None = None
+    jointopt_version: str | None = None
+    exported_at: str | None = None
+    pick: str | None = None
+    budget: float | None = None
+
+
+class _ServingModel(_Strict):
+    served_model_name: str | None = None
+    model_path: str | None = None
+    #: Largest input (characters over all fields) ``jointopt serve`` accepts; the study's
+    #: ``optimizer.max_input_chars`` when exported.
+    max_input_chars: int | None = Field(None, ge=1)
+
+
+class _MetadataModel(_Strict):
+    task: TaskSpecModel | None = None
+    metrics: _MetricsModel | None = None
+    provenance: _ProvenanceModel | None = None
+    serving: _ServingModel | None = None
+    notes: dict[str, Any] = Field(default_factory=dict)
+
+
+class PolicyFileModel(_Strict):
+    schema_version: int
+    model: str = Field(min_length=1)
+    # prompt and difficulty are checked against the PromptTemplate and DifficultySpec
+    # dataclasses themselves (see _check_dataclass), so the file format follows them.
+    prompt: dict[str, Any]
+    difficulty: dict[str, Any] = Field(default_factory=dict)
+    bins: dict[str, _AllocationModel] = Field(min_length=1)
+    metadata: _MetadataModel = Field(default_factory=_MetadataModel)
+
+
+_FIXES: Mapping[str, str] = {
+    "schema_version": "write the integer schema_version this jointopt reads",
+    "prompt": "give the prompt template as {id, user, system?, shots?, ...}",
+    "bins": "give at least one bin: {all: {strategy: single, temperature: 0.7, max_tokens: 64}}",
+    "kind": "use one of the listed kinds",
+    "verifier": "write the verifier as 'package.module:function', or null",
+    "max_tokens": f"use a budget between 1 and {MAX_TOKENS_CAP} tokens (e.g. 512)",
+    "temperature": f"use a temperature between 0 and {MAX_TEMPERATURE:g} (e.g. 0.7)",
+    "max_input_chars": "use a positive number of characters, e.g. 100000",
+}
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return []
+        if part not in fields:
+            # a dict key (bin name, per_bin name): the value's model is the dict's values
+            continue
+        current = _inner_model(fields[part].annotation)
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validation_error(exc: ValidationError, path: Path) -> ConfigError:
+    """One ConfigError for a failed validation of the file at ``path`` (the first problem
+    with its fix; a misspelled key before the missing one it causes)."""
+    problems = []
+    # A misspelled key also makes the right one "missing": report the misspelling first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for err in errors:
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        last = str(loc[-1]) if loc else ""
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(PolicyFileModel, loc[:-1])
+            close = difflib.get_close_matches(last, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append((field, f"unknown key {last!r}", None,
+                             f"{hint}known keys here: {', '.join(known)}"))
+        elif err["type"] == "missing":
+            problems.append((field, "required key is missing", None, f"add `{last}:`"))
+        else:
+            problems.append((field, err["msg"], err.get("input"),
+                             _FIXES.get(last, f"change the value of `{last}` as described")))
+    field, message, value, fix = problems[0]
+    if len(problems) > 1:
+        others = "; ".join(f"{f}: {m}" for f, m, _, _ in problems[1:6])
+        message += f" (and {len(problems) - 1} more: {others})"
+    kwargs: dict[str, Any] = {"where": f"{path}: {field}", "fix": fix}
+    if value is not None:
+        kwargs["value"] = value
+    return ConfigError(f"invalid policy file: {message}", **kwargs)

@@ -1,0 +1,117 @@
+"""The pieces of a program study's trials: difficulty bins, allocations sampled from the
+space, the trial's policy, the Optuna study and its Pareto front."""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jointopt.errors import ConfigError
+from jointopt.core.policy import DEFAULT_BIN, Allocation, DifficultySpec, Policy
+from jointopt.core.prompts import PromptTemplate
+from jointopt.integrations.proposer import _as_jinja_text
+from jointopt.search.dspy_program.program import InstructionCandidate, ProgramInterface, ProgramTrial
+from jointopt.search.dspy_program.space import _Space
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def _bins_of(trainset: Sequence[Any], difficulty: str | Callable[[Any], Any] | None
+             ) -> tuple[list[str], str | None]:
+    if difficulty is None:
+        return [DEFAULT_BIN] * len(trainset), None
+    if isinstance(difficulty, str):
+        labels = []
+        for i, ex in enumerate(trainset):
+            value = ex.get(difficulty) if hasattr(ex, "get") else None
+            if value is None:
+                raise ConfigError(f"trainset example has no difficulty field {difficulty!r}",
+                                  where=f"trainset[{i}]", value=sorted(ex.keys()),
+                                  fix="give every example that field, or pass difficulty=None")
+            labels.append(str(value))
+        return labels, difficulty
+    if callable(difficulty):
+        return [str(difficulty(ex)) for ex in trainset], None
+    raise ConfigError("difficulty must be None, a field name or a callable", where="difficulty",
+                      value=type(difficulty).__name__, fix="pass e.g. difficulty='level'")
+
+
+def _suggest_allocation(trial: Any, space: _Space, prefix: str) -> Allocation:
+    strategy = trial.suggest_categorical(f"{prefix}strategy", list(space.strategies))
+    params = {p: spec.suggest(trial, f"{prefix}{strategy}.{p}")
+              for p, spec in space.strategies[strategy].items()}
+    if strategy == "best_of_n":
+        params["scorer"] = "logprob"
+    return Allocation(strategy=strategy,
+                      temperature=float(space.temperature.suggest(trial, f"{prefix}temperature")),
+                      max_tokens=int(space.max_tokens.suggest(trial, f"{prefix}max_tokens")),
+                      params=params)
+
+
+def _user_template(inputs: Sequence[str]) -> str:
+    if list(inputs) == ["question"] or len(inputs) == 1:
+        return "{{ %s }}" % inputs[0]
+    return "\n".join(f"{f}: {{{{ {f} }}}}" for f in inputs)
+
+
+def _policy(model: str, chosen: Mapping[str, InstructionCandidate], allocations: Mapping[str, Allocation],
+            bins: Sequence[str], interface: ProgramInterface, output_field: str,
+            difficulty_field: str | None, program: Any, extra: Mapping[str, Any]) -> Policy:
+    first = next(iter(chosen.values()))
+    prompt_id = first.id if len(chosen) == 1 else "__".join(c.id for c in chosen.values())
+    prompt = PromptTemplate(
+        id=prompt_id, system=_as_jinja_text(first.text), user=_user_template(interface.inputs),
+        description="DSPy program instructions (per predictor in metadata.instructions)")
+    split = len(set(bins)) > 1 or bins[0] != DEFAULT_BIN
+    default_bin = Counter(bins).most_common(1)[0][0] if split else DEFAULT_BIN
+    metadata = {
+        "kind": "dspy_program",
+        "program": type(program).__name__,
+        "instructions": {name: c.text for name, c in chosen.items()},
+        "instruction_ids": {name: c.id for name, c in chosen.items()},
+        "inputs": list(interface.inputs),
+        "outputs": list(interface.outputs),
+        "output_field": output_field,
+        "difficulty_field": difficulty_field,
+        **dict(extra),
+    }
+    return Policy(model=model, prompt=prompt, bins=dict(allocations),
+                  difficulty=DifficultySpec(source="label" if split else "none",
+                                            bins=tuple(sorted(set(bins))) if split else (),
+                                            default_bin=default_bin),
+                  metadata=metadata)
+
+
+def _open_study(storage: str | None, study_name: str, seed: int, n_trials: int) -> "optuna.Study":
+    import optuna
+
+    if storage and storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                             n_startup_trials=min(8, max(n_trials // 2, 1)),
+                                             constant_liar=True)
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
+                                   directions=["maximize", "minimize"], sampler=sampler)
+    except ValueError as exc:
+        raise ConfigError(f"cannot open the Optuna study: {exc}", where="storage", value=storage,
+                          fix="use a fresh study_name or storage") from None
+
+
+def _pareto(study: "optuna.Study") -> tuple[ProgramTrial, ...]:
+    seen, front = set(), []
+    for t in sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number)):
+        point = (round(t.values[0], 9), round(t.values[1], 6))
+        if point in seen or "policy" not in t.user_attrs:
+            continue
+        seen.add(point)
+        front.append(ProgramTrial(t.number, t.values[0], t.values[1], dict(t.params),
+                                  Policy.from_dict(t.user_attrs["policy"])))
+    return tuple(front)
+

@@ -1,0 +1,268 @@
+"""Running trials in this process: the engine (with the sample cache in front), the
+difficulty fits a space needs, and one trial (build its Policy, evaluate, record it)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from jointopt.backends import Backend, CachedBackend, SampleStore, make_backend
+from jointopt.errors import JointoptError
+from jointopt.evaluation.evaluate import EvaluationResult, evaluate
+from jointopt.evaluation.stats import objective_intervals
+from jointopt.search.config import StudyConfig
+from jointopt.search.plan import StudyPlan, bank_pool_size
+from jointopt.search.results import TrialCallback, summarize
+from jointopt.tasks import Task
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["build_backend", "TrialRunner"]
+
+log = logging.getLogger(__name__)
+
+#: Study user attribute: how the engine runs (dtype, threads, KV cache, CPU).
+ENGINE_ATTR = "engine"
+
+
+def build_backend(config: StudyConfig) -> Backend:
+    """The engine a study config names (no cache in front).
+
+    ``vllm``: the offline engine. ``openai``: :class:`~jointopt.backends.openai.OpenAIBackend`
+    on ``model.base_urls`` with the API key of ``model.api_key_env`` / ``api_key_file``
+    (sent as a header, never logged). ``scripted``: :func:`jointopt.testing.scripted_backend`.
+    Any other registry name or ``module:factory`` is called with ``model``, ``seed``,
+    ``max_model_len`` and ``engine_kwargs``.
+    """
+    from jointopt.safety.secrets import read_api_key
+
+    m = config.model
+    engine = dict(m.engine)
+    common: dict[str, Any] = dict(model=m.model, seed=m.seed, max_model_len=m.max_model_len)
+    if m.backend == "openai":
+        headers = dict(engine.pop("headers", None) or {})
+        key = read_api_key(env=m.api_key_env or engine.pop("api_key_env", None),
+                           file=m.api_key_file, base_dir=config.base_dir)
+        engine.pop("api_key_env", None)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if headers:
+            engine["headers"] = headers
+        urls = list(m.base_urls) or engine.pop("base_url", None) or "http://127.0.0.1:8000/v1"
+        engine.pop("base_url", None)
+        return make_backend("openai", base_url=urls, engine_kwargs=engine, **common)
+    if m.backend == "scripted":
+        from jointopt._registry import import_path
+
+        scripted_backend = import_path("jointopt.testing:scripted_backend")
+
+        return scripted_backend(engine_kwargs=engine, **common)
+    if m.backend == "replay":
+        return make_backend("replay", bank=config.resolve(m.bank) if m.bank else None,
+                            engine_kwargs=engine)
+    if m.backend == "vllm":
+        common["cpu"] = m.cpu.model_dump(exclude_none=True)
+    return make_backend(m.backend, engine_kwargs=engine, **common)
+
+
+class TrialRunner:
+    """Runs trials of one study in this process: the engine (built on first use, with the
+    sample cache in front), the MLflow tracker, and the per-trial bookkeeping."""
+
+    def __init__(self, plan: StudyPlan, study: "optuna.Study", tracker: Any, target: int,
+                 backend: Backend | None = None, on_trial: TrialCallback | None = None,
+                 on_engine_ready: Callable[[], None] | None = None) -> None:
+        self.plan = plan
+        self.study = study
+        self.tracker = tracker
+        self.target = target
+        self.backend = backend
+        self.on_trial = on_trial
+        self.on_engine_ready = on_engine_ready
+        self.engine: Backend | None = None
+        self._oracle_done = False
+
+    def ready(self) -> Backend:
+        if self.engine is None:
+            engine = self.backend or build_backend(self.plan.config)
+            if self.on_engine_ready:
+                self.on_engine_ready()
+            if self.plan.config.cache:
+                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
+            self.engine = engine
+            self._record_engine(engine.engine_record())
+        return self.engine
+
+    def _record_engine(self, record: dict[str, str | int | float]) -> None:
+        """Keep how the engine runs in the study's attributes and the MLflow parent run:
+        dtype and threads change results slightly, so a resumed study shows each."""
+        if not record:
+            return
+        self.study.set_user_attr(ENGINE_ATTR, record)
+        if self.tracker is not None:
+            self.tracker.tag_parent({f"engine.{k.removeprefix('engine_')}": v
+                                     for k, v in record.items()})
+
+    def _label_by_oracle(self) -> None:
+        """``difficulty.source: oracle``: give dev and test examples their oracle bins as
+        difficulty labels (deterministic given the sample store)."""
+        import dataclasses
+
+        engine, seed = self.ready(), self.plan.config.seed
+
+        def relabel(task: Task) -> Task:
+            bins = self.plan.space.oracle_labels(task, engine, seed)
+            return task.subset(dataclasses.replace(e, difficulty=bins[e.id])
+                               for e in task.examples)
+
+        test = self.plan.test_task
+        self.plan = dataclasses.replace(self.plan, task=relabel(self.plan.task),
+                                        test_task=relabel(test) if test else None)
+        self._oracle_done = True
+        counts: dict[str, int] = {}
+        for e in self.plan.task.examples:
+            counts[str(e.difficulty)] = counts.get(str(e.difficulty), 0) + 1
+        log.info("oracle bins on dev: %s", dict(sorted(counts.items())))
+
+    def _fit_probes(self) -> None:
+        """Fit the probe's bin thresholds per prompt on the dev split (deterministic given
+        the sample store, so every worker and rerun gets the same ones) and write the
+        agreement of probe bins with oracle bins to ``difficulty_report.json`` and MLflow."""
+        import dataclasses
+
+        space, report = self.plan.space.with_probe_thresholds(
+            self.plan.task, self.ready(), seed=self.plan.config.seed)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        self._publish_difficulty_report(report, {
+            f"probe_{{}}.{prompt_id}": item["agreement"]
+            for prompt_id, item in report["prompts"].items()})
+
+    def _fit_predictor(self) -> None:
+        """Fit the text difficulty predictor on the dev split's oracle bins (deterministic
+        given the sample store) and write how its bins agree with oracle bins, on dev and
+        on the held-out split, to ``difficulty_report.json`` and MLflow."""
+        import dataclasses
+
+        space, report = self.plan.space.with_predictor(
+            self.plan.task, self.ready(), seed=self.plan.config.seed,
+            test_task=self.plan.test_task)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        self._publish_difficulty_report(report, {
+            f"predictor_{{}}.{split}": report[split]
+            for split in ("dev", "test") if split in report})
+
+    def _publish_difficulty_report(self, report: dict[str, Any],
+                                   agreements: dict[str, dict[str, Any]]) -> None:
+        """``agreements``: metric-name pattern (``{}`` is the measure) -> agreement dict."""
+        import json
+
+        path = self.plan.out_dir / "difficulty_report.json"
+        path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        for pattern, agree in agreements.items():
+            log.info("%s bins vs oracle bins: exact %.2f, within one %.2f, spearman %.2f",
+                     pattern.format("*"), agree["exact"], agree["within_one"],
+                     agree["spearman"])
+        if self.tracker is not None:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(pattern.format(key), float(agree[key]), 0, 0)
+                       for pattern, agree in agreements.items()
+                       for key in ("exact", "within_one", "spearman")]
+            try:
+                self.tracker.client.log_batch(self.tracker.parent_run_id, metrics=metrics)
+                self.tracker.client.log_artifact(self.tracker.parent_run_id, str(path))
+            except Exception as exc:  # another worker logged the same report first
+                log.debug("difficulty report not logged: %s", exc)
+
+    def _expand_proposals(self) -> None:
+        """Turn ``{propose: ...}`` prompt entries into templates with the study's engine
+        (cached in ``<output_dir>/proposals.json``: reruns and other workers make no new
+        proposal calls) and log new proposals, with the proposer's tokens, to MLflow."""
+        import dataclasses
+
+        from jointopt.integrations.proposals import log_proposals_to_mlflow
+
+        collected: list[Any] = []
+        space = self.plan.space.with_proposals(self.plan.task, self.ready(),
+                                               self.plan.out_dir / "proposals.json", collected)
+        self.plan = dataclasses.replace(self.plan, space=space)
+        for proposals in collected:
+            log.info("proposals %s: %d templates, %d proposer tokens%s", proposals.key[:12],
+                     len(proposals.templates), proposals.proposer_tokens,
+                     " (cached)" if proposals.cache_hit else "")
+            if self.tracker is not None and not proposals.cache_hit:
+                log_proposals_to_mlflow(self.tracker.client, self.tracker.parent_run_id,
+                                        proposals,
+                                        artifact_file=f"proposals/{proposals.key[:12]}.json")
+
+    def close(self) -> None:
+        if self.engine is None:
+            return
+        if self.backend is None:
+            self.engine.close()
+        elif isinstance(self.engine, CachedBackend):
+            self.engine.store.close()
+        self.engine = None
+
+    def run(self, trial: "optuna.Trial") -> list[float]:
+        from jointopt.safety.secrets import redact
+        from jointopt.search.storage import FAIL_ATTR, MLFLOW_ATTR, WORKER_ATTR
+        from jointopt.search.recovery import worker_identity
+
+        if self.plan.space.proposals:
+            self._expand_proposals()
+        if self.plan.space.needs_probe_fit:
+            self._fit_probes()
+        if self.plan.space.needs_predictor_fit:
+            self._fit_predictor()
+        if self.plan.space.oracle is not None and not self._oracle_done:
+            self._label_by_oracle()
+        plan = self.plan
+        trial.set_user_attr(WORKER_ATTR, worker_identity())
+        policy = plan.space.build_policy(trial, plan.model)
+        trial.set_user_attr("policy", policy.to_dict())
+        run_id = None
+        if self.tracker is not None:
+            run_id = self.tracker.start_trial(trial.number, trial.params, policy)
+            trial.set_user_attr(MLFLOW_ATTR, run_id)
+        try:
+            engine = self.ready()
+            engine_tokens = getattr(engine, "engine_tokens", None)
+            result: EvaluationResult = evaluate(policy, plan.task, engine,
+                                                seed=plan.config.seed,
+                                                pool_size=bank_pool_size(plan))
+        except JointoptError as exc:
+            trial.set_user_attr(FAIL_ATTR, redact(str(exc)))
+            log.warning("trial %d failed: %s", trial.number, exc)
+            raise
+        except BaseException as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            trial.set_user_attr(FAIL_ATTR, reason)
+            if run_id is not None:  # Optuna runs no callback after an uncaught error
+                self.tracker.end_run(run_id, "FAILED", reason)
+            raise
+        for key, value in result.metrics().items():
+            trial.set_user_attr(key, value)
+        # Without a sample store the engine ran everything the evaluation counted.
+        trial.set_user_attr("tokens_generated", float(
+            engine.engine_tokens - engine_tokens if engine_tokens is not None
+            else sum(r.tokens for r in result.records)))
+        # Per-example outcomes, in task order, so intervals can be computed later.
+        trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
+        trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
+        trial.set_user_attr("dataset_hash", plan.task_hash)
+        trial.set_user_attr("dev_intervals", {
+            k: v.to_dict()
+            for k, v in objective_intervals(result.records, plan.config.validation).items()})
+        limit = plan.config.optimizer.max_mean_tokens
+        if limit is not None:
+            trial.set_user_attr("constraint", [result.mean_tokens - limit])
+        return [result.accuracy, result.mean_tokens]
+
+    def after(self, frozen: "optuna.trial.FrozenTrial", complete: int) -> None:
+        if self.tracker is not None:
+            self.tracker.end_trial(frozen)
+        if self.on_trial:
+            self.on_trial(summarize(frozen), complete, self.target)

@@ -1,0 +1,203 @@
+"""The checks a study plan runs before any compute: the backend and its credentials,
+the model, a replay bank, input sizes and budgets against the configured caps, MLflow."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from jointopt.errors import BackendError, ConfigError, DataError, JointoptError, relocate
+from jointopt.search.config import StudyConfig
+from jointopt.search.space import SearchSpace
+from jointopt.tasks import Task
+
+__all__ = ["check_backend", "check_credentials", "check_limits", "check_model",
+           "check_replay", "check_tracking"]
+
+
+def check_model(config: StudyConfig) -> str:
+    from jointopt.backends.models import resolve_model
+
+    if config.model.backend != "vllm":
+        return config.model.model  # a name the server or the custom backend understands
+    if importlib.util.find_spec("vllm") is None:
+        raise BackendError(
+            "the vLLM engine is not installed", where="model.backend", value="vllm",
+            fix="run `bash scripts/setup.sh` (CPU) or `pip install 'jointopt[vllm]'` (GPU)",
+        )
+    try:
+        return resolve_model(config.model.model)
+    except JointoptError as exc:
+        raise relocate(exc, "model.") from None
+
+
+def check_replay(config: StudyConfig, space: SearchSpace, task: Task,
+                  test_task: Task | None) -> str:
+    """``backend: replay``: load the bank and check the study can run from it (strategies,
+    prompts, temperatures, max_tokens, pool sizes, dataset hashes) before any compute.
+    Returns the model name the bank was recorded with (the policies name it)."""
+    from jointopt.backends.bank_loader import load_bank
+    from jointopt.search.replay_check import check_replayable
+
+    if config.model.bank is None:
+        raise ConfigError(
+            "backend 'replay' needs a bank file", where="model.bank",
+            fix="record one with `jointopt record CONFIG --samples N --out bank.jsonl`, then "
+                "set model: {backend: replay, bank: bank.jsonl}")
+    bank = load_bank(config.resolve(config.model.bank))
+    check_replayable(space, bank, task=task, test_task=test_task, pool_size=(
+        config.bank.pool_size if config.bank.enabled and config.cache else None))
+    return bank.model_name
+
+
+def check_backend(config: StudyConfig) -> None:
+    """The backend name resolves, and an ``openai`` backend has valid server URLs and at
+    most one source of API key; no credentials inside the config (before any compute)."""
+    import difflib
+    import re
+
+    from jointopt.backends import BACKENDS
+    from jointopt.safety.secrets import check_config_for_secrets
+
+    model = config.model
+    name = model.backend
+    if name not in BACKENDS:
+        if ":" not in name:
+            close = difflib.get_close_matches(name, list(BACKENDS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise BackendError("unknown backend", where="model.backend", value=name,
+                               fix=f"{hint}choose one of: {', '.join(BACKENDS)}, or "
+                                   "'package.module:factory'")
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise BackendError(f"cannot import the backend module: {exc}", where="model.backend",
+                               value=name, fix="check the module path (package.module:Name) "
+                                               "and that the package is installed") from None
+        if not callable(getattr(module, attr, None)):
+            raise BackendError(f"module {module_name!r} has no callable {attr!r}",
+                               where="model.backend", value=name,
+                               fix="name a Backend class or a function returning one")
+    check_config_for_secrets(config)
+    if model.bank is not None and name != "replay":
+        raise ConfigError("`bank` only applies to backend: replay", where="model.bank",
+                          value=model.bank, fix="set backend: replay, or remove the key")
+    uses_urls = name == "openai"
+    if not uses_urls and (model.base_urls or model.api_key_env or model.api_key_file):
+        key = "base_urls" if model.base_urls else "api_key_env" if model.api_key_env \
+            else "api_key_file"
+        raise ConfigError(f"`{key}` only applies to backend: openai", where=f"model.{key}",
+                          value=name, fix="set backend: openai, or remove the key")
+    if model.api_key_env and model.api_key_file:
+        raise ConfigError("give the API key by api_key_env or by api_key_file, not both",
+                          where="model.api_key_file", value=model.api_key_file,
+                          fix="remove one of the two")
+    if model.api_key_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", model.api_key_env):
+        from jointopt.safety.secrets import register
+
+        register(model.api_key_env)
+        raise ConfigError("api_key_env must be the NAME of an environment variable, not the key "
+                          "itself (the value is not shown)", where="model.api_key_env",
+                          fix="export OPENAI_API_KEY=... and write api_key_env: OPENAI_API_KEY; "
+                              "if a real key was written into the config, revoke it")
+    if not uses_urls:
+        return
+    from urllib.parse import urlsplit
+
+    from jointopt.backends.openai import normalize_base_url
+
+    urls = list(model.base_urls)
+    where = "model.base_urls"
+    if not urls and model.engine.get("base_url"):
+        engine_urls = model.engine["base_url"]
+        urls = [engine_urls] if isinstance(engine_urls, str) else list(engine_urls)
+        where = "model.engine.base_url"
+    if not urls:
+        raise ConfigError("backend: openai needs the URL of at least one server",
+                          where="model.base_urls",
+                          fix="e.g. base_urls: [http://127.0.0.1:8000/v1]")
+    for i, url in enumerate(urls):
+        try:
+            normalize_base_url(url)
+            userinfo = urlsplit(str(url)).username is not None
+        except (JointoptError, ValueError) as exc:
+            message = exc.message if isinstance(exc, JointoptError) else str(exc)
+            raise ConfigError(message, where=f"{where}[{i}]", value=url,
+                              fix="e.g. http://127.0.0.1:8000/v1") from None
+        if userinfo:
+            raise ConfigError("server URLs must not hold credentials (user@ or user:password@; "
+                              "the value is not shown)", where=f"{where}[{i}]",
+                              fix="give the key with model.api_key_env or model.api_key_file")
+
+
+def check_credentials(config: StudyConfig) -> None:
+    """The API key of the config can be read (environment variable set, file present).
+    Called by ``jointopt run``/``worker``/``validate`` before any compute; not part of
+    :func:`plan_study`, so exports work on machines without the key."""
+    from jointopt.safety.secrets import read_api_key
+
+    model = config.model
+    engine_env = model.engine.get("api_key_env") if model.backend == "openai" else None
+    read_api_key(env=model.api_key_env or engine_env, file=model.api_key_file,
+                 base_dir=config.base_dir)
+
+
+def check_limits(config: StudyConfig, space: SearchSpace, task: Task) -> None:
+    """Oversize inputs and budgets above the configured caps are refused, naming the field,
+    the value and the fix."""
+    import dataclasses
+    import itertools
+
+    from jointopt.errors import StrategyError
+    from jointopt.strategies import get_strategy_class
+
+    opt = config.optimizer
+    for kind, examples in (("example", task.examples), ("demonstration", task.demos)):
+        for ex in examples:
+            size = sum(len(str(v)) for v in ex.inputs.values())
+            if size > opt.max_input_chars:
+                big = max(ex.inputs, key=lambda k: len(str(ex.inputs[k])))
+                raise DataError(
+                    f"{kind} {ex.id!r} has {size} characters of input (field {big!r} alone "
+                    f"{len(str(ex.inputs[big]))}), above optimizer.max_input_chars = "
+                    f"{opt.max_input_chars}", where=f"task: {kind} {ex.id!r}", value=size,
+                    fix="shorten or drop that input, or raise optimizer.max_input_chars")
+    for value in space.max_tokens.extremes():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and value > opt.max_tokens_cap:
+            raise ConfigError(
+                f"max_tokens {value} is above optimizer.max_tokens_cap = {opt.max_tokens_cap}",
+                where=f"{space.source}: max_tokens", value=value,
+                fix="lower the largest max_tokens of the search space, or raise "
+                    "optimizer.max_tokens_cap")
+    for name, params in space.strategies.items():
+        cls = get_strategy_class(name, where=f"{space.source}: strategies.{name}")
+        names = list(params)
+        grids = [list(dict.fromkeys(params[p].extremes())) for p in names]
+        worst, worst_params = 0, {}
+        for combo in itertools.islice(itertools.product(*grids), 4096):
+            chosen = dict(zip(names, combo))
+            try:
+                budget = cls(**chosen).max_completions()
+            except (StrategyError, TypeError, ValueError):
+                continue  # a combination the strategy refuses is never run
+            if budget > worst:
+                worst, worst_params = budget, chosen
+        if worst > opt.max_completions_per_input:
+            shown = ", ".join(f"{k}={v!r}" for k, v in worst_params.items()) or "defaults"
+            field_names = {f.name for f in dataclasses.fields(cls.Params)}
+            raise ConfigError(
+                f"strategy {name!r} may spend {worst} completions per input ({shown}), above "
+                f"optimizer.max_completions_per_input = {opt.max_completions_per_input}",
+                where=f"{space.source}: strategies.{name}", value=worst_params or worst,
+                fix=f"lower the largest values of {', '.join(sorted(set(names) & field_names)) or 'its parameters'}, "
+                    "or raise optimizer.max_completions_per_input")
+
+
+def check_tracking(config: StudyConfig) -> None:
+    if config.tracking.enabled and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError(
+            "MLflow is not installed", where="tracking.enabled", value=True,
+            fix="pip install 'jointopt[tracking]', or set tracking: {enabled: false}",
+        )

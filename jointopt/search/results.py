@@ -1,0 +1,152 @@
+"""Study results: one trial record (:class:`TrialSummary`), the outcome of a study
+(:class:`StudyResult`), its Pareto front, and the result files (CSV tables, policies)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jointopt.core.policy import Policy
+from jointopt.evaluation.stats import Interval
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["TrialSummary", "StudyResult", "summarize", "pareto_front", "write_reports"]
+
+OBJECTIVES = ("accuracy", "mean_tokens")
+#: Study user attribute holding the held-out scores of Pareto trials, by trial number.
+TEST_ATTR = "test_scores"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One finished trial.
+
+    ``dev`` holds bootstrap intervals of accuracy and mean tokens on the examples the
+    study searched on; ``test`` the same on the held-out split (Pareto trials only, when
+    the study has one). ``generated`` / ``cached``: completions the engine produced / the
+    sample store served during the trial; ``tokens_generated``: prompt + completion tokens
+    the engine processed for it (what the trial really cost to evaluate).
+    """
+
+    number: int
+    state: str
+    accuracy: float | None
+    mean_tokens: float | None
+    params: dict[str, Any]
+    policy: Policy | None
+    wall_time: float | None = None
+    generated: int | None = None
+    cached: int | None = None
+    tokens_generated: int | None = None
+    dev: dict[str, Interval] | None = None
+    test: dict[str, Interval] | None = None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """The outcome of :func:`run_study`.
+
+    Attributes:
+        pareto: non-dominated trials (accuracy up, tokens down), by increasing tokens,
+            one per distinct objective point.
+        trials: every complete trial of the study (including earlier runs).
+    """
+
+    study_name: str
+    storage: str
+    out_dir: Path
+    trials: tuple[TrialSummary, ...]
+    pareto: tuple[TrialSummary, ...]
+    mlflow_run_id: str | None = None
+    wall_time: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pareto_policies(self) -> list[Policy]:
+        return [t.policy for t in self.pareto if t.policy is not None]
+
+
+def _intervals(data: dict[str, Any] | None) -> dict[str, Interval] | None:
+    if not data:
+        return None
+    return {k: Interval(**v) for k, v in data.items()}
+
+
+def summarize(trial: "optuna.trial.FrozenTrial",
+              tests: dict[str, Any] | None = None) -> TrialSummary:
+    policy_data = trial.user_attrs.get("policy")
+    values = trial.values or [None, None]
+    return TrialSummary(
+        dev=_intervals(trial.user_attrs.get("dev_intervals")),
+        test=_intervals((tests or {}).get(str(trial.number))),
+        number=trial.number,
+        state=trial.state.name,
+        accuracy=values[0],
+        mean_tokens=values[1],
+        params=dict(trial.params),
+        policy=Policy.from_dict(policy_data) if policy_data else None,
+        wall_time=trial.user_attrs.get("wall_time_s"),
+        generated=trial.user_attrs.get("completions_generated"),
+        cached=trial.user_attrs.get("completions_cached"),
+        tokens_generated=trial.user_attrs.get("tokens_generated"),
+    )
+
+
+def pareto_front(study: "optuna.Study") -> tuple[TrialSummary, ...]:
+    """Distinct non-dominated points of ``study.best_trials``, by increasing tokens
+    (with their held-out scores when the study has a test split)."""
+    tests = study.user_attrs.get(TEST_ATTR, {})
+    seen: set[tuple[float, float]] = set()
+    front = []
+    feasible = [t for t in study.best_trials
+                if all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))]
+    for trial in sorted(feasible, key=lambda t: (t.values[1], -t.values[0], t.number)):
+        point = (round(trial.values[0], 9), round(trial.values[1], 6))
+        if point not in seen:
+            seen.add(point)
+            front.append(summarize(trial, tests))
+    return tuple(front)
+
+
+def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
+                  front: tuple[TrialSummary, ...]) -> dict[str, Path]:
+    """Write the Pareto table (CSV), the winning policies (YAML) and the trials table."""
+    result_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"pareto_csv": result_dir / "pareto.csv", "trials_csv": result_dir / "trials.csv"}
+    for key, rows in (("pareto_csv", front), ("trials_csv", trials)):
+        with paths[key].open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
+                             "allocation", "dev_accuracy_ci", "test_accuracy",
+                             "test_accuracy_ci", "test_mean_tokens", "completions_generated",
+                             "completions_cached", "tokens_generated"])
+            for t in rows:
+                dev = (t.dev or {}).get("accuracy")
+                test = t.test or {}
+                writer.writerow([
+                    t.number, f"{t.accuracy:.4f}", f"{t.mean_tokens:.2f}",
+                    t.policy.prompt.id if t.policy else "",
+                    t.policy.strategy_label if t.policy else "",
+                    t.policy.describe() if t.policy else "",
+                    f"[{dev.low:.4f}, {dev.high:.4f}]" if dev else "",
+                    f"{test['accuracy'].value:.4f}" if test else "",
+                    f"[{test['accuracy'].low:.4f}, {test['accuracy'].high:.4f}]" if test else "",
+                    f"{test['mean_tokens'].value:.2f}" if test else "",
+                    *("" if v is None else int(v)
+                      for v in (t.generated, t.cached, t.tokens_generated)),
+                ])
+    policy_dir = result_dir / "policies"
+    policy_dir.mkdir(exist_ok=True)
+    for t in front:
+        if t.policy is not None:
+            (policy_dir / f"trial_{t.number:04d}.yaml").write_text(t.policy.to_yaml(), "utf-8")
+    paths["policies"] = policy_dir
+    return paths
+
+
+TrialCallback = Callable[[TrialSummary, int, int], None]
