@@ -220,7 +220,9 @@ def test_busy_machine_warning_names_the_fix():
     choice = choose_cpu_engine(info(ZEN3_AVX2))
     assert busy_machine_warning(choice, 0.2) is None
     text = busy_machine_warning(choice, 1.0)
-    assert "1.0 of the 2 cores" in text and "model.cpu.threads: 1" in text
+    assert "1.0 of the 2 cores" in text and "move it off cores 0-1" in text
+    wide = choose_cpu_engine(info(ZEN3_AVX2, cpus=range(8)))
+    assert "model.cpu.threads: 7 or less" in busy_machine_warning(wide, 1.0)
 
 
 def test_throughput_watch_warns_once_on_a_collapse():
@@ -232,5 +234,5 @@ def test_throughput_watch_warns_once_on_a_collapse():
     assert watch.observe(100, 10.0, choice) is None         # too small to judge
     assert watch.observe(6000, 30.0, choice) is None        # 200 tok/s: slower, not collapsed
     warning = watch.observe(6000, 100.0, choice)            # 60 tok/s
-    assert warning and "60 tok/s from 300 tok/s" in warning and "model.cpu.threads: 1" in warning
+    assert warning and "60 tok/s from 300 tok/s" in warning and "move it off cores" in warning
     assert watch.observe(6000, 100.0, choice) is None       # said once

@@ -69,12 +69,19 @@ def busy_machine_warning(choice: CpuEngineChoice, load: float) -> str | None:
     """A warning with the fix when other processes keep the engine's cores busy."""
     if load < 0.5 or choice.bind == "nobind":
         return None
-    keep = max(1, choice.threads - int(load + 0.5))
-    fix = (f"stop the other work, or bind fewer cores: model.cpu.threads: {keep}"
-           if keep < choice.threads else "stop the other work, or run on a larger machine")
     return (f"other processes keep {load:.1f} of the {choice.threads} cores the engine is "
             f"bound to ({choice.bind}) busy; its threads wait for each other, so generation "
-            f"can slow far more than that share: {fix}")
+            f"can slow far more than that share (measured on 2 cores next to one busy "
+            f"process: a quarter of the idle rate). {_fix(choice)}")
+
+
+def _fix(choice: CpuEngineChoice) -> str:
+    """What to do about a competing process, for the engine's binding."""
+    text = f"Fix: stop the other work or move it off cores {choice.bind}"
+    if choice.threads > 2:
+        text += (f"; or leave it cores of its own by binding the engine to fewer "
+                 f"(model.cpu.threads: {choice.threads - 1} or less)")
+    return text
 
 
 @dataclass
@@ -102,8 +109,6 @@ class ThroughputWatch:
         if self.warned or rate >= self.factor * self.best:
             return None
         self.warned = True
-        keep = max(1, choice.threads - 1)
         return (f"generation slowed to {rate:.0f} tok/s from {self.best:.0f} tok/s earlier: "
                 f"is another process busy on cores {choice.bind}? The engine's bound threads "
-                f"slow far more than the CPU they lose. Fix: stop the other work, or set "
-                f"model.cpu.threads: {keep}")
+                f"slow far more than the CPU they lose. {_fix(choice)}")
