@@ -135,7 +135,10 @@ def child(args: argparse.Namespace) -> None:
 
 def spawn(extra: list[str], model: str, rounds: int) -> dict:
     cmd = [sys.executable, __file__, "--model", model, "--rounds", str(rounds), *extra]
-    proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=1800)
+    # Raw runs get the engine variables jointopt would set; jointopt's own run sets them
+    # itself (and adapts them to the machine's load), so it starts from a plain environment.
+    env = _child_env() if "raw" in extra else dict(os.environ)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -147,7 +150,9 @@ HOG = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass
 
 
 def busy(args: argparse.Namespace) -> None:
-    """Throughput idle and next to one CPU-bound process, for several thread settings."""
+    """Throughput idle and next to one CPU-bound process: jointopt's automatic choice (pinned
+    threads when idle, unpinned passive ones when the cores are busy) and one fewer thread
+    set in the config. Last line: ``ratio=<automatic busy / automatic idle>``."""
     from jointopt.backends.cpu_engine import read_cpu_info
 
     cores = len(read_cpu_info().cpus)
@@ -164,13 +169,14 @@ def busy(args: argparse.Namespace) -> None:
                 if proc is not None:
                     proc.kill()
                     proc.wait()
-            label = f"threads={threads or cores}{' (default)' if not threads else ''}, " \
-                    f"{'busy' if hog else 'idle'}"
+            label = (f"threads={threads} (config), " if threads else "automatic, ") + \
+                ("busy" if hog else "idle")
             rows.append((label, result))
             print(f"  {label}: {result['tok_s']:.1f} tok/s "
-                  f"(rounds {' '.join(f'{x:.0f}' for x in result['rates'])})", flush=True)
+                  f"(rounds {' '.join(f'{x:.0f}' for x in result['rates'])})\n"
+                  f"    {result['describe']}", flush=True)
     idle, busy_default = rows[0][1]["tok_s"], rows[1][1]["tok_s"]
-    print(f"default threads: busy/idle = {busy_default / idle:.2f} "
+    print(f"automatic: busy/idle = {busy_default / idle:.2f} "
           f"(in proportion to the CPU left: {(cores - 1) / cores:.2f})")
     print(f"ratio={busy_default / idle:.3f}")
 

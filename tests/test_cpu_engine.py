@@ -236,3 +236,27 @@ def test_throughput_watch_warns_once_on_a_collapse():
     warning = watch.observe(6000, 100.0, choice)            # 60 tok/s
     assert warning and "60 tok/s from 300 tok/s" in warning and "move it off cores" in warning
     assert watch.observe(6000, 100.0, choice) is None       # said once
+
+
+def test_a_busy_machine_gets_unpinned_passive_threads_unless_the_user_chose():
+    from jointopt.backends.cpu_load import adapt_to_load
+
+    choice = choose_cpu_engine(info(ZEN3_AVX2))
+    assert adapt_to_load(choice, 0.3) is choice                      # idle enough: pinned
+    busy = adapt_to_load(choice, 1.0)
+    assert (busy.bind, busy.threads, busy.chosen_by["threads"]) == ("nobind", 2, "busy machine")
+    env = busy.env()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert (env["OMP_NUM_THREADS"], env["KMP_BLOCKTIME"]) == ("2", "0")
+    assert "not bound, waiting passively (other processes keep the cores busy)" in \
+        busy.describe()
+    assert busy_machine_warning_for(busy) is None                    # nothing left to warn
+    mine = choose_cpu_engine(info(ZEN3_AVX2), CpuEngineSettings(threads=2))
+    assert adapt_to_load(mine, 1.0) is mine                          # the user's choice stays
+    assert "OMP_NUM_THREADS" not in choice.env()                     # vLLM sets it when binding
+
+
+def busy_machine_warning_for(choice):
+    from jointopt.backends.cpu_load import busy_machine_warning
+
+    return busy_machine_warning(choice, 1.0)

@@ -135,16 +135,23 @@ class CpuEngineChoice:
 
     def env(self) -> dict[str, str]:
         """Environment variables for the engine process that carry these choices."""
-        return {
+        env = {
             "VLLM_CPU_OMP_THREADS_BIND": self.bind,
             "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
             "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib),
         }
+        if self.bind == "nobind":
+            # vLLM leaves OpenMP alone when not binding; passive waiting (a thread that is
+            # done sleeps at once) lets another process use the core instead of spinning.
+            env.update({"OMP_NUM_THREADS": str(self.threads), "KMP_BLOCKTIME": "0"})
+        return env
 
     def describe(self) -> str:
         """One line for the log, e.g. ``engine: float32 on AVX2 CPU without BF16; ...``."""
         if self.bind == "nobind":
-            threads = f"{self.threads} threads, not bound"
+            threads = f"{self.threads} threads, not bound, waiting passively"
+            if self.chosen_by.get("threads") == "busy machine":
+                threads += " (other processes keep the cores busy)"
         else:
             threads = f"{self.threads} thread{'s' if self.threads != 1 else ''} bound to " \
                       f"core{'s' if self.threads != 1 else ''} {self.bind}"

@@ -32,8 +32,8 @@ from jointopt.core.generation import (
 )
 from jointopt.backends.models import read_manifest, resolve_model
 from jointopt.backends.base import Backend
-from jointopt.backends.cpu_load import ThroughputWatch, busy_machine_warning, other_load
-from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings, parse_cpu_list
+from jointopt.backends.cpu_load import ThroughputWatch
+from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
 from jointopt.backends.vllm_outputs import completion_of
 from jointopt.backends.vllm_process import end_engine_processes, engine_processes
@@ -111,7 +111,6 @@ class VLLMBackend(Backend):
             self.engine_choice = setup_cpu_engine(cpu, engine_kwargs.pop("dtype", None) or dtype)
             dtype = self.engine_choice.dtype
             engine_log.info("%s", self.engine_choice.describe())
-            self._warn_if_busy(self.engine_choice)
         self._vllm = vllm = _import_vllm(self._on_cpu)
         self._dtype = dtype or engine_kwargs.get("dtype") or "auto"
         kwargs = self._llm_kwargs(dtype, max_model_len, enforce_eager, block_size,
@@ -191,14 +190,6 @@ class VLLMBackend(Backend):
     def tokenizer(self) -> Any:
         """The engine's tokenizer."""
         return self._tokenizer
-
-    @staticmethod
-    def _warn_if_busy(choice: CpuEngineChoice) -> None:
-        if choice.bind in ("nobind", "auto"):
-            return
-        warning = busy_machine_warning(choice, other_load(parse_cpu_list(choice.bind)))
-        if warning:
-            engine_log.warning("%s", warning)
 
     def engine_record(self) -> dict[str, str | int | float]:
         """The CPU engine's dtype, threads, KV cache and CPU (see :class:`CpuEngineChoice`);

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
+from jointopt.backends.cpu_load import adapt_to_load, busy_machine_warning, other_load
 from jointopt.backends.models import cache_dir
 from jointopt.backends.cpu_engine import (
     CpuEngineChoice,
@@ -117,6 +118,12 @@ def setup_cpu_engine(cpu: CpuEngineSettings | Mapping[str, Any] | None,
     settings = cpu if isinstance(cpu, CpuEngineSettings) else CpuEngineSettings(
         **dict(cpu or {}))
     choice = choose_cpu_engine(read_cpu_info(), settings, config_dtype=dtype)
+    load = 0.0 if choice.bind in ("nobind", "auto") else other_load(
+        parse_cpu_list(choice.bind))
+    choice = adapt_to_load(choice, load)
+    warning = busy_machine_warning(choice, load)
+    if warning:
+        logging.getLogger("jointopt.engine").warning("%s", warning)
     added = cpu_env(choice)
     os.environ.update(added)
     owned = set(filter(None, os.environ.get(OWNED_ENV, "").split(",")))
