@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,20 @@ def busy_machine_warning_for(choice):
     from jointopt.backends.cpu_load import busy_machine_warning
 
     return busy_machine_warning(choice, 1.0)
+
+
+def test_the_users_exported_binding_is_measured_and_kept_an_earlier_backends_is_not(
+        monkeypatch):
+    from jointopt.backends import vllm_env
+
+    measured = []
+    monkeypatch.setattr(vllm_env, "other_load", lambda cpus: measured.append(cpus) or 1.0)
+    environ = {k: v for k, v in os.environ.items() if k != vllm_env.OWNED_ENV}
+    environ["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+    monkeypatch.setattr(os, "environ", environ)  # what the set-up exports stays in the test
+    mine = vllm_env.setup_cpu_engine(None, None)
+    assert (mine.bind, mine.chosen_by["threads"], measured[-1]) == ("0", "environment", (0,))
+    environ[vllm_env.OWNED_ENV] = "VLLM_CPU_OMP_THREADS_BIND"  # as if jointopt had set it
+    adapted = vllm_env.setup_cpu_engine(None, None)
+    assert (adapted.bind, adapted.chosen_by["threads"]) == ("nobind", "busy machine")
+    assert environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"

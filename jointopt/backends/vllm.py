@@ -107,13 +107,14 @@ class VLLMBackend(Backend):
         self._watch = ThroughputWatch()
 
         engine_kwargs = dict(engine_kwargs or {})
+        dtype = engine_kwargs.pop("dtype", None) or dtype  # engine_kwargs win, as documented
         if self._on_cpu:
-            self.engine_choice = setup_cpu_engine(cpu, engine_kwargs.pop("dtype", None) or dtype)
+            self.engine_choice = setup_cpu_engine(cpu, dtype)
             dtype = self.engine_choice.dtype
             engine_log.info("%s", self.engine_choice.describe())
         self._vllm = vllm = _import_vllm(self._on_cpu)
-        self._dtype = dtype or engine_kwargs.get("dtype") or "auto"
-        kwargs = self._llm_kwargs(dtype, max_model_len, enforce_eager, block_size,
+        self._dtype = dtype or "auto"
+        kwargs = self._llm_kwargs(self._dtype, max_model_len, enforce_eager, block_size,
                                   gpu_memory_utilization, engine_kwargs)
         self._start(vllm, kwargs)
         self._tokenizer = self._llm.get_tokenizer()
@@ -121,14 +122,14 @@ class VLLMBackend(Backend):
         # A rendered chat template already holds the special tokens it needs.
         self._tokenization_kwargs = {"add_special_tokens": False} if self._has_template else None
 
-    def _llm_kwargs(self, dtype: str | None, max_model_len: int, enforce_eager: bool | None,
+    def _llm_kwargs(self, dtype: str, max_model_len: int, enforce_eager: bool | None,
                     block_size: int | None, gpu_memory_utilization: float,
                     engine_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The keyword arguments of ``vllm.LLM``: CPU or GPU defaults, then ``engine_kwargs``."""
         kwargs: dict[str, Any] = {
             "model": self._path,
             "seed": self._seed,
-            "dtype": dtype or engine_kwargs.pop("dtype", None) or "auto",
+            "dtype": dtype,
             "max_model_len": max_model_len,
         }
         if self._on_cpu:

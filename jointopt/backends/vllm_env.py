@@ -76,8 +76,7 @@ def cpu_env(
     the parent before creating the engine is enough (measured; see the module docstring).
     """
     env = os.environ if environ is None else environ
-    # Variables an earlier backend of this process set are jointopt's, not the user's.
-    owned = set(filter(None, env.get(OWNED_ENV, "").split(",")))
+    owned = _owned(env)
     if choice is None:
         choice = choose_cpu_engine(read_cpu_info())
     wanted: dict[str, str] = {
@@ -89,6 +88,11 @@ def cpu_env(
     if iomp is not None:
         wanted["LD_PRELOAD"] = iomp
     return {key: value for key, value in wanted.items() if key not in env or key in owned}
+
+
+def _owned(environ: Mapping[str, str]) -> set[str]:
+    """Variables an earlier backend of this process set: jointopt's, not the user's."""
+    return set(filter(None, environ.get(OWNED_ENV, "").split(",")))
 
 
 def _env_overrides(choice: CpuEngineChoice, environ: Mapping[str, str]) -> CpuEngineChoice:
@@ -117,7 +121,12 @@ def setup_cpu_engine(cpu: CpuEngineSettings | Mapping[str, Any] | None,
     """
     settings = cpu if isinstance(cpu, CpuEngineSettings) else CpuEngineSettings(
         **dict(cpu or {}))
-    choice = choose_cpu_engine(read_cpu_info(), settings, config_dtype=dtype)
+    owned = _owned(os.environ)
+    users = {k: v for k, v in os.environ.items() if k not in owned}
+    # The user's exported variables first, so the load is measured on the cores really
+    # bound and a binding the user chose is never adapted.
+    choice = _env_overrides(choose_cpu_engine(read_cpu_info(), settings, config_dtype=dtype),
+                            users)
     load = 0.0 if choice.bind in ("nobind", "auto") else other_load(
         parse_cpu_list(choice.bind))
     choice = adapt_to_load(choice, load)
@@ -126,8 +135,7 @@ def setup_cpu_engine(cpu: CpuEngineSettings | Mapping[str, Any] | None,
         logging.getLogger("jointopt.engine").warning("%s", warning)
     added = cpu_env(choice)
     os.environ.update(added)
-    owned = set(filter(None, os.environ.get(OWNED_ENV, "").split(",")))
     os.environ[OWNED_ENV] = ",".join(sorted(owned | set(added)))
     if added:
         logger.debug("CPU engine environment: %s", added)
-    return _env_overrides(choice, os.environ)
+    return choice
