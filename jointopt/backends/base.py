@@ -5,7 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 from jointopt.core.generation import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from jointopt.core.pool_data import PoolData
 
 __all__ = ["Backend"]
 
@@ -34,6 +39,15 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate completions for a batch of requests."""
+
+    def pool_data(self, requests: Sequence[GenerationRequest],
+                  ids: Sequence[tuple[str, str]]) -> "list[PoolData] | None":
+        """The pools of ``requests`` as arrays, when the backend holds recorded pools (a
+        sample bank): samples ``[offset, offset + n)`` of each, with their answers and
+        correctness as recorded. ``ids[i]`` is (prompt id, example id) of ``requests[i]``.
+        None (the default) means the backend generates: the caller scores completions.
+        """
+        return None
 
     def engine_record(self) -> dict[str, str | int | float]:
         """How the engine runs (device, dtype, threads ...), as flat values the study

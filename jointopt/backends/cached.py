@@ -167,6 +167,10 @@ class CachedBackend(Backend):
             ))
         return out
 
+    def pool_data(self, requests, ids):
+        """The inner backend's recorded pools (a bank needs no sample store)."""
+        return self.inner.pool_data(requests, ids)
+
     def engine_record(self) -> dict[str, str | int | float]:
         return self.inner.engine_record()
 

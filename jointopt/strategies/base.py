@@ -22,6 +22,7 @@ from jointopt.errors import StrategyError
 from jointopt.core.generation import ChatMessage, Completion, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
+    from jointopt.core.pool_data import PoolData
     from jointopt.strategies.pool import Expected, PoolSample
     from jointopt.tasks import Example, Task
 
@@ -213,6 +214,16 @@ class Strategy(ABC):
         ``completions[i]`` is the completion behind ``pool[i]`` (for scorers that need it).
         """
         raise NotImplementedError(f"strategy {self.name!r} cannot be scored from a pool")
+
+    def score_pool_batch(self, pools: Sequence["PoolData"],
+                         contexts: Sequence[StrategyContext]) -> list["Expected"] | None:
+        """:meth:`score_pool` for the pools of many examples at once, from their arrays
+        (:class:`~jointopt.core.pool_data.PoolData`); ``contexts[i]`` answers ``pools[i]``.
+
+        Returns None when the strategy scores pools only one by one from completions
+        (the default); the evaluator then calls :meth:`score_pool` per example.
+        """
+        return None
 
     @abstractmethod
     def run(self, ctx: StrategyContext) -> Run:

@@ -43,6 +43,11 @@ class SingleSample(Strategy):
 
         return expected_single(pool)
 
+    def score_pool_batch(self, pools, contexts):
+        from jointopt.strategies.pool_arrays import batch_single, expected_list
+
+        return expected_list(pools, 1, batch_single(pools))
+
     def run(self, ctx: StrategyContext) -> Run:
         results = yield [ctx.request(n=1)]
         completion = completions_of(results)[0]
@@ -73,6 +78,11 @@ class MajorityVote(Strategy):
         from jointopt.strategies.pool import expected_majority
 
         return expected_majority(pool, self.params.n)
+
+    def score_pool_batch(self, pools, contexts):
+        from jointopt.strategies.pool_arrays import batch_majority, expected_list
+
+        return expected_list(pools, self.params.n, batch_majority(pools, self.params.n))
 
     def run(self, ctx: StrategyContext) -> Run:
         results = yield [ctx.request(n=self.params.n)]
@@ -118,6 +128,20 @@ class BestOfN(Strategy):
         scored = [replace(s, score=scorer.score(ctx, c, s.answer))
                   for s, c in zip(pool, completions)]
         return expected_best_of(scored, self.params.n, key="score")
+
+    def score_pool_batch(self, pools, contexts):
+        """Best-of-n from arrays: the scorer ranks every sample by its answer and logprobs
+        (from the pool's completions when it has them)."""
+        import numpy as np
+
+        from jointopt.strategies.pool_arrays import (batch_best_of, expected_list,
+                                                     sample_answers, sample_views)
+
+        scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
+        keys = [np.array([scorer.score(ctx, c, a) for c, a in
+                          zip(sample_views(pool), sample_answers(pool))], dtype=np.float64)
+                for pool, ctx in zip(pools, contexts)]
+        return expected_list(pools, self.params.n, batch_best_of(pools, self.params.n, keys))
 
     def run(self, ctx: StrategyContext) -> Run:
         scorer = get_scorer(self.params.scorer, "best_of_n.scorer")

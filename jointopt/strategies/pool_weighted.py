@@ -18,7 +18,7 @@ from jointopt.errors import StrategyError
 from jointopt.strategies.pool import (Expected, PoolSample, _check_k, _check_pool, _expected,
                                       _groups)
 
-__all__ = ["VOTE_WEIGHTS", "expected_weighted"]
+__all__ = ["VOTE_WEIGHTS", "Vote", "expected_weighted", "score_weights", "vote_expectation"]
 
 #: Vote weights :func:`expected_weighted` accepts: ``exp(mean_logprob)``,
 #: ``exp(sum_logprob)`` or ``score``.
@@ -33,14 +33,19 @@ _CHUNK_CELLS = 1 << 21
 
 def _vote_values(pool: tuple[PoolSample, ...], weight: str) -> np.ndarray:
     """Per sample: the score (missing = 0) or the log weight (missing = NaN)."""
+    values = [getattr(s, weight) for s in pool]
     if weight != "score":
-        return np.array([math.nan if getattr(s, weight) is None else float(getattr(s, weight))
-                         for s in pool])
-    out = np.zeros(len(pool))
-    for i, s in enumerate(pool):
-        if s.score is None or math.isnan(float(s.score)):
+        return np.array([math.nan if v is None else float(v) for v in values])
+    return score_weights(values)
+
+
+def score_weights(scores) -> np.ndarray:
+    """Scores as vote weights (missing or NaN = 0); refuses negative or infinite ones."""
+    out = np.zeros(len(scores))
+    for i, score in enumerate(scores):
+        if score is None or math.isnan(float(score)):
             continue
-        value = float(s.score)
+        value = float(score)
         if not 0.0 <= value < math.inf:
             raise StrategyError(
                 "a score used as a vote weight must be finite and >= 0",
@@ -81,17 +86,27 @@ def expected_weighted(pool: Sequence[PoolSample], k: int, weight: str = "mean_lo
     counts, correct = _groups(pool)
     answers = [a for a in counts if a is not None]
     ids = {a: i for i, a in enumerate(answers)}
-    vote = _Vote(
+    vote = Vote(
         answer_id=np.array([ids.get(s.answer, -1) for s in pool], dtype=np.intp),
         answer_ok=np.array([correct[a] for a in answers], dtype=np.float64),
         none_ok=float(correct.get(None, False)),
         values=_vote_values(pool, weight),
         logs=weight != "score",
     )
+    accuracy, method = vote_expectation(vote, k, seed=seed, max_exact=max_exact,
+                                        resamples=resamples)
+    return _expected(pool, k, accuracy, method)
 
+
+def vote_expectation(vote: "Vote", k: int, *, seed: int = 0, max_exact: int = 20000,
+                     resamples: int = 4000) -> tuple[float, str]:
+    """Expected correctness of a weighted vote of ``k`` samples, and the method: exact over
+    every subset when there are at most ``max_exact``, else ``resampled(m)``."""
+    n = len(vote.answer_id)
     n_subsets = math.comb(n, k)
+    g = len(vote.answer_ok)
     if n_subsets <= max_exact:
-        per_chunk = max(1, _CHUNK_CELLS // max(k, len(answers), 1))
+        per_chunk = max(1, _CHUNK_CELLS // max(k, g, 1))
         it = combinations(range(n), k)
         total = 0.0
         while True:
@@ -99,10 +114,10 @@ def expected_weighted(pool: Sequence[PoolSample], k: int, weight: str = "mean_lo
             if not flat.size:
                 break
             total += vote.score(flat.reshape(-1, k))
-        return _expected(pool, k, total / n_subsets)
+        return total / n_subsets, "exact"
 
     rng = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK_CELLS // max(n, len(answers)))
+    per_chunk = max(1, _CHUNK_CELLS // max(n, g))
     total, done = 0.0, 0
     while done < resamples:
         m = min(per_chunk, resamples - done)
@@ -110,11 +125,13 @@ def expected_weighted(pool: Sequence[PoolSample], k: int, weight: str = "mean_lo
                    else np.tile(np.arange(n), (m, 1)))
         total += vote.score(subsets)
         done += m
-    return _expected(pool, k, total / resamples, f"resampled({resamples})")
+    return total / resamples, f"resampled({resamples})"
 
 
 @dataclass(frozen=True)
-class _Vote:
+class Vote:
+    """A pool as a weighted vote sees it (per-sample answers and weights)."""
+
     answer_id: np.ndarray  # per sample: answer index, -1 for None
     answer_ok: np.ndarray  # per answer: 1.0 if correct
     none_ok: float  # correctness of answering None (a subset of None answers)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from jointopt.core.generation import Completion
+from jointopt.errors import StrategyError
 from jointopt.strategies.scorers import SCORERS, get_scorer
 from jointopt.strategies.base import (
     Candidate,
@@ -87,6 +88,46 @@ class WeightedVote(Strategy):
         weights = self.weights(ctx, list(completions), [s.answer for s in pool])
         scored = [replace(s, score=w) for s, w in zip(pool, weights)]
         return expected_weighted(scored, self.params.n, weight="score")
+
+    def score_pool_batch(self, pools, contexts):
+        """The weighted vote from arrays, pool by pool (exact or resampled as
+        :func:`~jointopt.strategies.pool_weighted.expected_weighted`); a pool without any
+        logprob under a logprob weight counts every vote 1, which is majority@n, exact."""
+        import numpy as np
+
+        from jointopt.strategies.pool import Expected
+        from jointopt.strategies.pool_arrays import (batch_majority, expanded_groups,
+                                                     sample_answers, sample_views)
+        from jointopt.strategies.pool_weighted import Vote, score_weights, vote_expectation
+
+        k, weight = self.params.n, self.params.weight
+        out = []
+        for pool, ctx in zip(pools, contexts):
+            if pool.samples < k:
+                raise StrategyError(f"`k` must be between 1 and the pool size N={pool.samples}",
+                                    where="k", value=k, fix="the pool must grow to at least "
+                                    f"k={k} samples (raise the pool size)")
+            logs = not weight.startswith("scorer:")
+            if logs:
+                values = getattr(pool, weight)
+                if values is None:  # no sample has it: every vote counts 1
+                    accuracy, method = float(batch_majority([pool], k)[0]), "exact"
+                    out.append(Expected(accuracy, k * pool.mean_completion_tokens, method))
+                    continue
+            else:
+                values = score_weights(self.weights(ctx, sample_views(pool),
+                                                    sample_answers(pool)))
+            voting = [i for i, a in enumerate(pool.answers) if a is not None]
+            ids = np.full(len(pool.answers), -1, dtype=np.intp)
+            ids[voting] = np.arange(len(voting))
+            none = [i for i, a in enumerate(pool.answers) if a is None]
+            vote = Vote(answer_id=ids[expanded_groups(pool)],
+                        answer_ok=pool.correct[voting].astype(np.float64),
+                        none_ok=float(bool(pool.correct[none[0]])) if none else 0.0,
+                        values=np.asarray(values, dtype=np.float64), logs=logs)
+            accuracy, method = vote_expectation(vote, k)
+            out.append(Expected(float(accuracy), k * pool.mean_completion_tokens, method))
+        return out
 
     def run(self, ctx: StrategyContext) -> Run:
         results = yield [ctx.request(n=self.params.n)]
