@@ -326,6 +326,11 @@ def test_replay_through_the_registry_and_a_sample_store(bank_path, tmp_path):
 # --------------------------------------------------------------------------- contract
 
 
+def _request_for_v1(bank: Bank, key: str, n: int = 1, offset: int = 0) -> GenerationRequest:
+    """The request of a recorded pool of a version-1 bank."""
+    return _request_for(bank, key, n, offset)
+
+
 def _request_for(bank: Bank, key: str, n: int = 1, offset: int = 0) -> GenerationRequest:
     with bank.path.open(encoding="utf-8") as fh:
         line = next(json.loads(x) for x in fh if f'"key":"{key}"' in x)

@@ -75,8 +75,9 @@ class BankPool:
         prompt_tokens: prompt tokens the engine counted for the prompt.
         prompt_hash: hash of the rendered messages (for "recorded with other settings").
         preview: the prompt's last user turn, shortened (for error messages).
-        line: line number of the pool line.
-        offsets: byte offset of each sample line, by sample index.
+        line: line number of the pool line (version 2: the pool's row).
+        offsets: byte offset of each sample line, by sample index (version 1).
+        count: number of samples when there are no offsets (version 2), else -1.
     """
 
     key: str
@@ -89,11 +90,12 @@ class BankPool:
     preview: str
     line: int
     offsets: array = field(repr=False, compare=False)
+    count: int = -1
 
     @property
     def samples(self) -> int:
         """Number of recorded samples."""
-        return len(self.offsets)
+        return self.count if self.count >= 0 else len(self.offsets)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from array import array
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jointopt.errors import ConfigError, DataError
 from jointopt.core.generation import ChatMessage, GenerationRequest
@@ -23,6 +23,9 @@ from jointopt.backends.bank_file import (
     messages_hash,
     preview,
 )
+
+if TYPE_CHECKING:
+    from jointopt.backends.bank_columns import ColumnBank
 
 __all__ = ["load_bank"]
 
@@ -180,8 +183,9 @@ _SAMPLE_FIELDS = {
 }
 
 
-def load_bank(path: str | Path) -> Bank:
-    """Read and validate a bank file (see ``docs/bank_format.md``).
+def load_bank(path: str | Path) -> "Bank | ColumnBank":
+    """Read and validate a bank file (see ``docs/bank_format.md``): a version-2 ``.npz``
+    bank (:class:`~jointopt.backends.bank_columns.ColumnBank`) or a version-1 JSONL one.
 
     Raises:
         ConfigError: the file does not exist.
@@ -193,6 +197,11 @@ def load_bank(path: str | Path) -> Bank:
         raise ConfigError("bank file not found", where="model.bank", value=str(path),
                           fix="record one with `jointopt record CONFIG --samples N --out "
                               "bank.jsonl`; relative paths start at the config file's folder")
+    with path.open("rb") as fh:
+        if fh.read(2) == b"PK":  # a zip archive: the columnar version 2
+            from jointopt.backends.bank_columns import load_column_bank
+
+            return load_column_bank(path)
     reader = _Reader(path)
     pools: dict[str, BankPool] = {}
     header: dict[str, Any] | None = None

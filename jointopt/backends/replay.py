@@ -32,6 +32,7 @@ from typing import Any, Union
 from jointopt.errors import BackendError
 from jointopt.core.generation import GenerationRequest, GenerationResult, serve_greedy_once
 from jointopt.backends.base import Backend
+from jointopt.backends.bank_columns import ColumnBank
 from jointopt.backends.bank_file import Bank, BankPool, messages_hash, preview, sampling_fields
 from jointopt.backends.bank_loader import load_bank
 
@@ -50,7 +51,7 @@ REPLAY_FIX = (
 )
 
 
-BankSource = Union[str, Path, Bank]
+BankSource = Union[str, Path, Bank, ColumnBank]
 
 
 class ReplayBackend(Backend):
@@ -91,7 +92,7 @@ class ReplayBackend(Backend):
                                fix="record one with `jointopt record CONFIG --samples N "
                                    "--out bank.jsonl` and set model: {backend: replay, "
                                    "bank: bank.jsonl}")
-        self.bank = bank if isinstance(bank, Bank) else load_bank(bank)
+        self.bank = bank if isinstance(bank, (Bank, ColumnBank)) else load_bank(bank)
         if model is not None and model != self.bank.model_name:
             log.debug("replay: config model %r, bank recorded with %r (model id %r)",
                       model, self.bank.model_name, self.bank.model)
@@ -131,6 +132,42 @@ class ReplayBackend(Backend):
                                             cached=len(completions)))
         return out
 
+    def pool_data(self, requests, ids):
+        """Pools of a version-2 bank as arrays (answers and correctness as recorded); a
+        version-1 bank returns None and is served through :meth:`generate`."""
+        if not isinstance(self.bank, ColumnBank):
+            return None
+        self._check_unchanged()
+        out = []
+        for request, (prompt_id, example_id) in zip(requests, ids):
+            row = self.bank.find(prompt_id, example_id, request.temperature, request.max_tokens)
+            if row is None:
+                raise self._missing(request, f"prompt {prompt_id!r}, example {example_id!r}")
+            recorded = int(self.bank.arrays["pool_samples"][row])
+            key = self.bank.tables["pool_keys"][row]
+            if key and key not in (request.sampling_key(),
+                                   replace(request, logprobs=True).sampling_key()):
+                raise BackendError(
+                    "the prompt renders differently from the recorded one (the template, "
+                    "demonstrations or data changed)", where=f"{self.bank.path}: pool {row}",
+                    value={"prompt_id": prompt_id, "example_id": example_id,
+                           "prompt": preview(request.messages)},
+                    fix="use the search space and task the bank was recorded with")
+            n = request.n
+            if request.offset != 0 or n > recorded:
+                raise BackendError(
+                    f"the bank holds {recorded} samples of this pool, the request needs "
+                    f"{request.offset + request.n}", where=f"{self.bank.path}: pool {row}",
+                    value={"prompt_id": prompt_id, "example_id": example_id,
+                           "recorded": recorded, "needed": request.offset + request.n},
+                    fix="lower bank.pool_size and the strategies' n to at most the recorded "
+                        "count, or record more samples")
+            out.append(self.bank.pool_data(row, n))
+        self.calls += 1
+        self.requests_seen += len(requests)
+        self.served += sum(p.samples for p in out)
+        return out
+
     def _check_unchanged(self) -> None:
         try:
             stat = self.bank.path.stat()
@@ -167,10 +204,12 @@ class ReplayBackend(Backend):
             )
         return pool, keep
 
-    def _missing(self, request: GenerationRequest) -> BackendError:
+    def _missing(self, request: GenerationRequest, label: str | None = None) -> BackendError:
         sampling = sampling_fields(request)
         recorded = self.bank.settings(messages_hash(request.messages))
-        if recorded:
+        if label is not None:
+            hint = f"{label} is not in the bank at this temperature and max_tokens"
+        elif recorded:
             hint = ("this prompt is recorded only with (temperature, max_tokens) "
                     f"{', '.join(f'({t:g}, {m})' for t, m in recorded)}"
                     + ("; top_p/stop/continuation differ" if any(
@@ -184,6 +223,6 @@ class ReplayBackend(Backend):
         return BackendError(
             "request not in the recorded bank",
             where=str(self.bank.path),
-            value={"prompt": preview(request.messages), **sampling},
+            value={"prompt": label or preview(request.messages), **sampling},
             fix=f"{hint}. {REPLAY_FIX}",
         )

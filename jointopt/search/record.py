@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from jointopt.backends.base import Backend
 from jointopt.backends.bank_file import BANK_FORMAT, BANK_VERSION, sampling_fields
@@ -41,7 +41,7 @@ from jointopt.search.plan import StudyPlan, task_hash
 from jointopt.tasks import Example
 
 __all__ = ["RecordSummary", "ProgressCallback", "record_bank", "check_recording",
-           "samples_needed"]
+           "samples_needed", "examples_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -278,25 +278,51 @@ def _header(plan: StudyPlan, backend: Backend, settings: Sequence[_Setting],
     }
 
 
+def examples_hash(examples: Sequence[Example]) -> str:
+    """sha256 over every example's id, inputs, target and difficulty label, by id: what a
+    version-2 bank was recorded on, whatever the dev/test split."""
+    import hashlib
+
+    payload = sorted([e.id, dict(e.inputs), e.target, e.difficulty] for e in examples)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def _write_bank(out: Path, header: dict[str, Any], plan: StudyPlan, backend: Backend,
                 settings: Sequence[_Setting], examples: Sequence[Example],
                 pool_n: Callable[[_Setting], int], counts: dict[str, int],
                 progress: ProgressCallback | None, batch_samples: int) -> None:
-    """Write the bank to a temporary file next to ``out`` and rename it over ``out`` once
-    complete (removed on any error); ``counts`` is updated as pools are written."""
+    """Write the bank: version 2 (columns, ``.npz``) unless ``out`` ends in ``.jsonl``
+    (version 1). Either is written to a temporary file next to ``out`` and renamed over
+    it once complete (removed on any error); ``counts`` is updated as pools are written."""
     total_pools = len(settings) * len(examples)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     log.info("recording %d settings x %d examples (%d samples per sampled pool) to %s",
              len(settings), len(examples), header["samples"], out)
+
+    def record_all(sink: Callable[[dict, list[dict]], None]) -> None:
+        for batch in _batches(settings, lambda s: pool_n(s) * len(examples), batch_samples):
+            _record_batch(sink, plan, backend, batch, examples, pool_n, counts)
+            if progress is not None:
+                progress(counts["pools"], total_pools)
+
+    if out.suffix != ".jsonl":
+        from jointopt.backends.bank_write import BankWriter
+
+        writer = BankWriter()
+        record_all(lambda pool, samples: _add_columns(writer, pool, samples))
+        writer.write(out, {**header, "examples_hash": examples_hash(examples)})
+        return
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8", newline="\n") as fh:
             fh.write(_dump(header))
-            for batch in _batches(settings, lambda s: pool_n(s) * len(examples),
-                                  batch_samples):
-                _record_batch(fh, plan, backend, batch, examples, pool_n, counts)
-                if progress is not None:
-                    progress(counts["pools"], total_pools)
+
+            def lines(pool: dict, samples: list[dict]) -> None:
+                fh.write(_dump(pool))
+                for sample in samples:
+                    fh.write(_dump(sample))
+
+            record_all(lines)
             fh.write(_dump({"type": "end", "pools": counts["pools"],
                             "samples": counts["samples"]}))
             fh.flush()
@@ -307,7 +333,22 @@ def _write_bank(out: Path, header: dict[str, Any], plan: StudyPlan, backend: Bac
         raise
 
 
-def _record_batch(fh: IO[str], plan: StudyPlan, backend: Backend, batch: Sequence[_Setting],
+def _add_columns(writer: Any, pool: dict, samples: list[dict]) -> None:
+    from jointopt.backends.bank_write import SampleRow
+
+    writer.add_samples(
+        pool["prompt_id"], pool["example_id"], pool["sampling"]["temperature"],
+        pool["sampling"]["max_tokens"], pool["prompt_tokens"],
+        [SampleRow(answer=s["answer"], correct=s["correct"],
+                   completion_tokens=s["completion_tokens"], mean_logprob=s["mean_logprob"],
+                   sum_logprob=s["sum_logprob"], finish_reason=s["finish_reason"],
+                   text=s["text"], token_ids=s["token_ids"], logprobs=s["logprobs"])
+         for s in samples],
+        messages=pool["messages"], key=pool["key"], seed=pool["seed"])
+
+
+def _record_batch(sink: Callable[[dict, list[dict]], None], plan: StudyPlan,
+                  backend: Backend, batch: Sequence[_Setting],
                   examples: Sequence[Example], pool_n: Callable[[_Setting], int],
                   counts: dict[str, int]) -> None:
     # Demonstrations and task behaviour are the same for dev and test (one task subset).
@@ -327,10 +368,11 @@ def _record_batch(fh: IO[str], plan: StudyPlan, backend: Backend, batch: Sequenc
                            value=(len(results), len(requests)),
                            fix="a backend returns one result per request, in order")
     for (setting, ctx), request, result in zip(contexts, requests, results):
-        _write_pool(fh, setting, ctx, request, result, counts)
+        _write_pool(sink, setting, ctx, request, result, counts)
 
 
-def _write_pool(fh: IO[str], setting: _Setting, ctx: StrategyContext,
+def _write_pool(sink: Callable[[dict, list[dict]], None], setting: _Setting,
+                ctx: StrategyContext,
                 request: GenerationRequest, result: GenerationResult,
                 counts: dict[str, int]) -> None:
     if len(result.completions) != request.n:
@@ -340,7 +382,7 @@ def _write_pool(fh: IO[str], setting: _Setting, ctx: StrategyContext,
                            fix="a backend returns request.n completions per request")
     key = request.sampling_key()
     prompt_tokens = int(result.prompt_tokens)
-    fh.write(_dump({
+    pool = {
         "type": "pool",
         "prompt_id": setting.prompt.id,
         "example_id": ctx.example.id,
@@ -350,10 +392,11 @@ def _write_pool(fh: IO[str], setting: _Setting, ctx: StrategyContext,
         "prompt_tokens": prompt_tokens,
         "samples": request.n,
         "seed": request.seed,
-    }))
+    }
+    samples = []
     for index, c in enumerate(result.completions):
         answer = ctx.extract(c.text)
-        fh.write(_dump({
+        samples.append({
             "type": "sample",
             "key": key,
             "prompt_id": setting.prompt.id,
@@ -371,8 +414,9 @@ def _write_pool(fh: IO[str], setting: _Setting, ctx: StrategyContext,
             "correct": bool(ctx.task.is_correct(ctx.example, answer)),
             "prompt_tokens": prompt_tokens,
             "completion_tokens": c.num_tokens,
-        }))
+        })
         counts["completion_tokens"] += c.num_tokens
+    sink(pool, samples)
     counts["pools"] += 1
     counts["samples"] += request.n
     counts["prompt_tokens"] += prompt_tokens
