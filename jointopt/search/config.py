@@ -208,15 +208,21 @@ class OptimizerConfig(StrictModel):
     study is validated."""
 
 
+#: ``bank.pool_size`` of a live study when the config leaves it unset.
+DEFAULT_POOL_SIZE = 8
+
+
 class BankConfig(StrictModel):
     """Sample once, score many: how parallel strategies are evaluated."""
 
     enabled: bool = True
     """Score single / majority / best-of-n / weighted vote from shared sample pools with
     the exact expected accuracy over k-subsets, instead of running them trial by trial."""
-    pool_size: int = Field(8, ge=1)
+    pool_size: int | None = Field(None, ge=1)
     """Samples per (prompt, temperature, max_tokens, example) pool; a trial that needs
-    more grows the pool."""
+    more grows the pool. Default: 8 for a live study; every recorded sample for a replayed
+    one (a smaller value scores each pool from its first ``pool_size`` samples and says so;
+    a pool imported as a histogram cannot be cut)."""
 
 
 class ValidationConfig(StrictModel):

@@ -34,6 +34,8 @@ class StudyPlan:
     study_name: str
     out_dir: Path
     test_task: Task | None = None
+    #: Samples per sampled pool of a replayed bank (None: not replayed).
+    recorded_pool_size: int | None = None
 
     @property
     def task_hash(self) -> str:
@@ -105,8 +107,10 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     space = space.with_task(full_task)
     space.validate(task)
     model_name = config.model.model
+    recorded = None
     if config.model.backend == "replay":
-        model_name = model_path = check_replay(config, space, task, split.test)
+        model_name, recorded = check_replay(config, space, task, split.test)
+        model_path = model_name
     else:
         model_path = check_model(config)
     check_tracking(config)
@@ -119,10 +123,17 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=model_name,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
-                     out_dir=out_dir, test_task=split.test)
+                     out_dir=out_dir, test_task=split.test, recorded_pool_size=recorded)
 
 
 def bank_pool_size(plan: StudyPlan) -> int | None:
-    """Pool size for scoring parallel strategies from the sample bank (None: run them)."""
+    """Pool size for scoring parallel strategies from the sample bank (None: run them):
+    ``bank.pool_size``, by default every recorded sample of a replayed bank, else 8."""
+    from jointopt.search.config import DEFAULT_POOL_SIZE
+
     bank = plan.config.bank
-    return bank.pool_size if bank.enabled and plan.config.cache else None
+    if not (bank.enabled and plan.config.cache):
+        return None
+    if bank.pool_size is not None:
+        return bank.pool_size
+    return plan.recorded_pool_size or DEFAULT_POOL_SIZE

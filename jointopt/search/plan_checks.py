@@ -32,22 +32,24 @@ def check_model(config: StudyConfig) -> str:
 
 
 def check_replay(config: StudyConfig, space: SearchSpace, task: Task,
-                  test_task: Task | None) -> str:
+                 test_task: Task | None) -> tuple[str, int]:
     """``backend: replay``: load the bank and check the study can run from it (strategies,
-    prompts, temperatures, max_tokens, pool sizes, dataset hashes) before any compute.
-    Returns the model name the bank was recorded with (the policies name it)."""
+    prompts, temperatures, max_tokens, pool sizes, examples) before any compute.
+    Returns the model name the bank was recorded with (the policies name it) and the
+    samples per sampled pool it holds (the default pool size of a replayed study)."""
     from jointopt.backends.bank_loader import load_bank
-    from jointopt.search.replay_check import check_replayable
+    from jointopt.search.replay_check import check_replayable, replay_pool_size
 
     if config.model.bank is None:
         raise ConfigError(
             "backend 'replay' needs a bank file", where="model.bank",
-            fix="record one with `jointopt record CONFIG --samples N --out bank.jsonl`, then "
-                "set model: {backend: replay, bank: bank.jsonl}")
+            fix="record one with `jointopt record CONFIG --out bank.npz` or import one with "
+                "`jointopt bank import`, then set model: {backend: replay, bank: FILE}")
     bank = load_bank(config.resolve(config.model.bank))
-    check_replayable(space, bank, task=task, test_task=test_task, pool_size=(
-        config.bank.pool_size if config.bank.enabled and config.cache else None))
-    return bank.model_name
+    pool_size = replay_pool_size(bank, config.bank.pool_size) if (
+        config.bank.enabled and config.cache) else None
+    check_replayable(space, bank, task=task, test_task=test_task, pool_size=pool_size)
+    return bank.model_name, getattr(bank, "samples", None) or int(bank.header["samples"])
 
 
 def check_backend(config: StudyConfig) -> None:

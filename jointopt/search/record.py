@@ -29,6 +29,7 @@ from jointopt.backends.base import Backend
 from jointopt.backends.bank_file import BANK_FORMAT, BANK_VERSION, sampling_fields
 from jointopt.search.replay_check import (
     check_difficulty_replayable,
+    examples_hash,
     largest_pool_k,
     sampling_values,
 )
@@ -41,7 +42,7 @@ from jointopt.search.plan import StudyPlan, task_hash
 from jointopt.tasks import Example
 
 __all__ = ["RecordSummary", "ProgressCallback", "record_bank", "check_recording",
-           "samples_needed", "examples_hash"]
+           "samples_needed"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,11 @@ def samples_needed(plan: StudyPlan) -> int:
     ``pool_size`` is the config's ``bank.pool_size`` when the sample bank is on; ``n`` is
     the largest ``pool_k()`` any parallel strategy of the space can take.
     """
+    from jointopt.search.config import DEFAULT_POOL_SIZE
+
     bank = plan.config.bank
-    pool_size = bank.pool_size if bank.enabled and plan.config.cache else 0
+    configured = bank.pool_size if bank.pool_size is not None else DEFAULT_POOL_SIZE
+    pool_size = configured if bank.enabled and plan.config.cache else 0
     return max(pool_size, largest_pool_k(plan.space))
 
 
@@ -276,15 +280,6 @@ def _header(plan: StudyPlan, backend: Backend, settings: Sequence[_Setting],
         "temperatures": sorted({s.temperature for s in settings}),
         "max_tokens": sorted({s.max_tokens for s in settings}),
     }
-
-
-def examples_hash(examples: Sequence[Example]) -> str:
-    """sha256 over every example's id, inputs, target and difficulty label, by id: what a
-    version-2 bank was recorded on, whatever the dev/test split."""
-    import hashlib
-
-    payload = sorted([e.id, dict(e.inputs), e.target, e.difficulty] for e in examples)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _write_bank(out: Path, header: dict[str, Any], plan: StudyPlan, backend: Backend,

@@ -7,7 +7,10 @@ prompts, temperatures and max_tokens, enough samples per pool, and the same data
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +22,10 @@ if TYPE_CHECKING:
     from jointopt.search.space import SearchSpace
     from jointopt.tasks import Task
 
-__all__ = ["check_difficulty_replayable", "check_replayable", "largest_pool_k",
-           "sampling_values"]
+__all__ = ["check_difficulty_replayable", "check_replayable", "examples_hash",
+           "largest_pool_k", "replay_pool_size", "sampling_values"]
+
+log = logging.getLogger(__name__)
 
 #: Largest number of values an integer range may enumerate for recording/replay.
 _MAX_RANGE_VALUES = 64
@@ -72,6 +77,31 @@ def sampling_values(param: Any, label: str, source: str = "search space") -> lis
 
 
 # --------------------------------------------------------------------------- pre-flight
+
+
+def examples_hash(examples: Iterable[Any]) -> str:
+    """sha256 over every example's id, inputs, target and difficulty label, sorted by id:
+    the examples a version-2 bank holds pools for, whatever the dev/test split."""
+    payload = sorted([e.id, dict(e.inputs), e.target, e.difficulty] for e in examples)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def replay_pool_size(bank: Any, configured: int | None) -> int:
+    """The pool size of a study replayed from ``bank``: every recorded sample unless
+    ``bank.pool_size`` says fewer, which is logged (a histogram pool cannot be cut)."""
+    recorded = getattr(bank, "samples", None) or int(bank.header["samples"])
+    if configured is None or configured >= recorded:
+        return recorded if configured is None else configured
+    histograms = getattr(bank, "arrays", {}).get("pool_sample_start")
+    if histograms is not None and (histograms < 0).any():
+        raise ConfigError(
+            f"bank.pool_size={configured} would cut pools the bank holds as answer "
+            f"histograms of {recorded} samples", where="bank.pool_size", value=configured,
+            fix="leave bank.pool_size unset: a replayed study scores every recorded sample")
+    log.warning("bank.pool_size=%d: every pool is scored from its first %d of the %d "
+                "recorded samples (leave bank.pool_size unset to use them all)",
+                configured, configured, recorded)
+    return configured
 
 
 def _strategy_values(params: Mapping[str, Any]) -> Iterable[dict[str, Any]]:
@@ -157,8 +187,23 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
 
 
 def _check_hashes(bank: Bank, task: "Task | None", test_task: "Task | None") -> None:
-    """The bank was recorded on the same searched and held-out examples as the study's."""
+    """The bank was recorded on the same searched and held-out examples as the study's
+    (a version-2 bank: on the same examples, however they are split)."""
     from jointopt.search.plan import task_hash
+
+    recorded = bank.header.get("examples_hash")
+    if recorded is not None:
+        mine = examples_hash([e for t in (task, test_task) if t is not None
+                              for e in t.examples])
+        if mine != recorded:
+            raise ConfigError(
+                "the bank holds pools for other examples than this study's (ids, inputs, "
+                "targets or difficulty labels differ)", where=f"{bank.path}: examples_hash",
+                value={"bank": recorded, "study": mine},
+                fix=f"use the dataset the bank was written with (task "
+                    f"{bank.header.get('task')!r}, {bank.header.get('examples', '?')} "
+                    "examples); the dev/test split may change freely")
+        return
 
     for label, field_name, mine_task in (("searched", "dataset_hash", task),
                                           ("held-out test", "test_dataset_hash",
@@ -254,6 +299,8 @@ def _check_pools(space: "SearchSpace", bank: Bank, task: "Task",
     from jointopt.strategies import StrategyContext
 
     too_few: list[BankPool] = []
+    if not getattr(bank, "has_messages", True):
+        return _check_pools_by_id(space, bank, task, temperatures, budgets, needed)
     for template in space.prompts:
         for example in task.examples:
             messages = render_messages(template, task, example)
@@ -282,3 +329,30 @@ def _check_pools(space: "SearchSpace", bank: Bank, task: "Task",
                         too_few.append(pool)
     return too_few
 
+
+
+def _check_pools_by_id(space: "SearchSpace", bank: Any, task: "Task",
+                       temperatures: list[float], budgets: list[int],
+                       needed: int) -> list[BankPool]:
+    """A bank without rendered prompts: every (prompt id, example id, temperature,
+    max_tokens) pool exists; returns pools with too few samples."""
+    too_few: list[BankPool] = []
+    for template in space.prompts:
+        for example in task.examples:
+            for temperature in temperatures:
+                for max_tokens in budgets:
+                    row = bank.find(template.id, example.id, temperature, max_tokens)
+                    if row is None:
+                        raise ConfigError(
+                            f"prompt {template.id!r} on example {example.id!r} at "
+                            f"temperature={temperature:g}, max_tokens={max_tokens} is not "
+                            "in the bank", where=f"{space.source}: prompts.{template.id}",
+                            value=example.id,
+                            fix="search only the prompts and settings the bank holds, on "
+                                "the examples it was written with")
+                    pool = bank.pools["|".join(map(str, (template.id, example.id,
+                                                         float(temperature),
+                                                         int(max_tokens))))]
+                    if temperature != 0 and pool.samples < needed:
+                        too_few.append(pool)
+    return too_few
