@@ -25,8 +25,12 @@ from jointopt.core.generation import ChatMessage
 if TYPE_CHECKING:
     from jointopt.tasks import Example, Task
 
-__all__ = ["PromptTemplate", "check_template_safety", "render_messages", "select_demos",
-           "validate_template"]
+__all__ = ["PromptTemplate", "UNRECORDED_PROMPT", "check_template_safety", "render_messages",
+           "select_demos", "validate_template"]
+
+#: The user text of a prompt known by its id only (a bank imported without prompt texts):
+#: a study can be optimised over it, a policy that uses it cannot be served or exported.
+UNRECORDED_PROMPT = "(prompt text not recorded in the bank)"
 
 
 #: Longest string or list a template expression may build with ``*`` (a guard against

@@ -1,0 +1,1 @@
+"""Bringing recorded generations into jointopt: importing tables, converting other tools' logs."""
