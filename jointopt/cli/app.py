@@ -7,7 +7,8 @@ Commands:
   validate CONFIG   check config, search space, data, templates, strategy parameters and
                     model without starting any engine
   compare CONFIG    accuracy-vs-tokens curves of several strategies at matched budgets
-  record CONFIG     write a sample bank (JSONL) to run studies offline from
+  record CONFIG     write a sample bank to run studies offline from
+  bank import TABLE bring recorded generations in (also: bank convert, bank info)
   export CONFIG     write a tuned policy and serving-stack configs from a study
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
 """
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     from jointopt.cli.record import add_record_parser
 
     add_record_parser(sub)
+    from jointopt.cli.bank import add_bank_parser
+
+    add_bank_parser(sub)
     cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
                                          "(the config's compare section)")
     cmp.add_argument("config", help="study YAML file with a `compare` section")
@@ -221,7 +225,11 @@ def _run(args: argparse.Namespace) -> int:
                       t.policy.prompt.id if t.policy else "",
                       t.policy.describe() if t.policy else "")
     console.print(table)
-    if ran["trials"]:
+    if ran["trials"] and config.model.backend == "replay":
+        console.print(f"this run: {ran['trials']} trials replayed from the bank "
+                      f"{config.model.bank} ({ran['cached']} recorded samples scored, "
+                      f"{ran['generated']} generated)")
+    elif ran["trials"]:
         console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
                       f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
                       "the sample store")
@@ -251,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.record import run_record
 
             return _stoppable(run_record, args)
+        if args.command == "bank":
+            from jointopt.cli.bank import run_bank
+
+            return run_bank(args)
         if args.command == "export":
             from jointopt.cli.export import run_export
 
