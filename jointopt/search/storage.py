@@ -148,6 +148,23 @@ def journal_path(url: str) -> Path:
     return Path(rest)
 
 
+def _write_ahead(engine: Any) -> None:
+    """SQLite in write-ahead-log mode with ``synchronous=NORMAL``: a commit appends to the
+    log instead of syncing the database file (a trial sets a dozen attributes, each one
+    commit: ~10 ms of disk sync each otherwise). The file stays consistent after a crash;
+    a power loss may lose the last commits, which a rerun repeats."""
+    from sqlalchemy import event
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened while creating the tables get the pragmas too
+
+
 def make_storage(url: str, opt: "OptimizerConfig") -> Any:
     """The Optuna storage object of ``url`` with heartbeat and retry of dead trials.
 
@@ -204,7 +221,11 @@ def make_storage(url: str, opt: "OptimizerConfig") -> Any:
         try:
             with warnings.catch_warnings():  # heartbeat_interval is "experimental"
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                     **heartbeat)
+            if scheme.startswith("sqlite"):
+                _write_ahead(storage.engine)
+            return storage
         except Exception as exc:  # noqa: BLE001 - drivers raise many kinds
             last = exc
             # Several workers creating the tables of a fresh database at once collide.
