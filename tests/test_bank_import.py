@@ -188,3 +188,23 @@ def test_cli_import_validate_run_says_replayed(tmp_path, capsys, monkeypatch):
     assert main(["bank", "import", "bad.jsonl", "--out", "c/x.bank.npz"]) == 2
     assert "row 1, column 'total'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_export_asks_for_the_prompt_text_of_an_imported_bank(tmp_path):
+    from jointopt.export.policy import export_policy
+
+    table = _write_jsonl(tmp_path / "s.jsonl", _samples())
+    result = import_bank(table, tmp_path / "s.bank.npz", ImportOptions(n_trials=4))
+    config = load_config(result.study, {"output_dir": str(tmp_path / "run")})
+    study = run_study(config)
+    with pytest.raises(ConfigError) as info:
+        export_policy(config, out_dir=tmp_path / "export", pick="max_accuracy")
+    text = str(info.value)
+    assert "has no text" in text and "s.space.yaml: prompts." in text and "fix:" in text
+    space = yaml.safe_load(result.space.read_text())
+    for prompt in space["prompts"]:
+        prompt["user"] = "Answer yes, no or maybe: {{ input }}"
+    result.space.write_text(yaml.safe_dump(space))
+    exported = export_policy(load_config(result.study, {"output_dir": str(tmp_path / "run")}),
+                             out_dir=tmp_path / "export", pick="max_accuracy")
+    assert exported.policy.prompt.user.startswith("Answer yes") and study.trials

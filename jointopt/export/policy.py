@@ -171,6 +171,27 @@ def _register(context: ExportContext, trial_number: int, pick_used: str, alias: 
     return prompt_uri
 
 
+def with_prompt_text(policy: Policy, plan: "StudyPlan") -> Policy:
+    """The policy with its prompt's text: a bank imported without prompt texts leaves
+    only the id; the text then comes from the search space, once written there."""
+    import dataclasses
+
+    from jointopt.core.prompts import UNRECORDED_PROMPT
+
+    if policy.prompt.user != UNRECORDED_PROMPT:
+        return policy
+    for template in plan.space.prompts:
+        if template.id == policy.prompt.id and template.user != UNRECORDED_PROMPT:
+            return dataclasses.replace(policy, prompt=template)
+    raise ConfigError(
+        f"prompt {policy.prompt.id!r} has no text: the bank was imported without prompt "
+        "texts, and a policy cannot be served without its prompt",
+        where=f"{plan.config.search_space}: prompts.{policy.prompt.id}",
+        value=policy.prompt.id,
+        fix=f"write the text of prompt {policy.prompt.id!r} into the search space (its "
+            "`user` field, and `system` if any), then export again")
+
+
 def export_policy(
     config_or_plan: "StudyConfig | StudyPlan | str | Path",
     *,
@@ -212,7 +233,7 @@ def export_policy(
     study = load_study(plan)
     warnings: list[str] = []
     chosen, pick_used = choose_trial(plan, study, trial, pick, budget, warnings)
-    policy = Policy.from_dict(chosen.user_attrs["policy"])
+    policy = with_prompt_text(Policy.from_dict(chosen.user_attrs["policy"]), plan)
 
     dataset_hash = chosen.user_attrs.get("dataset_hash")
     matches = None if dataset_hash is None else dataset_hash == plan.task_hash
