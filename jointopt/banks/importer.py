@@ -181,7 +181,7 @@ def import_bank(table: str | Path | Table, out: str | Path,
         return norm or None
 
     parsed = parse_rows(
-        table, options.columns, examples=examples if options.dataset is not None else None,
+        table, options.columns, examples=examples,
         dataset_label=label, prompt_ids=set(prompts) if prompts is not None else None,
         temperature=options.temperature, max_tokens=options.max_tokens, answer_of=answer_of,
         is_correct=(lambda e, a: matcher.matches(a, e.target)) if has_target else None)

@@ -187,8 +187,11 @@ def _sample_row(r: _Rows, i: int, key: PoolKey, example, out: ParsedPools, answe
                 is_correct) -> None:
     t = r.t
     text = t.text(i, r.col["text"]) if r.has("text") else None
-    answer = t.text(i, r.col["answer"]) if r.has("answer") else (
-        answer_of(text) if text is not None else None)
+    if r.has("answer") and r.col["answer"] in t.rows[i] and (
+            t.present(i, r.col["answer"]) or text is None or t.rows[i][r.col["answer"]] is None):
+        answer = t.text(i, r.col["answer"])  # given (null: nothing was extracted)
+    else:
+        answer = answer_of(text) if text is not None else None
     index = t.number(i, r.col["sample_index"], integer=True, minimum=0) \
         if r.has("sample_index") else None
     row = SampleRow(

@@ -131,6 +131,10 @@ def run_bank(args: argparse.Namespace) -> int:
 
         result = convert(args.kind, args.file, args.out, _options(args),
                          batch_input=args.batch_input)
+        if args.kind == "v1":
+            console.print(f"wrote {result.bank}: {result.pools} pools, {result.samples} "
+                          "samples, as recorded; point the study's model.bank at it")
+            return 0
     size = result.bank.stat().st_size
     console.print(
         f"wrote {result.bank} ({size / 1e6:.2f} MB) in {time.perf_counter() - start:.1f}s: "
