@@ -233,7 +233,7 @@ class ColumnBank:
         return cached
 
     def _pool_data(self, row: int, n: int) -> PoolData:
-        a, answers = self.arrays, self.tables["answers"]
+        a = self.arrays
         total = int(a["pool_samples"][row])
         first = int(a["pool_sample_start"][row])
         tokens = float(a["pool_prompt_tokens"][row])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,7 @@ __all__ = [
     "messages_hash",
     "preview",
     "sampling_fields",
+    "write_jsonl_bank",
 ]
 
 #: Value of the header's ``format`` field.
@@ -47,6 +49,39 @@ def sampling_fields(request: GenerationRequest) -> dict[str, Any]:
         "stop": list(request.stop),
         "continuation": request.continuation,
     }
+
+
+def _dump(obj: Mapping[str, Any]) -> str:
+    # allow_nan: a -inf logprob is written as -Infinity (Python's json reads it back).
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def write_jsonl_bank(out: Path, header: Mapping[str, Any],
+                     fill: Callable[[Callable[[dict, list[dict]], None]], None],
+                     counts: Mapping[str, int]) -> None:
+    """Write a version-1 (JSONL) bank: the header, then ``fill(sink)`` calls
+    ``sink(pool_line, sample_lines)`` per pool, then the end line with ``counts``
+    (``pools``, ``samples``, read after ``fill``). Written to a temporary file next to
+    ``out`` and renamed over it when complete (removed on any error)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+            fh.write(_dump(header))
+
+            def lines(pool: dict, samples: list[dict]) -> None:
+                fh.write(_dump(pool))
+                for sample in samples:
+                    fh.write(_dump(sample))
+
+            fill(lines)
+            fh.write(_dump({"type": "end", "pools": counts["pools"],
+                            "samples": counts["samples"]}))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def messages_hash(messages: Sequence[ChatMessage]) -> str:

@@ -146,6 +146,19 @@ class BankWriter:
         for answer, (count, ok, total) in groups.items():
             self._hist(answer, count, ok, total / count)
 
+    def add_record(self, pool: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]) -> None:
+        """Add a pool given as a version-1 pool line and its sample lines (as dicts)."""
+        sampling = pool["sampling"]
+        self.add_samples(
+            pool["prompt_id"], pool["example_id"], sampling["temperature"],
+            sampling["max_tokens"], pool["prompt_tokens"],
+            [SampleRow(answer=s.get("answer"), correct=bool(s.get("correct")),
+                       completion_tokens=len(s["token_ids"]),
+                       mean_logprob=s.get("mean_logprob"), sum_logprob=s.get("sum_logprob"),
+                       finish_reason=s["finish_reason"], text=s["text"],
+                       token_ids=s["token_ids"], logprobs=s["logprobs"]) for s in samples],
+            messages=pool["messages"], key=pool["key"], seed=pool.get("seed"))
+
     def add_histogram(self, prompt_id: str, example_id: str, temperature: float,
                       max_tokens: int, prompt_tokens: float,
                       answers: Sequence[tuple[str | None, int, bool, float | None]],

@@ -179,7 +179,7 @@ def convert_v1(path: Path, out: str | Path) -> V1Converted:
     """A version-1 JSONL bank as a version-2 bank, sample for sample."""
     from jointopt.backends.bank_file import Bank
     from jointopt.backends.bank_loader import load_bank
-    from jointopt.backends.bank_write import BankWriter, SampleRow
+    from jointopt.backends.bank_write import BankWriter
 
     bank = load_bank(path)
     if not isinstance(bank, Bank):
@@ -187,16 +187,7 @@ def convert_v1(path: Path, out: str | Path) -> V1Converted:
                           fix="use it as it is")
     writer = BankWriter()
     for pool_line, samples in _v1_pools(path):
-        s0 = pool_line["sampling"]
-        writer.add_samples(
-            pool_line["prompt_id"], pool_line["example_id"], s0["temperature"],
-            s0["max_tokens"], pool_line["prompt_tokens"],
-            [SampleRow(answer=s.get("answer"), correct=bool(s.get("correct")),
-                       completion_tokens=len(s["token_ids"]),
-                       mean_logprob=s.get("mean_logprob"), sum_logprob=s.get("sum_logprob"),
-                       finish_reason=s["finish_reason"], text=s["text"],
-                       token_ids=s["token_ids"], logprobs=s["logprobs"]) for s in samples],
-            messages=pool_line["messages"], key=pool_line["key"], seed=pool_line.get("seed"))
+        writer.add_record(pool_line, samples)
     header = {k: v for k, v in bank.header.items() if k not in ("version",)}
     writer.write(out, {**header, "converted_from": str(path)})
     return V1Converted(bank=Path(out), pools=writer.pools, samples=writer.samples)

@@ -1,8 +1,8 @@
 """Record a sample bank: every pool a study's parallel strategies can ask for, to a file.
 
 :func:`record_bank` draws ``N`` samples per prompt x example for every temperature and
-max_tokens value of a search space, through any backend, and writes them as JSONL
-(``docs/bank_format.md``) together with each sample's extracted answer and correctness.
+max_tokens value of a search space, through any backend, and writes them as a bank
+(``docs/bank_format.md``: columns in ``.npz``, or version-1 JSONL for ``.jsonl``) together with each sample's extracted answer and correctness.
 :class:`jointopt.backends.replay.ReplayBackend` serves such a file as if it were the
 engine, so a study recorded on a GPU cluster can be optimised on a laptop, with the same
 code path and the same trial values.
@@ -15,9 +15,7 @@ the bank equals the live pools.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from jointopt.backends.base import Backend
-from jointopt.backends.bank_file import BANK_FORMAT, BANK_VERSION, sampling_fields
+from jointopt.backends.bank_file import (BANK_FORMAT, BANK_VERSION, sampling_fields,
+                                         write_jsonl_bank)
 from jointopt.search.replay_check import (
     check_difficulty_replayable,
     examples_hash,
@@ -179,11 +178,6 @@ def _batches(settings: Sequence[_Setting], per_setting: Callable[[_Setting], int
         yield batch
 
 
-def _dump(obj: dict[str, Any]) -> str:
-    # allow_nan: a -inf logprob is written as -Infinity (Python's json reads it back).
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
 def _number(value: float | None) -> float | None:
     return None if value is None else float(value)
 
@@ -304,42 +298,10 @@ def _write_bank(out: Path, header: dict[str, Any], plan: StudyPlan, backend: Bac
         from jointopt.backends.bank_write import BankWriter
 
         writer = BankWriter()
-        record_all(lambda pool, samples: _add_columns(writer, pool, samples))
+        record_all(writer.add_record)
         writer.write(out, {**header, "examples_hash": examples_hash(examples)})
         return
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            fh.write(_dump(header))
-
-            def lines(pool: dict, samples: list[dict]) -> None:
-                fh.write(_dump(pool))
-                for sample in samples:
-                    fh.write(_dump(sample))
-
-            record_all(lines)
-            fh.write(_dump({"type": "end", "pools": counts["pools"],
-                            "samples": counts["samples"]}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _add_columns(writer: Any, pool: dict, samples: list[dict]) -> None:
-    from jointopt.backends.bank_write import SampleRow
-
-    writer.add_samples(
-        pool["prompt_id"], pool["example_id"], pool["sampling"]["temperature"],
-        pool["sampling"]["max_tokens"], pool["prompt_tokens"],
-        [SampleRow(answer=s["answer"], correct=s["correct"],
-                   completion_tokens=s["completion_tokens"], mean_logprob=s["mean_logprob"],
-                   sum_logprob=s["sum_logprob"], finish_reason=s["finish_reason"],
-                   text=s["text"], token_ids=s["token_ids"], logprobs=s["logprobs"])
-         for s in samples],
-        messages=pool["messages"], key=pool["key"], seed=pool["seed"])
+    write_jsonl_bank(out, header, record_all, counts)
 
 
 def _record_batch(sink: Callable[[dict, list[dict]], None], plan: StudyPlan,
