@@ -66,3 +66,23 @@ def test_v2_replay_reproduces_the_live_study(tmp_path):
         (n, p) for n, p, *_ in _trial_rows(live)]
     for (_, _, acc, tok), (_, _, acc2, tok2) in zip(_trial_rows(replayed), _trial_rows(live)):
         assert acc == pytest.approx(acc2, abs=1e-12) and tok == pytest.approx(tok2, abs=1e-9)
+
+
+def test_the_documented_reader_reads_a_bank(recorded):
+    """docs/bank_format.md's plain-Python reader agrees with the loader."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs/bank_format.md").read_text()
+    code = text.split("```python\n")[1].split("```")[0]
+    assert len(code.strip().splitlines()) <= 22
+    space: dict = {}
+    exec(compile(code, "bank_format.md", "exec"), space)
+    _, _, v2 = recorded
+    bank = load_bank(v2)
+    pools = list(space["read_bank"](v2))
+    assert len(pools) == len(bank.arrays["pool_prompt"])
+    for pool in pools[:20]:
+        data = bank.pool_data(bank.find(pool["prompt"], pool["example"], pool["temperature"],
+                                        pool["max_tokens"]), pool["samples"])
+        assert pool["counts"] == {a: (int(n), bool(ok)) for a, n, ok in zip(
+            data.answers, data.counts.tolist(), data.correct.tolist())}

@@ -196,7 +196,7 @@ def load_bank(path: str | Path) -> "Bank | ColumnBank":
     if not path.is_file():
         raise ConfigError("bank file not found", where="model.bank", value=str(path),
                           fix="record one with `jointopt record CONFIG --samples N --out "
-                              "bank.jsonl`; relative paths start at the config file's folder")
+                              "bank.npz` (or `jointopt bank import`); relative paths start at the config file's folder")
     with path.open("rb") as fh:
         if fh.read(2) == b"PK":  # a zip archive: the columnar version 2
             from jointopt.backends.bank_columns import load_column_bank

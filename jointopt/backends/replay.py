@@ -47,7 +47,7 @@ REPLAY_FIX = (
     "replay supports the parallel strategies scored from pools ("
     + ", ".join(PARALLEL_STRATEGIES)
     + ") with the recorded prompts, temperatures and max_tokens; record those settings "
-    "first (`jointopt record CONFIG --samples N --out bank.jsonl` with this search space)"
+    "first (`jointopt record CONFIG --samples N --out bank.npz` with this search space)"
 )
 
 
@@ -90,8 +90,8 @@ class ReplayBackend(Backend):
         if bank is None:
             raise BackendError("the replay backend needs a bank file", where="model.bank",
                                fix="record one with `jointopt record CONFIG --samples N "
-                                   "--out bank.jsonl` and set model: {backend: replay, "
-                                   "bank: bank.jsonl}")
+                                   "--out bank.npz` and set model: {backend: replay, "
+                                   "bank: bank.npz}")
         self.bank = bank if isinstance(bank, (Bank, ColumnBank)) else load_bank(bank)
         if model is not None and model != self.bank.model_name:
             log.debug("replay: config model %r, bank recorded with %r (model id %r)",

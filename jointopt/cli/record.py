@@ -1,12 +1,12 @@
 """``jointopt record``: write a sample bank for offline (replayed) studies.
 
-    jointopt record CONFIG --samples N --out bank.jsonl
+    jointopt record CONFIG --samples N --out bank.npz
 
 Loads and validates the study config, builds the configured engine behind the study's
 sample store (``<output_dir>/samples.sqlite``, as ``jointopt run`` does, so samples the
 study already generated are reused, not drawn again) and records every pool of the
 search space: N samples per prompt x example x temperature x max_tokens. The bank is
-then replayed with ``model: {backend: replay, bank: bank.jsonl}``; the file format is in
+then replayed with ``model: {backend: replay, bank: bank.npz}``; the file format is in
 ``docs/bank_format.md``.
 
 Wiring (in :mod:`jointopt.cli.app`)::
@@ -33,7 +33,7 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``record`` command to the ``jointopt`` sub-command parsers."""
     record = subparsers.add_parser(
         "record", help="record a sample bank (N samples per prompt x example x setting)",
-        description="Record every sample pool of a study's search space to a JSONL bank "
+        description="Record every sample pool of a study's search space to a bank "
                     "that `model: {backend: replay, bank: FILE}` replays offline.")
     record.add_argument("config", help="study YAML file")
     record.add_argument("--samples", type=int, default=None, metavar="N",
@@ -41,7 +41,8 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "default: what the study draws at most, max(bank.pool_size, "
                              "largest n)")
     record.add_argument("--out", required=True, metavar="FILE",
-                        help="bank file to write (JSONL; replaced atomically when complete)")
+                        help="bank file to write (columnar .npz; version-1 JSONL when it ends "
+                             "in .jsonl; replaced atomically when complete)")
     record.add_argument("--output-dir",
                         help="the study's output dir, whose samples.sqlite is reused "
                              "(default: the config's output_dir or runs/<name>)")
