@@ -208,3 +208,15 @@ def test_export_asks_for_the_prompt_text_of_an_imported_bank(tmp_path):
     exported = export_policy(load_config(result.study, {"output_dir": str(tmp_path / "run")}),
                              out_dir=tmp_path / "export", pick="max_accuracy")
     assert exported.policy.prompt.user.startswith("Answer yes") and study.trials
+
+
+def test_a_histogram_pool_cannot_be_cut(tmp_path):
+    from jointopt.errors import BackendError
+
+    hist = _write_jsonl(tmp_path / "h.jsonl", [
+        {"example_id": "e", "counts": {"A": 5, "B": 3}, "correct": ["A"]}])
+    bank = load_bank(import_bank(hist, tmp_path / "h.bank.npz", ImportOptions()).bank)
+    row = bank.find("prompt", "e", 1.0, 1)
+    assert bank.pool_data(row, 8).samples == 8
+    with pytest.raises(BackendError, match="scored from all its 8 samples"):
+        bank.pool_data(row, 4)

@@ -86,3 +86,47 @@ def test_the_documented_reader_reads_a_bank(recorded):
                                         pool["max_tokens"]), pool["samples"])
         assert pool["counts"] == {a: (int(n), bool(ok)) for a, n, ok in zip(
             data.answers, data.counts.tolist(), data.correct.tolist())}
+
+
+def test_damaged_or_oversized_v2_banks_are_refused(recorded, tmp_path, monkeypatch):
+    _, _, v2 = recorded
+    arrays = dict(np.load(v2))
+    arrays["hist_count"] = arrays["hist_count"].copy()
+    arrays["hist_count"][0] += 1
+    bad = tmp_path / "bad.npz"
+    with bad.open("wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(DataError, match="histogram counts sum to"):
+        load_bank(bad)
+    del arrays["sample_answer"]
+    with bad.open("wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(DataError, match="lacks arrays"):
+        load_bank(bad)
+    truncated = tmp_path / "cut.npz"
+    truncated.write_bytes(v2.read_bytes()[:200])
+    with pytest.raises(DataError, match="not a readable .npz bank"):
+        load_bank(truncated)
+    monkeypatch.setenv("JOINTOPT_MAX_BANK_MB", "0.001")
+    with pytest.raises(DataError, match="JOINTOPT_MAX_BANK_MB"):
+        load_bank(v2)
+
+
+def test_v2_pool_requests_are_checked(recorded):
+    plan, _, v2 = recorded
+    backend = ReplayBackend(v2)
+    ctx_request = _request_for_v1(load_bank(recorded[1]), next(
+        k for k, p in load_bank(recorded[1]).pools.items() if p.temperature > 0), n=4)
+    prompt_id = backend.bank.pools[ctx_request.sampling_key()].prompt_id
+    example_id = backend.bank.pools[ctx_request.sampling_key()].example_id
+    [data] = backend.pool_data([ctx_request], [(prompt_id, example_id)])
+    assert data.samples == 4 and data.sample_group is not None
+    with pytest.raises(BackendError, match="holds 8 samples"):
+        backend.pool_data([replace(ctx_request, n=9)], [(prompt_id, example_id)])
+    with pytest.raises(BackendError, match="request not in the recorded bank"):
+        backend.pool_data([ctx_request], [("nope", example_id)])
+    import os
+
+    os.utime(v2, ns=(1, 1))
+    with pytest.raises(BackendError, match="changed after it was loaded"):
+        backend.pool_data([ctx_request], [(prompt_id, example_id)])

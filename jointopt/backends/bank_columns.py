@@ -46,6 +46,26 @@ def _json(path: Path, arrays: Mapping[str, np.ndarray], name: str) -> Any:
         raise _error(path, f"array {name!r} is not UTF-8 JSON ({exc})") from None
 
 
+#: Environment variable raising the cap on a bank's uncompressed size (megabytes).
+BANK_ENV = "JOINTOPT_MAX_BANK_MB"
+
+
+def _check_size(path: Path) -> None:
+    """Refuse a bank whose arrays would unpack to more than the cap (4 GB by default)."""
+    from jointopt.safety.safe_load import _env_mb
+
+    limit = _env_mb(BANK_ENV, 4096)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise _error(path, f"not a readable .npz bank ({exc})") from None
+    if size > limit:
+        raise _error(path, f"the bank unpacks to {size / 2**20:.0f} MB, more than the limit "
+                           f"of {limit / 2**20:.0f} MB", size,
+                     fix=f"export {BANK_ENV}={size // 2**20 + 1} if the file is trusted")
+
+
 def load_column_bank(path: str | Path) -> "ColumnBank":
     """Read and check a version-2 bank (see ``docs/bank_format.md``).
 
@@ -55,6 +75,7 @@ def load_column_bank(path: str | Path) -> "ColumnBank":
     """
     path = Path(path)
     stat = path.stat()
+    _check_size(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

@@ -140,16 +140,20 @@ def read_table(path: str | Path, format: str | None = None) -> Table:
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines file, through the guard for untrusted data (line
+    size, nesting depth, keys given twice)."""
+    from jointopt.safety.safe_load import check_line_size, data_limits, parse_json
+
+    limits = data_limits()
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
+    with path.open("rb") as fh:
+        for number, raw in enumerate(iter(lambda: fh.readline(limits.max_line_bytes + 1), b""),
+                                     1):
+            check_line_size(len(raw), f"{path}:{number}", limits=limits, error=DataError)
+            if not raw.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"line is not JSON ({exc.args[0]})", where=f"{path}:{number}",
-                                value=line[:80], fix="one JSON object per line") from None
+            obj = parse_json(raw, str(path), line=number, limits=limits, error=DataError,
+                             fix="one JSON object per line")
             if not isinstance(obj, dict):
                 raise DataError("line is not a JSON object", where=f"{path}:{number}",
                                 value=type(obj).__name__, fix="one JSON object per line")
