@@ -137,10 +137,17 @@ class BestOfN(Strategy):
         from jointopt.strategies.pool_arrays import (batch_best_of, expected_list,
                                                      sample_answers, sample_views)
 
+        from jointopt.strategies.pool_arrays import expanded_groups, group_views
+
         scorer = get_scorer(self.params.scorer, "best_of_n.scorer")
-        keys = [np.array([scorer.score(ctx, c, a) for c, a in
-                          zip(sample_views(pool), sample_answers(pool))], dtype=np.float64)
-                for pool, ctx in zip(pools, contexts)]
+        keys = []
+        for pool, ctx in zip(pools, contexts):
+            if pool.per_sample or pool.completions is not None:
+                keys.append(np.array([scorer.score(ctx, c, a) for c, a in
+                                      zip(sample_views(pool), sample_answers(pool))]))
+            else:  # a histogram: the samples of one answer score alike
+                scores = [scorer.score(ctx, c, a) for c, a in group_views(pool)]
+                keys.append(np.asarray(scores, dtype=np.float64)[expanded_groups(pool)])
         return expected_list(pools, self.params.n, batch_best_of(pools, self.params.n, keys))
 
     def run(self, ctx: StrategyContext) -> Run:

@@ -30,8 +30,8 @@ from jointopt.errors import StrategyError
 from jointopt.strategies.pool import _FLOAT_MAX_N, _majority_table, _number_mode
 
 __all__ = ["batch_single", "batch_majority", "batch_best_of", "batch_pass_at",
-           "batch_tokens", "expanded_groups", "expected_list", "sample_answers",
-           "sample_views"]
+           "batch_tokens", "expanded_groups", "expected_list", "group_views",
+           "sample_answers", "sample_views"]
 
 
 
@@ -247,6 +247,11 @@ def sample_views(pool: PoolData) -> list:
     mean = pool.mean_logprob if pool.mean_logprob is not None else np.full(n, np.nan)
     total = pool.sum_logprob if pool.sum_logprob is not None else np.full(n, np.nan)
     return [_SampleView(m, t) for m, t in zip(mean.tolist(), total.tolist())]
+
+
+def group_views(pool: PoolData) -> list[tuple["_SampleView", str | None]]:
+    """One (view without logprobs, answer) per group of a histogram pool."""
+    return [(_SampleView(math.nan, math.nan), answer) for answer in pool.answers]
 
 
 def expected_list(pools: Sequence[PoolData], k: int, accuracy: np.ndarray,
