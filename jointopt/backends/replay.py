@@ -16,9 +16,13 @@ one pool per (prompt, temperature, max_tokens, example) (``single``, ``majority`
 earlier completions and cannot be served from a bank; :func:`check_replayable` rejects a
 search space that contains them, or settings the bank lacks, before any compute.
 
-The loader reads the file once, validating every line (errors name ``file:line``), and
-keeps only a compact index (per pool: prompt token count and the byte offset of each
-sample line); samples are parsed from the file when they are requested.
+A version-2 (columnar) bank is loaded as arrays and its pools go to the evaluator as
+arrays too (:meth:`ReplayBackend.pool_data`), matched by prompt id, example id and
+setting: a replayed trial builds no completion objects, and a bank imported as answer
+histograms (no texts) replays the same way. A version-1 (JSONL) bank is read once,
+validating every line (errors name ``file:line``), keeping only a compact index (per
+pool: prompt token count and the byte offset of each sample line); its samples are
+parsed from the file when they are requested.
 """
 
 from __future__ import annotations
