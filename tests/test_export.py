@@ -18,7 +18,9 @@ from jointopt import load_config, run_study
 from jointopt.backends import ScriptedBackend
 from jointopt.errors import ConfigError, DataError
 from jointopt.export.messages import to_mlflow_template
-from jointopt.export.pick import Interval, TrialPoint, bootstrap_mean, pareto_points, pick_point
+from jointopt.evaluation.stats import Interval, bootstrap
+from jointopt.export.pick import pick_point
+from jointopt.search.results import TrialSummary, non_dominated
 from jointopt.export.policy import export_policy
 from jointopt.core.policy_file import load_policy_file
 from jointopt.serving.runtime import load_policy
@@ -34,31 +36,36 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bootstrap_is_seeded_and_brackets_the_mean():
     values = [1, 0, 1, 1, 0, 1, 0, 1, 1, 1] * 3
-    a = bootstrap_mean(values, seed=7)
-    assert a == bootstrap_mean(values, seed=7)
-    assert a.estimate == pytest.approx(sum(values) / len(values))
-    assert a.low <= a.estimate <= a.high
+    a = bootstrap(values, seed=7)
+    assert a == bootstrap(values, seed=7)
+    assert a.value == pytest.approx(sum(values) / len(values))
+    assert a.low <= a.value <= a.high
     assert 0 <= a.low < a.high <= 1
-    wide = bootstrap_mean(values[:10], seed=7)
+    wide = bootstrap(values[:10], seed=7)
     assert (wide.high - wide.low) > (a.high - a.low)
-    assert bootstrap_mean([3.0] * 5) == Interval(3.0, 3.0, 3.0)
+    assert bootstrap([3.0] * 5) == Interval(3.0, 3.0, 3.0, 0.95)
 
 
 def test_bootstrap_handles_probabilities_and_large_inputs():
     rng = random.Random(0)
     values = [rng.random() for _ in range(20000)]
-    ci = bootstrap_mean(values, n_resamples=300)
+    ci = bootstrap(values, resamples=300)
     assert ci.high - ci.low < 0.02
 
 
 def test_bootstrap_rejects_nothing_to_measure():
     with pytest.raises(DataError):
-        bootstrap_mean([])
-    with pytest.raises(DataError, match="confidence"):
-        bootstrap_mean([1.0], confidence=1.5)
+        bootstrap([])
+    with pytest.raises(DataError, match="confidence level"):
+        bootstrap([1.0], level=1.5)
 
 
 # ------------------------------------------------------------------------------ pick rules
+
+def TrialPoint(number, accuracy, mean_tokens):  # noqa: N802 - reads like the records it builds
+    return TrialSummary(number=number, state="COMPLETE", accuracy=accuracy,
+                        mean_tokens=mean_tokens, params={}, policy=None)
+
 
 POINTS = [
     TrialPoint(0, 0.30, 10), TrialPoint(1, 0.70, 20), TrialPoint(2, 0.75, 60),
@@ -68,7 +75,7 @@ POINTS = [
 
 
 def test_pareto_points_are_distinct_and_sorted():
-    assert [p.number for p in pareto_points(POINTS)] == [0, 1, 2, 3]
+    assert [p.number for p in non_dominated(POINTS)] == [0, 1, 2, 3]
 
 
 def test_pick_rules():

@@ -38,7 +38,8 @@ from jointopt.errors import ConfigError, JointoptError
 from jointopt.export.base import ExportContext, ExportSkipped
 from jointopt.export.messages import served_name
 from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _register_prompt
-from jointopt.export.pick import Interval, Pick
+from jointopt.evaluation.stats import Interval
+from jointopt.export.pick import Pick
 from jointopt.export.readme import readme
 from jointopt.export.trials import as_plan, choose_trial, load_study, measure, safe_storage
 

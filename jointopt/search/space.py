@@ -85,6 +85,19 @@ class FloatRange:
 Param = Union[Fixed, Choice, IntRange, FloatRange]
 
 
+def suggest_allocation(trial: Any, strategies: Mapping[str, Mapping[str, Param]],
+                       temperature: Param, max_tokens: Param, prefix: str = "") -> Allocation:
+    """One bin's allocation suggested on ``trial``: the strategy, its parameters
+    (``<prefix><strategy>.<param>``), ``<prefix>temperature`` and ``<prefix>max_tokens``."""
+    strategy = trial.suggest_categorical(f"{prefix}strategy", list(strategies))
+    params = {pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
+              for pname, spec in strategies[strategy].items()}
+    return Allocation(strategy=strategy,
+                      temperature=float(temperature.suggest(trial, f"{prefix}temperature")),
+                      max_tokens=int(max_tokens.suggest(trial, f"{prefix}max_tokens")),
+                      params=params)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The joint space: prompt x strategy (x its parameters) x temperature x max_tokens.
@@ -301,17 +314,8 @@ class SearchSpace:
                       difficulty=self.difficulty)
 
     def _allocation(self, trial: Any, prefix: str) -> Allocation:
-        strategy = trial.suggest_categorical(f"{prefix}strategy", list(self.strategies))
-        params = {
-            pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
-            for pname, spec in self.strategies[strategy].items()
-        }
-        return Allocation(
-            strategy=strategy,
-            temperature=float(self.temperature.suggest(trial, f"{prefix}temperature")),
-            max_tokens=int(self.max_tokens.suggest(trial, f"{prefix}max_tokens")),
-            params=params,
-        )
+        return suggest_allocation(trial, self.strategies, self.temperature, self.max_tokens,
+                                  prefix)
 
     def with_task(self, task: Task) -> "SearchSpace":
         """Fill in difficulty bins from the task's labels when the space does not list them."""
