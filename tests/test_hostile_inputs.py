@@ -401,7 +401,7 @@ def guarded(monkeypatch):
     import jointopt.search.objective as study
 
     monkeypatch.setattr(study, "build_backend", refuse)
-    monkeypatch.setattr(study, "make_backend", refuse)
+    monkeypatch.setattr(study, "backend_from_settings", refuse)
     monkeypatch.setattr(compare, "build_backend", refuse)
     import uvicorn
 

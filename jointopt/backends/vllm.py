@@ -31,7 +31,7 @@ from jointopt.core.generation import (
     serve_greedy_once,
 )
 from jointopt.backends.models import read_manifest, resolve_model
-from jointopt.backends.base import Backend
+from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
@@ -78,6 +78,14 @@ class VLLMBackend(Backend):
     """
 
     name = "vllm"
+    loads_model = True
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "VLLMBackend":
+        """The offline engine, with ``model.cpu``'s choices on CPU machines."""
+        return cls(model=settings.model, seed=settings.seed,
+                   max_model_len=settings.max_model_len or 2048, cpu=dict(settings.cpu),
+                   engine_kwargs=dict(settings.engine))
 
     def __init__(
         self,

@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from jointopt.backends import Backend, CachedBackend, SampleStore, make_backend
+from jointopt.backends import (Backend, BackendSettings, CachedBackend, SampleStore,
+                               backend_from_settings)
 from jointopt.errors import JointoptError
 from jointopt.evaluation.evaluate import EvaluationResult, evaluate
 from jointopt.evaluation.stats import objective_intervals
@@ -27,44 +28,25 @@ log = logging.getLogger(__name__)
 ENGINE_ATTR = "engine"
 
 
-def build_backend(config: StudyConfig) -> Backend:
-    """The engine a study config names (no cache in front).
-
-    ``vllm``: the offline engine. ``openai``: :class:`~jointopt.backends.openai.OpenAIBackend`
-    on ``model.base_urls`` with the API key of ``model.api_key_env`` / ``api_key_file``
-    (sent as a header, never logged). ``scripted``: :func:`jointopt.testing.scripted_backend`.
-    Any other registry name or ``module:factory`` is called with ``model``, ``seed``,
-    ``max_model_len`` and ``engine_kwargs``.
-    """
-    from jointopt.safety.secrets import read_api_key
-
+def backend_settings(config: StudyConfig) -> BackendSettings:
+    """The ``model:`` section of ``config`` as backends take it (paths resolved)."""
     m = config.model
-    engine = dict(m.engine)
-    common: dict[str, Any] = dict(model=m.model, seed=m.seed, max_model_len=m.max_model_len)
-    if m.backend == "openai":
-        headers = dict(engine.pop("headers", None) or {})
-        key = read_api_key(env=m.api_key_env or engine.pop("api_key_env", None),
-                           file=m.api_key_file, base_dir=config.base_dir)
-        engine.pop("api_key_env", None)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        if headers:
-            engine["headers"] = headers
-        urls = list(m.base_urls) or engine.pop("base_url", None) or "http://127.0.0.1:8000/v1"
-        engine.pop("base_url", None)
-        return make_backend("openai", base_url=urls, engine_kwargs=engine, **common)
-    if m.backend == "scripted":
-        from jointopt._registry import import_path
+    return BackendSettings(
+        model=m.model, seed=m.seed, max_model_len=m.max_model_len, engine=dict(m.engine),
+        cpu=m.cpu.model_dump(exclude_none=True), base_urls=tuple(m.base_urls),
+        api_key_env=m.api_key_env,
+        api_key_file=config.resolve(m.api_key_file) if m.api_key_file else None,
+        bank=config.resolve(m.bank) if m.bank else None)
 
-        scripted_backend = import_path("jointopt.testing:scripted_backend")
 
-        return scripted_backend(engine_kwargs=engine, **common)
-    if m.backend == "replay":
-        return make_backend("replay", bank=config.resolve(m.bank) if m.bank else None,
-                            engine_kwargs=engine)
-    if m.backend == "vllm":
-        common["cpu"] = m.cpu.model_dump(exclude_none=True)
-    return make_backend(m.backend, engine_kwargs=engine, **common)
+def build_backend(config: StudyConfig) -> Backend:
+    """The engine a study config names (no cache in front): the registered backend's
+    :meth:`~jointopt.backends.Backend.from_settings` (``vllm``: the offline engine;
+    ``openai``: servers of ``model.base_urls`` with the key of ``api_key_env`` /
+    ``api_key_file``; ``replay``: ``model.bank``; ``scripted``:
+    :func:`jointopt.testing.scripted_backend`), or a ``module:factory`` called with
+    ``model``, ``seed``, ``max_model_len`` and ``engine_kwargs``."""
+    return backend_from_settings(config.model.backend, backend_settings(config))
 
 
 class TrialRunner:

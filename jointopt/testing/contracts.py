@@ -290,6 +290,15 @@ class BackendContract:
     def _request(text: str, **kw: Any) -> GenerationRequest:
         return GenerationRequest(messages=(ChatMessage("user", text),), **kw)
 
+    def test_declares_its_study_settings(self, backend: Backend) -> None:
+        """Capabilities are class attributes a study reads without building an engine."""
+        from jointopt.backends.base import OPTIONAL_SETTINGS
+
+        cls = type(backend)
+        assert set(cls.settings_keys) <= set(OPTIONAL_SETTINGS)
+        assert isinstance(cls.loads_model, bool)
+        assert callable(cls.from_settings) and callable(cls.check_settings)
+
     def test_one_result_per_request_in_order(self, backend: Backend) -> None:
         requests = [self._request(f"Say the number {i}.", n=1 + i % 3, max_tokens=8,
                                   temperature=0.7) for i in range(5)]
