@@ -7,7 +7,6 @@ go to the backend as one batch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
+from jointopt.core.seeds import stable_seed
 from jointopt.backends.base import Backend
 from jointopt.errors import StrategyError
 from jointopt.core.generation import GenerationRequest, GenerationResult
@@ -89,8 +89,7 @@ class EvaluationResult:
 
 
 def _seed(base: int, example_id: str) -> int:
-    digest = hashlib.sha256(f"{base}|{example_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31)
+    return stable_seed(base, example_id, sep="|")
 
 
 def drive(

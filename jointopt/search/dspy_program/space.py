@@ -11,6 +11,7 @@ from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError, StrategyError
 from jointopt.integrations.proposal_spec import ProposalSource, ProposeSpec
 from jointopt.search.space import Fixed, Param, SearchSpace
@@ -53,12 +54,11 @@ class _Space:
 
 def _pydantic_error(exc: ValidationError) -> ConfigError:
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key (known: {', '.join(ProgramSpaceConfig.model_fields)})")
+    for p in problems(exc, ProgramSpaceConfig):
+        if p.kind == "unknown":
+            parts.append(f"{p.field}: unknown key ({p.hint}known: {', '.join(p.known)})")
         else:
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            parts.append(f"{p.field}: {p.message} (got {p.value!r})")
     return ConfigError("invalid program search space: " + "; ".join(parts), where="search_space",
                        fix="see the mapping form in jointopt.search.dspy_program's docstring")
 
