@@ -84,8 +84,7 @@ class OpenAIBackend(Backend):
         seed, max_model_len: accepted like every backend's; the server's settings apply.
         engine_kwargs: further keyword arguments of this class (``model.engine``).
 
-    From a study config: ``model.base_urls`` (else ``engine.base_url``) and the key of
-    ``api_key_env`` / ``api_key_file``.
+    From a study config: ``model.base_urls`` and the key of ``api_key_env``/``api_key_file``.
     """
 
     name = "openai"

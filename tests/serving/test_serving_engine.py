@@ -22,7 +22,7 @@ import yaml
 
 pytestmark = [pytest.mark.engine, pytest.mark.engine_process, pytest.mark.timeout(600)]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 180.0
 
 

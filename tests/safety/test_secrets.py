@@ -26,7 +26,7 @@ from jointopt.search.objective import build_backend
 from jointopt.search.plan_checks import check_credentials
 from jointopt.search.plan import plan_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLANTED = "sk-PLANTED-6f1d2c9e8b7a4f3e2d1c0b9a"
 SPACE = {"prompts": [{"id": "direct", "user": "{{ question }}"}],
          "strategies": {"single": {}, "majority": {"n": {"low": 2, "high": 3}}},

@@ -9,17 +9,9 @@ import pytest
 from jointopt.backends import ScriptedBackend
 from jointopt.search.config import load_config
 from jointopt.search.study import run_study
+from jointopt.testing import reverse_words_responder as reverse_responder
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def reverse_responder(request, index, rng):
-    """Reverses the word list right more often with demonstrations in the prompt."""
-    words = request.messages[-1].content.split(":")[-1].strip().split(", ")
-    p_right = 0.8 if len(request.messages) > 3 else 0.35
-    if rng.random() < p_right:
-        return ", ".join(reversed(words))
-    return ", ".join(rng.sample(words, len(words)))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from jointopt.serving.runtime import load_policy
 from jointopt.search.plan import plan_study
 from jointopt.search.study import run_study
 
-from test_study import reverse_responder
+from jointopt.testing import reverse_words_responder as reverse_responder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_exported_policy_reproduces_the_test_accuracy(tmp_path):

@@ -47,7 +47,7 @@ from test_resilience import (
 )
 
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+ROOT = TESTS.parents[1]
 #: A process that ignores SIGTERM (as vLLM's EngineCore did when its parent was gone).
 IGNORES_SIGTERM = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                    "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(600)")

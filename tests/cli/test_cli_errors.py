@@ -12,7 +12,7 @@ import yaml
 
 from jointopt.cli.app import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _space(**changes):

@@ -28,7 +28,7 @@ from jointopt.serving.runtime import load_policy
 pytestmark = pytest.mark.timeout(120)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------ statistics

@@ -14,7 +14,7 @@ from jointopt.evaluation.evaluate import evaluate
 from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.testing import RecordingBackend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def by_length(request, index, rng):

@@ -16,7 +16,7 @@ from jointopt.search.config import load_config
 from jointopt.search.plan import plan_study
 from jointopt.testing import ExporterContract
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from jointopt.search.compare import compare_strategies
 from jointopt.search.config import load_config
 from jointopt.errors import ConfigError
 
-from test_study import reverse_responder
+from jointopt.testing import reverse_words_responder as reverse_responder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path, **compare):

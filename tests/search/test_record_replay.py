@@ -39,7 +39,7 @@ def reverse_responder(request, index, rng):
         text = f"Let me think. Answer: {text}"
     return text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ("direct", "step_by_step", "fewshot")
 N_TRIALS = 20
 

@@ -16,7 +16,7 @@ from jointopt.tasks import make_task
 from jointopt.testing import RecordingBackend
 
 pytestmark = pytest.mark.engine
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_real_study_end_to_end(engine, tmp_path):

@@ -75,9 +75,9 @@ def study_with_difficulty(tmp_path, difficulty: dict, n_trials: int):
 
     from jointopt.search.config import load_config
     from jointopt.search.study import run_study
-    from test_study import reverse_responder
+    from jointopt.testing import reverse_words_responder as reverse_responder
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     space = yaml.safe_load((root / "search_spaces/budgets_uniform.yaml").read_text())
     space["difficulty"] = difficulty
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
@@ -123,7 +123,7 @@ def test_oracle_labels_follow_the_pass_rate():
     from jointopt.search.space_build import space_from_dict
     from jointopt.tasks import make_task
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     data = load_space_file(root / "search_spaces/budgets_uniform.yaml").model_dump()
     data["difficulty"] = {"source": "oracle", "n_bins": 2, "oracle_samples": 4,
                           "probe_temperature": 0.7, "probe_max_tokens": 16}

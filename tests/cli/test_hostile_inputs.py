@@ -24,7 +24,7 @@ import yaml
 
 from jointopt.cli.app import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MB = 1024 * 1024
 
 # ---------------------------------------------------------------------------- builders

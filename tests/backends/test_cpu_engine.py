@@ -18,7 +18,7 @@ from jointopt.backends.cpu_engine import (
 from jointopt.backends.vllm_env import OWNED_ENV, cpu_env
 from jointopt.errors import BackendError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**20  # /proc/meminfo counts kB
 
 # First blocks of /proc/cpuinfo of real machines (trimmed to the fields that matter).
