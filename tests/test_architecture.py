@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import extensions_doc  # noqa: E402,F401
 import module_sizes  # noqa: E402
 
 
@@ -40,3 +41,10 @@ def test_a_long_module_must_say_why(tmp_path):
     problems = module_sizes.over_limits(pkg)
     assert any("long.py" in p for p in problems) and any("fn.py" in p for p in problems)
     assert not any("said.py" in p for p in problems)
+
+
+def test_extension_docs_are_generated_from_the_registries():
+    import extensions_doc
+
+    assert extensions_doc.render() == extensions_doc.DOC.read_text(encoding="utf-8"), (
+        "docs/extensions.md is out of date: run .venv/bin/python scripts/extensions_doc.py")
