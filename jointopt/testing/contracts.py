@@ -30,12 +30,13 @@ from jointopt.errors import StrategyError
 from jointopt.evaluation.evaluate import drive
 from jointopt.core.generation import ChatMessage, GenerationRequest, GenerationResult
 from jointopt.strategies.base import Strategy, StrategyContext, StrategyOutcome
-from jointopt.testing.export_contract import ExporterContract
+from jointopt.testing.export_contract import ExporterContract, example_context
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Example, Task
 
 __all__ = [
     "BackendContract",
     "ExporterContract",
+    "example_context",
     "StrategyContract",
     "ScorerContract",
     "RecordingBackend",
