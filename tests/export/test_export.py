@@ -249,6 +249,18 @@ def test_bad_trial_and_budget(study, tmp_path):
         export_policy(config, pick="budget", budget=1, out_dir=tmp_path, register_prompt=False)
 
 
+def test_export_targets_can_be_chosen_and_are_checked_first(study, tmp_path):
+    _, config, _ = study
+    exported = export_policy(config, out_dir=tmp_path / "some", register_prompt=False,
+                             targets=["openai_presets"])
+    assert {p.name for p in exported.files.values()} == {"policy.yaml", "openai_presets.json",
+                                                         "EXPORT.md"}
+    with pytest.raises(ConfigError, match="did you mean 'vllm'") as info:
+        export_policy(config, out_dir=tmp_path / "bad", register_prompt=False, targets=["vlm"])
+    assert info.value.where == "targets"
+    assert not (tmp_path / "bad").exists()
+
+
 def test_export_before_the_study_ran(tmp_path):
     config = load_config(_write_config(tmp_path / "fresh", name="fresh"))
     with pytest.raises(ConfigError, match="run the study first"):
