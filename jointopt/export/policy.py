@@ -214,8 +214,7 @@ def export_policy(
         prompt_name: registry name (default ``<study>-policy``).
         n_bootstrap, confidence, seed: the bootstrap of the confidence intervals.
         device: the serving device the vLLM files are for (``auto``: this machine's).
-        targets: export targets to run besides the policy file (registry names or
-            ``package.module:Class`` paths); default every registered target.
+        targets: targets besides the policy file (names or ``module:Class``); default all.
 
     Raises:
         ConfigError: no study or no complete trial, an unknown trial number, a bad pick
