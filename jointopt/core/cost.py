@@ -29,6 +29,12 @@ UNITS = (FLOPS, USD)
 FLOPS_PER_PARAM = 2.0
 
 
+def _non_negative(value: object) -> bool:
+    """Whether ``value`` is a finite real number >= 0 (booleans are not numbers here)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value) and value >= 0)
+
+
 @dataclass(frozen=True)
 class TokenCost:
     """The cost of one prompt token and one completion token of a model.
@@ -51,8 +57,7 @@ class TokenCost:
                               fix=f"use one of {', '.join(UNITS)}")
         for name in ("prompt", "completion"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value < 0:
+            if not _non_negative(value):
                 raise ConfigError(f"the cost of a {name} token must be a finite number >= 0",
                                   where=f"{self.where}.{name}", value=value,
                                   fix="give a non-negative number")
@@ -82,8 +87,7 @@ def price_cost(prompt_per_million: float, completion_per_million: float,
                *, where: str = "model.prices") -> TokenCost:
     """A cost from prices in US dollars per million prompt and completion tokens."""
     for name, value in (("prompt", prompt_per_million), ("completion", completion_per_million)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < 0:
+        if not _non_negative(value):
             raise ConfigError(f"the price per million {name} tokens must be a finite "
                               "number >= 0", where=f"{where}.{name}", value=value,
                               fix="give dollars per million tokens, e.g. 0.15")
