@@ -48,21 +48,27 @@ def last_number(text: str) -> int | None:
 
 def engine_memory(backend: object) -> str:
     """Resident (RSS) and proportional (PSS: shared pages split between the processes)
-    memory of this process and the engine's processes, MiB."""
+    memory of this process and of the engine's processes, MiB."""
     import psutil
 
     from jointopt.backends.vllm_process import engine_processes
 
-    pids = {os.getpid()} | {p.pid for p in engine_processes(backend._llm)}  # noqa: SLF001
-    rss = pss = 0
-    for pid in pids:
-        try:
-            full = psutil.Process(pid).memory_full_info()
-        except psutil.Error:
-            continue
-        rss += full.rss
-        pss += getattr(full, "pss", full.rss)
-    return f"RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB over {len(pids)} processes"
+    engine = {p.pid for p in engine_processes(backend._llm)} - {os.getpid()}  # noqa: SLF001
+    sizes = {}
+    for label, pids in (("this process", {os.getpid()}), ("engine processes", engine)):
+        rss = pss = 0
+        for pid in pids:
+            try:
+                full = psutil.Process(pid).memory_full_info()
+            except psutil.Error:
+                continue
+            rss += full.rss
+            pss += getattr(full, "pss", full.rss)
+        sizes[label] = (rss / 2**20, pss / 2**20)
+    total = [sum(v[i] for v in sizes.values()) for i in (0, 1)]
+    parts = "; ".join(f"{label} RSS {rss:.0f} PSS {pss:.0f}"
+                      for label, (rss, pss) in sizes.items())
+    return f"RSS {total[0]:.0f} MiB, PSS {total[1]:.0f} MiB ({parts})"
 
 
 def cell(backend: object, items: list[tuple[str, int]], system: str, n: int,

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from jointopt.backends import model_commands, model_prepare, model_source, models
+from jointopt.backends import (
+    model_commands, model_convert, model_prepare, model_source, models)
 from jointopt.backends.model_registry import (
     ALIASES, EMBEDDED_MODELS, EmbeddedModel, GgufSource, PackageFile)
 from jointopt.cli.app import main as cli_main
@@ -224,6 +225,16 @@ def test_model_params_for_the_cost_model(tmp_path):
     assert models.model_params("org/some-model") is None
     _tiny_folder(tmp_path)
     assert models.model_params(str(tmp_path)) == 12
+
+
+def test_the_conversion_runs_in_a_child_and_reports_its_error(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ModelError, match=r"converting bad\.gguf failed: \S") as info:
+        model_convert.convert_in_child(bad, out, "{{ messages }}")
+    assert "Traceback" not in info.value.message
 
 
 # ----------------------------------------------------------------------------- commands

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from jointopt.errors import ModelError
+from jointopt.backends.model_convert import convert_in_child
 from jointopt.backends.model_source import open_gguf
 from jointopt.backends.models import (
     DEFAULT_ALIAS,
@@ -72,34 +73,8 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert(gguf: Path, out: Path, chat_template: str | None = None) -> None:
-    """Dequantize a GGUF into a bfloat16 safetensors folder (tokenizer and chat template kept)."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ModelError(
-            f"converting the embedded model needs torch, transformers, gguf and accelerate ({exc})",
-            fix="run: bash scripts/setup.sh (or pip install 'jointopt[model]' transformers torch)",
-        ) from exc
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
-    # transformers tags a GGUF model as quantized although its weights are dequantized;
-    # saving it with that tag yields a folder vLLM refuses. Drop the tag.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for attr in ("is_quantized", "quantization_method"):
-        if getattr(model, attr, None):
-            with contextlib.suppress(AttributeError):
-                setattr(model, attr, None if attr == "quantization_method" else False)
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if not getattr(tokenizer, "chat_template", None):
-        logger.warning("the converted tokenizer has no chat template")
+#: The conversion (in a child process; tests replace it).
+_convert = convert_in_child
 
 
 @dataclass(frozen=True)
@@ -173,7 +148,7 @@ def prepare_model(alias: str = DEFAULT_ALIAS, *, force: bool = False,
         try:
             with open_gguf(model, target.parent, wheels) as gguf:
                 logger.info("converting %s -> %s (a minute or two)", gguf.name, target)
-                _convert_checked(model, gguf, tmp)
+                _convert(gguf, tmp, model.chat_template)
             _normalise_permissions(tmp)
             _write_manifest(tmp, model)
             _swap_into_place(tmp, target)
@@ -183,21 +158,6 @@ def prepare_model(alias: str = DEFAULT_ALIAS, *, force: bool = False,
     done = Prepared(alias, target, True, time.perf_counter() - started)
     logger.info("%s", done.describe())
     return done
-
-
-def _convert_checked(model: EmbeddedModel, gguf: Path, out: Path) -> None:
-    """:func:`_convert`, with any library failure turned into a ModelError."""
-    try:
-        _convert(gguf, out, model.chat_template)
-    except ModelError:
-        raise
-    except Exception as exc:  # transformers/gguf raise many kinds
-        raise ModelError(
-            f"converting {gguf.name} failed: {type(exc).__name__}: {exc}",
-            where=model.alias,
-            fix="check the versions of transformers/gguf (bash scripts/setup.sh), "
-            "then retry with --force",
-        ) from exc
 
 
 def _remove_leftovers(target: Path) -> None:

