@@ -17,7 +17,7 @@ __all__ = ["check_backend", "check_credentials", "check_limits", "check_model",
 
 def check_model(config: StudyConfig) -> str:
     """The model folder (an embedded model not prepared yet: the folder the engine
-    prepares it into when it starts), or the name for a non-vLLM backend."""
+    prepares it into when it starts), or the name for a backend that loads no model."""
     from jointopt.backends.models import planned_model
 
     from jointopt.backends import backend_class

@@ -23,7 +23,7 @@ from jointopt.cli.app import main as cli_main
 from jointopt.errors import ModelError
 from jointopt.search.plan_checks import check_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHUNKS = (b"GGUF" + b"a" * 1000, b"b" * 777, b"c" * 5)
 
 
