@@ -277,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "worker"):
             kept = ("completed trials are kept in the study storage, a trial in flight is "
                     "marked failed and retried by the rerun")
+        elif args.command == "models":
+            kept = "no half-prepared model folder is left (the next run cleans up)"
         else:
             kept = "the engine was shut down; generations already stored are kept"
         print(f"interrupted{_signal_name(exc)}: {kept}; rerun the same command to continue",
