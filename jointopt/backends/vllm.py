@@ -73,7 +73,8 @@ class VLLMBackend(Backend):
         engine_kwargs: further keyword arguments for ``vllm.LLM`` (they win over the above).
 
     Raises:
-        ModelError: the model cannot be resolved (e.g. the embedded model is not prepared).
+        ModelError: the model cannot be resolved (an embedded model that is not prepared
+            is prepared first, see :func:`jointopt.backends.models.resolve_model`).
         BackendError: vLLM is not installed or the engine failed to start.
     """
 
@@ -104,7 +105,7 @@ class VLLMBackend(Backend):
             raise BackendError("max_model_len must be >= 16", where="max_model_len",
                                value=max_model_len)
         self._model_arg = model
-        self._path = resolve_model(model)
+        self._path = resolve_model(model, on_demand=True)
         self._on_cpu = is_cpu_platform()
         self._seed = int(seed)
         self._llm: Any = None

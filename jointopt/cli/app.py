@@ -10,6 +10,7 @@ Commands:
   record CONFIG     write a sample bank (JSONL) to run studies offline from
   export CONFIG     write a tuned policy and serving-stack configs from a study
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
+  models            prepare or list the embedded models
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     from jointopt.cli.record import add_record_parser
 
     add_record_parser(sub)
+    from jointopt.cli.models import add_models_parser
+
+    add_models_parser(sub)
     cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
                                          "(the config's compare section)")
     cmp.add_argument("config", help="study YAML file with a `compare` section")
@@ -259,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.export import run_serve
 
             return run_serve(args)
+        if args.command == "models":
+            from jointopt.cli.models import run_models
+
+            return _stoppable(run_models, args)
         return _stoppable(_run, args)
     except JointoptError as exc:
         from jointopt.safety.secrets import redact
@@ -269,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "worker"):
             kept = ("completed trials are kept in the study storage, a trial in flight is "
                     "marked failed and retried by the rerun")
+        elif args.command == "models":
+            kept = "no half-prepared model folder is left (the next run cleans up)"
         else:
             kept = "the engine was shut down; generations already stored are kept"
         print(f"interrupted{_signal_name(exc)}: {kept}; rerun the same command to continue",

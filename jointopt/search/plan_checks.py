@@ -16,7 +16,9 @@ __all__ = ["check_backend", "check_credentials", "check_limits", "check_model",
 
 
 def check_model(config: StudyConfig) -> str:
-    from jointopt.backends.models import resolve_model
+    """The model folder (an embedded model not prepared yet: the folder the engine
+    prepares it into when it starts), or the name for a backend that loads no model."""
+    from jointopt.backends.models import planned_model
 
     from jointopt.backends import backend_class
 
@@ -28,7 +30,7 @@ def check_model(config: StudyConfig) -> str:
             fix="run `bash scripts/setup.sh` (CPU) or `pip install 'jointopt[vllm]'` (GPU)",
         )
     try:
-        return resolve_model(config.model.model)
+        return planned_model(config.model.model)
     except JointoptError as exc:
         raise relocate(exc, "model.") from None
 
