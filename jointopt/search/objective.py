@@ -64,7 +64,7 @@ class TrialRunner:
         self.on_trial = on_trial
         self.on_engine_ready = on_engine_ready
         self.engine: Backend | None = None
-        self._oracle_done = False
+        self._labelled = False
 
     def ready(self) -> Backend:
         if self.engine is None:
@@ -87,53 +87,43 @@ class TrialRunner:
             self.tracker.tag_parent({f"engine.{k.removeprefix('engine_')}": v
                                      for k, v in record.items()})
 
-    def _label_by_oracle(self) -> None:
-        """``difficulty.source: oracle``: give dev and test examples their oracle bins as
-        difficulty labels (deterministic given the sample store)."""
+    def label_examples(self) -> None:
+        """For a difficulty source that cannot run at serve time (``oracle``): give dev
+        and test examples their bins as difficulty labels, once (deterministic given the
+        sample store); the trials' policies then split by label."""
         import dataclasses
 
+        source = self.plan.space.bin_source()
+        if source.servable or self._labelled:
+            return
         engine, seed = self.ready(), self.plan.config.seed
 
         def relabel(task: Task) -> Task:
-            bins = self.plan.space.oracle_labels(task, engine, seed)
+            bins = self.plan.space.difficulty_labels(task, engine, seed)
             return task.subset(dataclasses.replace(e, difficulty=bins[e.id])
                                for e in task.examples)
 
         test = self.plan.test_task
         self.plan = dataclasses.replace(self.plan, task=relabel(self.plan.task),
                                         test_task=relabel(test) if test else None)
-        self._oracle_done = True
+        self._labelled = True
         counts: dict[str, int] = {}
         for e in self.plan.task.examples:
             counts[str(e.difficulty)] = counts.get(str(e.difficulty), 0) + 1
-        log.info("oracle bins on dev: %s", dict(sorted(counts.items())))
+        log.info("%s bins on dev: %s", source.key, dict(sorted(counts.items())))
 
-    def _fit_probes(self) -> None:
-        """Fit the probe's bin thresholds per prompt on the dev split (deterministic given
-        the sample store, so every worker and rerun gets the same ones) and write the
-        agreement of probe bins with oracle bins to ``difficulty_report.json`` and MLflow."""
+    def _fit_difficulty(self) -> None:
+        """Fit the difficulty source on the dev split (deterministic given the sample
+        store, so every worker and rerun gets the same fit) and write its report (how its
+        bins agree with oracle bins) to ``difficulty_report.json`` and MLflow."""
         import dataclasses
 
-        space, report = self.plan.space.with_probe_thresholds(
-            self.plan.task, self.ready(), seed=self.plan.config.seed)
-        self.plan = dataclasses.replace(self.plan, space=space)
-        self._publish_difficulty_report(report, {
-            f"probe_{{}}.{prompt_id}": item["agreement"]
-            for prompt_id, item in report["prompts"].items()})
-
-    def _fit_predictor(self) -> None:
-        """Fit the text difficulty predictor on the dev split's oracle bins (deterministic
-        given the sample store) and write how its bins agree with oracle bins, on dev and
-        on the held-out split, to ``difficulty_report.json`` and MLflow."""
-        import dataclasses
-
-        space, report = self.plan.space.with_predictor(
+        space, fit = self.plan.space.fit_difficulty(
             self.plan.task, self.ready(), seed=self.plan.config.seed,
             test_task=self.plan.test_task)
         self.plan = dataclasses.replace(self.plan, space=space)
-        self._publish_difficulty_report(report, {
-            f"predictor_{{}}.{split}": report[split]
-            for split in ("dev", "test") if split in report})
+        if fit.report is not None:
+            self._publish_difficulty_report(dict(fit.report), dict(fit.agreements))
 
     def _publish_difficulty_report(self, report: dict[str, Any],
                                    agreements: dict[str, dict[str, Any]]) -> None:
@@ -195,12 +185,9 @@ class TrialRunner:
 
         if self.plan.space.proposals:
             self._expand_proposals()
-        if self.plan.space.needs_probe_fit:
-            self._fit_probes()
-        if self.plan.space.needs_predictor_fit:
-            self._fit_predictor()
-        if self.plan.space.oracle is not None and not self._oracle_done:
-            self._label_by_oracle()
+        if self.plan.space.needs_fit:
+            self._fit_difficulty()
+        self.label_examples()
         plan = self.plan
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         policy = plan.space.build_policy(trial, plan.model)

@@ -268,8 +268,7 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: TrialRu
     todo = [t for t in pareto_front(study) if str(t.number) not in tests and t.policy]
     if not todo or plan.test_task is None:
         return
-    if trials.plan.space.oracle is not None and not trials._oracle_done:
-        trials._label_by_oracle()
+    trials.label_examples()
     test_task = trials.plan.test_task
     engine = trials.ready()
     for t in todo:

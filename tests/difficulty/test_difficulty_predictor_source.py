@@ -44,11 +44,12 @@ def _split():
 
 def test_predictor_is_fitted_on_dev_oracle_bins_and_predicts_held_out_inputs():
     space = _space()
-    assert space.needs_predictor_fit
+    assert space.needs_fit
     dev, test = _split()
     backend = RecordingBackend(ScriptedBackend(by_length))
-    fitted, report = space.with_predictor(dev, backend, test_task=test)
-    assert not fitted.needs_predictor_fit
+    fitted, fit = space.fit_difficulty(dev, backend, test_task=test)
+    report = fit.report
+    assert not fitted.needs_fit
     spec = fitted.difficulty
     assert spec.source == "predictor" and spec.bins == ("1", "2")
     # word count tells the difficulty here, so held-out inputs get their oracle bin

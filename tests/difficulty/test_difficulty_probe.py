@@ -134,6 +134,6 @@ def test_oracle_labels_follow_the_pass_rate():
         words = request.messages[-1].content.split(":")[-1].strip().split(", ")
         return ", ".join(reversed(words)) if len(words) == 2 else ", ".join(words)
 
-    labels = space.oracle_labels(task, ScriptedBackend(by_length))
+    labels = space.difficulty_labels(task, ScriptedBackend(by_length))
     for e in task.examples:
         assert labels[e.id] == ("1" if e.difficulty == "1" else "2")

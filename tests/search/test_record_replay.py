@@ -16,7 +16,7 @@ from jointopt.backends.replay import ReplayBackend
 from jointopt.search.replay_check import check_replayable
 from jointopt.search.config import load_config
 from jointopt.errors import BackendError, ConfigError, DataError
-from jointopt.evaluation.evaluate import _seed
+from jointopt.strategies.base import example_seed as _seed
 from jointopt.core.generation import ChatMessage, GenerationRequest
 from jointopt.core.prompts import render_messages
 from jointopt.search.record import record_bank, samples_needed
@@ -682,10 +682,12 @@ def test_proposal_entries_are_refused_before_any_compute(plan, bank_path, tmp_pa
 @pytest.mark.parametrize("kind", ["probe", "predictor", "oracle"])
 def test_fitted_difficulty_sources_are_refused_before_any_compute(plan, bank_path, tmp_path,
                                                                   kind):
+    from jointopt._registry import DIFFICULTY_SOURCES
+
     settings = {"n_bins": 2, "probe_k": 2, "probe_temperature": 0.7, "probe_max_tokens": 16,
                 "oracle_samples": 4}
-    space = replace(plan.space, **{"predictor_settings" if kind == "predictor" else kind:
-                                   settings})
+    space = replace(plan.space,
+                    difficulty_source=DIFFICULTY_SOURCES.load(kind).from_config(settings))
     engine = ScriptedBackend()
     for attempt in (lambda: check_replayable(space, load_bank(bank_path)),
                     lambda: record_bank(replace(plan, space=space), engine, samples=2,

@@ -49,7 +49,7 @@ class _Space:
     max_tokens: Param
     literal: tuple[tuple[str, str], ...]  # (id, text)
     proposals: tuple[ProposeSpec, ...]
-    split_by_difficulty: bool = False  # a SearchSpace whose difficulty source is not "none"
+    split_by_difficulty: bool = False  # a SearchSpace whose difficulty source splits
 
 
 def _pydantic_error(exc: ValidationError) -> ConfigError:
@@ -66,7 +66,7 @@ def _pydantic_error(exc: ValidationError) -> ConfigError:
 def _from_search_space(search_space: SearchSpace) -> tuple[Any, Param, Param, list[tuple[str, str]], bool]:
     """Strategies, sampling params, literal instructions and difficulty split of a SearchSpace."""
     literal: list[tuple[str, str]] = []
-    split = getattr(getattr(search_space, "difficulty", None), "source", "none") != "none"
+    split = search_space.bin_source().splits
     strategies = {k: dict(v) for k, v in search_space.strategies.items()}
     temperature, max_tokens = search_space.temperature, search_space.max_tokens
     for template in search_space.prompts:

@@ -1,7 +1,10 @@
-"""The serve-time half of difficulty prediction: text features and a fitted predictor.
+"""The ``predictor`` difficulty source: a text model picks the bin, generating nothing.
 
-A :class:`DifficultyPredictor` is part of a Policy (its difficulty spec), so it lives with
-the Policy types; fitting it on oracle bins is :mod:`jointopt.difficulty.sources`.
+:class:`DifficultyPredictor` is a tiny multinomial logistic regression on text features
+of the inputs (:func:`text_features`), trained on the dev examples labelled with oracle
+bins (:mod:`jointopt.difficulty.oracle`); a policy stores it in its difficulty spec. A
+study reports how its bins agree with oracle bins on dev (the fit) and on the held-out
+split (what serving can expect).
 """
 
 from __future__ import annotations
@@ -10,14 +13,23 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from jointopt.core.policy import DifficultySpec
+from jointopt.difficulty.agreement import agreement
+from jointopt.difficulty.base import DifficultySource, StudyFit, bin_label_key, check_number
+from jointopt.difficulty.oracle import OracleSettings, oracle_labels
 from jointopt.errors import ConfigError
 from jointopt.tasks.base import Example
 
-__all__ = ["FEATURES", "DifficultyPredictor", "text_features"]
+if TYPE_CHECKING:
+    from jointopt.backends.base import Backend
+    from jointopt.core.prompts import PromptTemplate
+    from jointopt.tasks import Task
+
+__all__ = ["FEATURES", "DifficultyPredictor", "PredictorSource", "text_features"]
 
 #: Names of the text features :func:`text_features` computes, in order.
 FEATURES = ("chars", "words", "digits", "list_items", "distinct_words")
@@ -25,25 +37,69 @@ _WORD_RE = re.compile(r"\w+", re.UNICODE)
 _BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s", re.MULTILINE)
 
 
-def check_number(x: Any, where: str, *, allow_neg_inf: bool = False) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
-        raise ConfigError("must be a number", where=where, value=x, fix="pass a float")
-    v = float(x)
-    if math.isnan(v) or (math.isinf(v) and not (allow_neg_inf and v < 0)):
-        raise ConfigError("must be a finite number", where=where, value=x,
-                          fix="drop or recompute the non-finite value")
-    return v
+class PredictorSource(DifficultySource):
+    """A :class:`DifficultyPredictor` fitted on the dev split's oracle bins (with the
+    space's first prompt and the oracle settings)."""
 
+    name: ClassVar[str] = "predictor"
+    Settings: ClassVar[type] = OracleSettings
+    fit_generates: ClassVar[bool] = True
+    needs_fit: ClassVar[bool] = True
 
-def bin_label_key(label: str) -> tuple[int, int, str]:
-    return (0, int(label), label) if label.isascii() and label.isdigit() else (1, 0, label)
+    def _spec(self, predictor: "DifficultyPredictor") -> DifficultySpec:
+        bins = tuple(str(i) for i in range(1, int(self.settings.n_bins) + 1))
+        return DifficultySpec(source=self.key, bins=bins, default_bin=bins[-1],
+                              predictor=predictor)
 
+    def fit(self, task: "Task", backend: "Backend", *, prompt: "PromptTemplate",
+            seed: int = 0) -> DifficultySpec:
+        dev_bins = oracle_labels(prompt, task, backend, self.settings, seed)
+        return self._spec(DifficultyPredictor.fit(task.examples, dev_bins))
 
-# --------------------------------------------------------------------------- oracle
+    def fit_study(self, task: "Task", backend: "Backend", *,
+                  prompts: Sequence["PromptTemplate"], seed: int = 0,
+                  test_task: "Task | None" = None) -> StudyFit:
+        """One predictor for every prompt, and how its bins agree with oracle bins on dev
+        and, when ``test_task`` is given, on the held-out examples."""
+        p, prompt = self.settings, prompts[0]
+        dev_bins = oracle_labels(prompt, task, backend, p, seed)
+        spec = self._spec(DifficultyPredictor.fit(task.examples, dev_bins))
+        report: dict[str, Any] = {
+            "source": self.key, "n_bins": len(spec.bins), "features": list(FEATURES),
+            "oracle_prompt": prompt.id, "oracle_samples": int(p.oracle_samples),
+            "dev": agreement({e.id: spec.bin_of(e) for e in task.examples}, dev_bins).to_dict(),
+        }
+        if test_task is not None and test_task.examples:
+            test_bins = oracle_labels(prompt, test_task, backend, p, seed)
+            report["test"] = agreement({e.id: spec.bin_of(e) for e in test_task.examples},
+                                       test_bins).to_dict()
+        return StudyFit(specs={t.id: spec for t in prompts}, report=report, agreements={
+            f"predictor_{{}}.{split}": report[split]
+            for split in ("dev", "test") if split in report})
 
+    @classmethod
+    def check_spec(cls, spec: DifficultySpec) -> None:
+        predictor = spec.predictor
+        if isinstance(predictor, Mapping):
+            predictor = DifficultyPredictor.from_dict(predictor)
+            object.__setattr__(spec, "predictor", predictor)
+        if not isinstance(predictor, DifficultyPredictor):
+            raise ConfigError("source 'predictor' needs a fitted predictor",
+                              where="difficulty.predictor", value=predictor,
+                              fix="give the output of DifficultyPredictor.to_dict()")
+        unknown = sorted(set(predictor.classes) - set(spec.bins))
+        if unknown:
+            raise ConfigError("the predictor predicts bins the policy does not have",
+                              where="difficulty.predictor.classes", value=unknown,
+                              fix=f"list them in difficulty.bins (has: {list(spec.bins)})")
 
+    @classmethod
+    def spec_fields(cls, spec: DifficultySpec) -> dict[str, Any]:
+        return {"predictor": spec.predictor.to_dict()}
 
-# --------------------------------------------------------------------------- predictor
+    @classmethod
+    def bin_of(cls, spec: DifficultySpec, example: Example) -> str:
+        return spec.predictor.predict(example)
 
 
 def text_features(example: Example) -> tuple[float, ...]:
@@ -150,7 +206,7 @@ class DifficultyPredictor:
     def fit(cls, examples: Sequence[Example], bins: Mapping[str, str], *,
             l2: float = 1e-3, iterations: int = 2000,
             learning_rate: float = 0.5) -> DifficultyPredictor:
-        """Train on ``examples`` labelled by ``bins`` (e.g. :func:`oracle_bins` on dev).
+        """Train on ``examples`` labelled by ``bins`` (e.g. :func:`~jointopt.difficulty.oracle.oracle_bins` on dev).
 
         Full-batch gradient descent on the mean softmax cross-entropy plus
         ``l2 / 2 * ||W||^2`` (the bias is not penalised), from zero weights for a fixed
@@ -272,6 +328,3 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
     s = scores - scores.max(axis=1, keepdims=True)
     e = np.exp(s)
     return e / e.sum(axis=1, keepdims=True)
-
-
-# --------------------------------------------------------------------------- agreement
