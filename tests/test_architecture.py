@@ -48,3 +48,25 @@ def test_extension_docs_are_generated_from_the_registries():
 
     assert extensions_doc.render() == extensions_doc.DOC.read_text(encoding="utf-8"), (
         "docs/extensions.md is out of date: run .venv/bin/python scripts/extensions_doc.py")
+
+
+def test_the_contributing_table_names_every_extension_point_with_a_contract_suite():
+    """Each registry whose base class has a contract suite in jointopt.testing has its row
+    in CONTRIBUTING.md's extension table: base class, registry and suite."""
+    import jointopt.testing
+    from jointopt import _registry
+
+    rows = [line for line in (ROOT / "CONTRIBUTING.md").read_text().splitlines()
+            if line.startswith("|")]
+    checked = []
+    for attr, registry in vars(_registry).items():
+        if not isinstance(registry, _registry.Registry):
+            continue
+        suite = registry.base.rpartition(":")[2] + "Contract"
+        if not hasattr(jointopt.testing, suite):
+            continue
+        cells = (f"`{registry.base.replace(':', '.')}`", f"`_registry.{attr}`",
+                 f"`jointopt.testing.{suite}`")
+        assert any(all(c in row for c in cells) for row in rows), (attr, cells)
+        checked.append(attr)
+    assert {"STRATEGIES", "BACKENDS", "DIFFICULTY_SOURCES", "EXPORTERS"} <= set(checked)

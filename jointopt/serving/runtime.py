@@ -258,7 +258,7 @@ class PolicyRunner:
         wall = time.perf_counter() - start
         answers = []
         for bin_name, (outcome, results) in zip(bins, driven):
-            bin_name = bin_name or outcome.info["bin"]  # probe policies pick it while running
+            bin_name = bin_name or outcome.info["bin"]  # a probing source picks it while running
             answers.append(Answer(
                 answer=outcome.answer,
                 text=_chosen(outcome),

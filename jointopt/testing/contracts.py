@@ -1,6 +1,6 @@
 """Ready-made contract test suites for the extension points.
 
-Every Backend, Strategy, Scorer and Exporter must pass its contract. Use them with pytest by
+Every Backend, Strategy, Scorer, DifficultySource and Exporter must pass its contract. Use them with pytest by
 subclassing and supplying a fixture::
 
     from jointopt.testing import StrategyContract
@@ -30,11 +30,13 @@ from jointopt.errors import StrategyError
 from jointopt.evaluation.evaluate import drive
 from jointopt.core.generation import ChatMessage, GenerationRequest, GenerationResult
 from jointopt.strategies.base import Strategy, StrategyContext, StrategyOutcome
+from jointopt.testing.difficulty_contract import DifficultySourceContract
 from jointopt.testing.export_contract import ExporterContract, example_context
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Example, Task
 
 __all__ = [
     "BackendContract",
+    "DifficultySourceContract",
     "ExporterContract",
     "example_context",
     "StrategyContract",

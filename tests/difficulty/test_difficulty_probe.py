@@ -137,3 +137,24 @@ def test_oracle_labels_follow_the_pass_rate():
     labels = space.difficulty_labels(task, ScriptedBackend(by_length))
     for e in task.examples:
         assert labels[e.id] == ("1" if e.difficulty == "1" else "2")
+
+
+def test_the_probe_bin_a_policy_runs_is_the_tested_bin_of():
+    """One function assigns probe bins: the one test_difficulty checks is what runs."""
+    from jointopt.difficulty.sources import bin_of
+    from jointopt.evaluation.evaluate import check_policy, drive, policy_run
+
+    task = toy_task(12)
+    spec = DifficultySpec(source="probe", bins=("easy", "hard"), default_bin="hard",
+                          probe_k=2, thresholds=(0.9,))
+    bins = _policy().bins
+    policy = Policy(model="scripted", prompt=PromptTemplate(id="p", user="{{ question }}"),
+                    difficulty=spec, bins={"easy": bins["1"], "hard": bins["2"]})
+    strategies = check_policy(policy, task)
+    runs = [policy_run(policy, strategies, task, e)[0] for e in task.examples]
+    outcomes = [outcome for outcome, _ in drive(ScriptedBackend(noisy_responder(0.5)), runs)]
+    bins = [o.info["bin"] for o in outcomes]
+    assert {"easy", "hard"} == set(bins)
+    assert bins == [bin_of(o.info["probe_signal"], spec.thresholds, spec.bins) for o in outcomes]
+    assert [bin_of(o.info["probe_signal"], spec.thresholds) for o in outcomes] == \
+        [{"easy": "1", "hard": "2"}[b] for b in bins]
