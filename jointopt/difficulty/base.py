@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from jointopt.tasks import Example, Task
 
 __all__ = ["DifficultySource", "NoSettings", "StudyFit", "bin_label_key", "check_n_bins",
-           "check_number", "sampling_contexts"]
+           "check_number", "numbered_bins", "sampling_contexts"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,11 @@ def sampling_contexts(template: "PromptTemplate", task: "Task", settings: Any,
     return [example_context(template, task, e, temperature=float(settings.probe_temperature),
                             max_tokens=int(settings.probe_max_tokens), seed=seed)
             for e in task.examples]
+
+
+def numbered_bins(n_bins: Any) -> tuple[str, ...]:
+    """The labels ``"1"`` (easiest) ... ``str(n_bins)`` (hardest)."""
+    return tuple(str(i) for i in range(1, int(n_bins) + 1))
 
 
 def check_number(x: Any, where: str, *, allow_neg_inf: bool = False) -> float:

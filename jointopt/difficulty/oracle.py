@@ -18,7 +18,7 @@ import numpy as np
 
 from jointopt.core.policy import DifficultySpec
 from jointopt.difficulty.base import (DifficultySource, check_n_bins, check_number,
-                                      sampling_contexts)
+                                      numbered_bins, sampling_contexts)
 from jointopt.difficulty.label import LabelSource
 from jointopt.errors import ConfigError
 from jointopt.strategies.pool import PoolSample, expected_pass_at, pool_samples
@@ -57,7 +57,7 @@ class OracleSource(DifficultySource):
 
     def space_spec(self, task: "Task | None" = None, where: str = "difficulty"
                    ) -> DifficultySpec:
-        labels = tuple(str(i) for i in range(1, int(self.settings.n_bins) + 1))
+        labels = numbered_bins(self.settings.n_bins)
         return DifficultySpec(source=LabelSource.name, bins=labels, default_bin=labels[-1])
 
     def label_examples(self, task: "Task", backend: "Backend", *,

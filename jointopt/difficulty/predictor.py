@@ -19,7 +19,8 @@ import numpy as np
 
 from jointopt.core.policy import DifficultySpec
 from jointopt.difficulty.agreement import agreement
-from jointopt.difficulty.base import DifficultySource, StudyFit, bin_label_key, check_number
+from jointopt.difficulty.base import (DifficultySource, StudyFit, bin_label_key, check_number,
+                                      numbered_bins)
 from jointopt.difficulty.oracle import OracleSettings, oracle_labels
 from jointopt.errors import ConfigError
 from jointopt.tasks.base import Example
@@ -47,7 +48,7 @@ class PredictorSource(DifficultySource):
     needs_fit: ClassVar[bool] = True
 
     def _spec(self, predictor: "DifficultyPredictor") -> DifficultySpec:
-        bins = tuple(str(i) for i in range(1, int(self.settings.n_bins) + 1))
+        bins = numbered_bins(self.settings.n_bins)
         return DifficultySpec(source=self.key, bins=bins, default_bin=bins[-1],
                               predictor=predictor)
 

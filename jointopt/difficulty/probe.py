@@ -23,7 +23,7 @@ from jointopt.core.generation import GenerationRequest, GenerationResult
 from jointopt.core.policy import DifficultySpec
 from jointopt.difficulty.agreement import agreement
 from jointopt.difficulty.base import (DifficultySource, StudyFit, check_n_bins, check_number,
-                                      sampling_contexts)
+                                      numbered_bins, sampling_contexts)
 from jointopt.difficulty.oracle import OracleSettings, oracle_bins, pass_rates_from_pools
 from jointopt.errors import ConfigError
 from jointopt.strategies.pool import pool_samples
@@ -62,7 +62,7 @@ class ProbeSource(DifficultySource):
 
     def _spec(self, thresholds: Sequence[float]) -> DifficultySpec:
         p = self.settings
-        bins = tuple(str(i) for i in range(1, int(p.n_bins) + 1))
+        bins = numbered_bins(p.n_bins)
         return DifficultySpec(source=self.key, bins=bins, default_bin=bins[-1],
                               probe_k=int(p.probe_k),
                               probe_temperature=float(p.probe_temperature),
