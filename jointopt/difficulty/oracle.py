@@ -48,7 +48,8 @@ class OracleSettings:
 
 
 class OracleSource(DifficultySource):
-    """Bins by pass rate over ``oracle_samples`` samples; labels dev and test examples."""
+    """Bins by pass rate over ``oracle_samples`` samples; needs the target, so not servable:
+    a study labels its dev and test examples with them."""
 
     name: ClassVar[str] = "oracle"
     Settings: ClassVar[type] = OracleSettings

@@ -39,8 +39,8 @@ _BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s", re.MULTILINE)
 
 
 class PredictorSource(DifficultySource):
-    """A :class:`DifficultyPredictor` fitted on the dev split's oracle bins (with the
-    space's first prompt and the oracle settings)."""
+    """A text model (:class:`DifficultyPredictor`) picks the bin, generating nothing; it is
+    fitted on the dev split's oracle bins (the space's first prompt, the oracle settings)."""
 
     name: ClassVar[str] = "predictor"
     Settings: ClassVar[type] = OracleSettings

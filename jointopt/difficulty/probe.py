@@ -52,7 +52,8 @@ class ProbeSettings(OracleSettings):
 
 
 class ProbeSource(DifficultySource):
-    """Thresholds on the agreement of ``probe_k`` samples, fitted per prompt on dev."""
+    """``probe_k`` samples of the policy's model pick the bin at serve time by thresholds on
+    their agreement, fitted per prompt on dev; the bin's strategy reuses the samples."""
 
     name: ClassVar[str] = "probe"
     Settings: ClassVar[type] = ProbeSettings
