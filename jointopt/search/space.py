@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from jointopt._registry import DIFFICULTY_SOURCES
+from jointopt.difficulty.base import DifficultySource, StudyFit
 from jointopt.errors import ConfigError, JointoptError, StrategyError, relocate
 from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.core.prompts import PromptTemplate, validate_template
@@ -122,12 +123,12 @@ class SearchSpace:
     entries: tuple[Mapping[str, Any], ...] = ()
     #: The ``difficulty.source`` with its settings (None: the source ``difficulty``
     #: names, with default settings).
-    difficulty_source: Any = None
+    difficulty_source: DifficultySource | None = None
     #: Once a source that needs a fit is fitted (:meth:`fit_difficulty`), the spec of
     #: each prompt id.
     fitted: Mapping[str, DifficultySpec] = dataclasses.field(default_factory=dict)
 
-    def bin_source(self) -> Any:
+    def bin_source(self) -> DifficultySource:
         """The :class:`~jointopt.difficulty.base.DifficultySource` of this space."""
         if self.difficulty_source is not None:
             return self.difficulty_source
@@ -140,7 +141,7 @@ class SearchSpace:
         return self.bin_source().needs_fit and not self.fitted
 
     def fit_difficulty(self, task: Task, backend: Any, seed: int = 0,
-                       test_task: Task | None = None) -> tuple["SearchSpace", Any]:
+                       test_task: Task | None = None) -> tuple["SearchSpace", StudyFit]:
         """Fit the difficulty source on the dev examples (``task``); returns the fitted
         space and the :class:`~jointopt.difficulty.base.StudyFit` (specs and report)."""
         fit = self.bin_source().fit_study(task, backend, prompts=self.prompts, seed=seed,
