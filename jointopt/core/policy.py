@@ -106,7 +106,10 @@ class DifficultySpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
-        cls = self.source_class()
+        from jointopt._registry import DIFFICULTY_SOURCES
+
+        cls = DIFFICULTY_SOURCES.load(self.source, where="difficulty.source")
+        object.__setattr__(self, "_source_class", cls)  # not a field: per-input lookups
         if not cls.servable:
             raise ConfigError(
                 f"difficulty source {self.source!r} cannot assign bins to new inputs",
@@ -118,9 +121,7 @@ class DifficultySpec:
     def source_class(self) -> Any:
         """The :class:`~jointopt.difficulty.base.DifficultySource` subclass ``source``
         names (imported on first use)."""
-        from jointopt._registry import DIFFICULTY_SOURCES
-
-        return DIFFICULTY_SOURCES.load(self.source, where="difficulty.source")
+        return self._source_class  # type: ignore[attr-defined]
 
     def bin_of(self, example: "Example") -> str:
         """The bin of an input known before generating (a probing source picks the real
