@@ -125,8 +125,14 @@ BACKENDS = Registry("backend", "jointopt.backends.base:Backend", {
     "scripted": "jointopt.backends.scripted:ScriptedBackend",
 }, error=BackendError, factories=True)
 
-#: Filled as difficulty sources get their base class.
-DIFFICULTY_SOURCES: Registry | None = None
+#: Where difficulty bins come from (a search space's and a policy's ``difficulty.source``).
+DIFFICULTY_SOURCES = Registry("difficulty source", "jointopt.difficulty.base:DifficultySource", {
+    "none": "jointopt.difficulty.none:NoDifficulty",
+    "label": "jointopt.difficulty.label:LabelSource",
+    "probe": "jointopt.difficulty.probe:ProbeSource",
+    "predictor": "jointopt.difficulty.predictor:PredictorSource",
+    "oracle": "jointopt.difficulty.oracle:OracleSource",
+})
 #: Export targets, run by ``export_policy`` in this order (EXPORT.md lists their files so).
 EXPORTERS = Registry("export target", "jointopt.export.base:Exporter", {
     "policy": "jointopt.export.policy_file:PolicyFileExporter",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from jointopt import _registry
-from jointopt.backends.base import Backend
+from jointopt.backends.base import OPTIONAL_SETTINGS, Backend, BackendSettings
 from jointopt.backends.cached import CachedBackend, SampleStore
 from jointopt.backends.scripted import ScriptedBackend
 
-__all__ = ["Backend", "CachedBackend", "SampleStore", "ScriptedBackend", "BACKENDS", "make_backend"]
+__all__ = ["Backend", "BackendSettings", "CachedBackend", "OPTIONAL_SETTINGS", "SampleStore",
+           "ScriptedBackend", "BACKENDS", "backend_class", "backend_from_settings",
+           "make_backend", "settings_takers"]
 
 #: Built-in backend names -> ``"module:Class"`` (the table of :data:`jointopt._registry.BACKENDS`).
 BACKENDS = _registry.BACKENDS.entries
@@ -18,3 +20,33 @@ BACKENDS = _registry.BACKENDS.entries
 def make_backend(name: str, **kwargs: Any) -> Backend:
     """Create a backend by registry name or ``"module:Class"`` path."""
     return _registry.BACKENDS.create(name, where="model.backend", **kwargs)
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class ``name`` registers, whose class attributes declare its capabilities
+    (:class:`Backend` itself for a ``module:factory`` function)."""
+    obj = _registry.BACKENDS.load(name, where="model.backend")
+    return obj if isinstance(obj, type) else Backend
+
+
+def backend_from_settings(name: str, settings: BackendSettings) -> Backend:
+    """The backend ``name`` built from a study config's settings: the class's
+    :meth:`Backend.from_settings`, or a factory called with ``model``, ``seed``,
+    ``max_model_len`` and ``engine_kwargs``."""
+    obj = _registry.BACKENDS.load(name, where="model.backend")
+    if isinstance(obj, type):
+        backend = obj.from_settings(settings)
+    else:
+        backend = obj(model=settings.model, seed=settings.seed,
+                      max_model_len=settings.max_model_len, engine_kwargs=dict(settings.engine))
+    if not isinstance(backend, Backend):
+        from jointopt.errors import BackendError
+
+        raise BackendError("the factory did not return a Backend", where="model.backend",
+                           value=name, fix="return an instance of jointopt.backends.Backend")
+    return backend
+
+
+def settings_takers(key: str) -> list[str]:
+    """The built-in backends that read the ``model.<key>`` setting."""
+    return [n for n in BACKENDS if key in backend_class(n).settings_keys]

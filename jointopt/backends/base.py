@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jointopt.core.generation import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
     from jointopt.core.pool_data import PoolData
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "BackendSettings", "OPTIONAL_SETTINGS"]
+
+#: ``model.*`` keys of a study config that only some backends read (each declares its own
+#: in :attr:`Backend.settings_keys`); setting one for another backend is an error.
+OPTIONAL_SETTINGS: tuple[str, ...] = ("base_urls", "api_key_env", "api_key_file", "bank")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """A study config's ``model:`` section as a backend is built from it (paths resolved
+    against the config's folder). Credentials are named (``api_key_env``, ``api_key_file``),
+    never held."""
+
+    model: str
+    seed: int = 0
+    max_model_len: int | None = None
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    """Extra engine options (``model.engine``), passed on as ``engine_kwargs``."""
+    cpu: Mapping[str, Any] = field(default_factory=dict)
+    """CPU engine choices (``model.cpu``, unset ones left out)."""
+    base_urls: tuple[str, ...] = ()
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    bank: Path | None = None
 
 
 class Backend(ABC):
@@ -30,6 +54,30 @@ class Backend(ABC):
 
     #: Registry name, e.g. ``"vllm"``.
     name: str = "backend"
+    #: The ``OPTIONAL_SETTINGS`` keys this backend reads from a study config.
+    settings_keys: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the backend loads model files in this process (the study resolves and checks
+    #: the model before any compute), rather than naming a model a server or bank knows.
+    loads_model: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "Backend":
+        """The backend a study config describes. By default the class is called with
+        ``model``, ``seed``, ``max_model_len`` and ``engine_kwargs``."""
+        return cls(model=settings.model, seed=settings.seed,
+                   max_model_len=settings.max_model_len, engine_kwargs=dict(settings.engine))
+
+    @classmethod
+    def servers(cls, settings: BackendSettings) -> tuple[list[str], str]:
+        """The servers the backend will connect to, and the config field naming them
+        (checked for reachability before any compute). None by default."""
+        return [], ""
+
+    @classmethod
+    def check_settings(cls, settings: BackendSettings) -> None:
+        """Checks of the settings that need no engine (run by ``plan_study`` before any
+        compute; raise a :class:`~jointopt.errors.JointoptError` naming the field). None by
+        default."""
 
     @property
     @abstractmethod

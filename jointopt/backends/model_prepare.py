@@ -3,7 +3,8 @@ safetensors folder under the cache, with a checksummed manifest written last.
 
 Command line (through :mod:`jointopt.backends.models`)::
 
-    python -m jointopt.backends.models prepare [alias] [--force]
+    python -m jointopt.backends.models prepare [alias] [--force] [--wheels DIR]
+    python -m jointopt.backends.models list
 """
 
 from __future__ import annotations
@@ -18,25 +19,29 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from jointopt.errors import ModelError
+from jointopt.backends.model_convert import convert_in_child
+from jointopt.backends.model_source import open_gguf
 from jointopt.backends.models import (
     DEFAULT_ALIAS,
     EMBEDDED_MODELS,
     MANIFEST_NAME,
     MANIFEST_SCHEMA,
     ALIASES,
+    EmbeddedModel,
+    count_params,
     file_sha256,
-    find_gguf,
     is_prepared,
     manifest_problem,
     model_dir,
     require_alias,
 )
 
-__all__ = ["main", "prepare"]
+__all__ = ["Prepared", "main", "prepare", "prepare_model"]
 
 # the models module's logger: preparing is what `python -m jointopt.backends.models` does
 logger = logging.getLogger("jointopt.backends.models")
@@ -68,116 +73,131 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _convert(gguf: Path, out: Path) -> None:
-    """Dequantize a GGUF into a bfloat16 safetensors folder (tokenizer and chat template kept)."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise ModelError(
-            f"converting the embedded model needs torch, transformers, gguf and accelerate ({exc})",
-            fix="run: bash scripts/setup.sh (or pip install 'jointopt[model]' transformers torch)",
-        ) from exc
-    folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.bfloat16)
-    # transformers tags a GGUF model as quantized although its weights are dequantized;
-    # saving it with that tag yields a folder vLLM refuses. Drop the tag.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    for attr in ("is_quantized", "quantization_method"):
-        if getattr(model, attr, None):
-            with contextlib.suppress(AttributeError):
-                setattr(model, attr, None if attr == "quantization_method" else False)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    if not getattr(tokenizer, "chat_template", None):
-        logger.warning("the converted tokenizer has no chat template")
+#: The conversion (in a child process; tests replace it).
+_convert = convert_in_child
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare_model` did.
+
+    Attributes:
+        alias: the model's canonical alias.
+        folder: the prepared folder.
+        built: False when the folder already verified and nothing was done.
+        seconds: wall time of the call.
+    """
+
+    alias: str
+    folder: Path
+    built: bool
+    seconds: float
+
+    def describe(self) -> str:
+        """One line for the command line."""
+        if not self.built:
+            return (f"{self.alias} is already prepared in {self.folder} (every checksum "
+                    "verified; nothing to do; --force rebuilds it)")
+        return f"prepared {self.alias} in {self.folder} ({self.seconds:.0f} s)"
 
 
 def prepare(alias: str = DEFAULT_ALIAS, force: bool = False) -> Path:
+    """:func:`prepare_model`, returning only the folder."""
+    return prepare_model(alias, force=force).folder
+
+
+def prepare_model(alias: str = DEFAULT_ALIAS, *, force: bool = False,
+                  wheels: Path | None = None) -> Prepared:
     """Convert an embedded model's GGUF into a safetensors folder, once.
 
     The result is ``<cache_dir()>/models/<alias>/`` with a manifest (source GGUF sha256,
-    sha256 and size of every output file, library versions) written last. The folder is
-    built in a temporary sibling and renamed into place, so a crash never leaves a
-    half-written folder under the final name. When the folder exists and every checksum
-    verifies, nothing is done ("already prepared"); a corrupted or partial folder, or one
-    built from a different GGUF, is rebuilt.
+    sha256 and size of every output file, parameter count, library versions) written
+    last. The GGUF is taken from the installed packages or from wheels downloaded into a
+    temporary folder (:func:`jointopt.backends.model_source.open_gguf`), and checked
+    against the pinned size and sha256. The folder is built in a temporary sibling and
+    renamed into place, so an interruption never leaves a half-written folder under the
+    final name (leftovers of an interrupted run are removed by the next one). When the
+    folder exists and every checksum verifies, nothing is done; a corrupted or partial
+    folder, or one built from a different GGUF, is rebuilt.
 
     Args:
-        alias: an alias from :data:`EMBEDDED_MODELS` (or ``"embedded"``).
+        alias: a name from :data:`jointopt.backends.model_registry.EMBEDDED_MODELS`.
         force: rebuild even when the folder verifies.
-
-    Returns:
-        The prepared folder.
+        wheels: a local folder of the source packages' wheels (no package index needed).
 
     Raises:
-        ModelError: unknown alias, missing package or conversion failure.
+        ModelError: unknown alias, packages that cannot be fetched, a GGUF whose size or
+            checksum is not the pinned one, or a conversion failure.
     """
+    started = time.perf_counter()
     alias = require_alias(alias)
+    model = EMBEDDED_MODELS[alias]
     target = model_dir(alias)
-    gguf = find_gguf(alias)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock(target.parent / f".{alias}.lock"):
-        source_sha = file_sha256(gguf)
+        _remove_leftovers(target)
         if not force:
-            problem = manifest_problem(target, source_sha256=source_sha, checksums=True)
+            problem = manifest_problem(target, source_sha256=model.source.sha256,
+                                       checksums=True)
             if problem is None:
                 logger.info("%s already prepared in %s", alias, target)
-                return target
+                return Prepared(alias, target, False, time.perf_counter() - started)
             if target.exists():
                 logger.warning("rebuilding %s in %s: %s", alias, target, problem)
-        logger.info("converting %s -> %s (takes ~30 s)", gguf, target)
-        started = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.tmp-", dir=target.parent))
         try:
-            try:
-                _convert(gguf, tmp)
-            except ModelError:
-                raise
-            except Exception as exc:  # transformers/gguf raise many kinds
-                raise ModelError(
-                    f"converting {gguf.name} failed: {type(exc).__name__}: {exc}",
-                    where=alias,
-                    fix="check the versions of transformers/gguf (bash scripts/setup.sh), "
-                    "then retry with --force",
-                ) from exc
+            with open_gguf(model, target.parent, wheels) as gguf:
+                logger.info("converting %s -> %s (a minute or two)", gguf.name, target)
+                _convert(gguf, tmp, model.chat_template)
             _normalise_permissions(tmp)
-            _write_manifest(tmp, alias, gguf, source_sha)
+            _write_manifest(tmp, model)
             _swap_into_place(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("prepared %s in %.1f s", target, time.perf_counter() - started)
-    return target
+    done = Prepared(alias, target, True, time.perf_counter() - started)
+    logger.info("%s", done.describe())
+    return done
 
 
-def _write_manifest(tmp: Path, alias: str, gguf: Path, source_sha: str) -> None:
+def _remove_leftovers(target: Path) -> None:
+    """Remove temporary folders an interrupted preparation left (the lock is held)."""
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.src-*",
+                    f".{target.name}.old-*"):
+        for path in target.parent.glob(pattern):
+            logger.info("removing %s (left by an interrupted preparation)", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_manifest(tmp: Path, model: EmbeddedModel) -> None:
     """Write the manifest of the built folder ``tmp`` (source, every file's sha256 and size,
-    library versions), last and atomically: its presence marks a complete conversion."""
+    parameter count, library versions), last and atomically: its presence marks a
+    complete conversion."""
     files = {
         str(p.relative_to(tmp)): {"sha256": file_sha256(p), "size": p.stat().st_size}
         for p in sorted(tmp.rglob("*"))
         if p.is_file()
     }
+    params = count_params(tmp)
+    if params != model.params:
+        logger.warning("%s has %d parameters, the registry says %d", model.alias, params,
+                       model.params)
     manifest = {
         "schema": MANIFEST_SCHEMA,
-        "alias": alias,
+        "alias": model.alias,
         "source": {
-            "distribution": EMBEDDED_MODELS[alias].distribution,
-            "file": gguf.name,
-            "sha256": source_sha,
+            "distribution": model.distribution,
+            "file": model.gguf_file,
+            "packages": [p.requirement for p in model.source.parts],
+            "version": model.source.parts[0].version,
+            "size": model.source.size,
+            "sha256": model.source.sha256,
         },
+        "params": params,
         "files": files,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        manifest["source"]["version"] = metadata.version(
-            EMBEDDED_MODELS[alias].distribution
-        )
     part = tmp / (MANIFEST_NAME + ".part")
     part.write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(part, tmp / MANIFEST_NAME)
@@ -217,28 +237,18 @@ def _swap_into_place(new: Path, target: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jointopt.backends.models prepare [alias] [--force]``; returns the exit code."""
+    """``python -m jointopt.backends.models prepare|list ...``; returns the exit code."""
+    from jointopt.backends.model_commands import add_model_commands, run_model_command
+
     parser = argparse.ArgumentParser(
         prog="python -m jointopt.backends.models",
         description="Prepare jointopt's embedded models (GGUF from PyPI -> safetensors folder).",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    prep = sub.add_parser("prepare", help="convert an embedded model once (idempotent)")
-    prep.add_argument("alias", nargs="?", default=DEFAULT_ALIAS,
-                      help=f"one of: {', '.join(sorted(ALIASES))} (default: {DEFAULT_ALIAS})")
-    prep.add_argument("--force", action="store_true", help="rebuild even if the folder verifies")
-    sub.add_parser("list", help="list the embedded models and whether they are prepared")
+    add_model_commands(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[jointopt.backends.models] %(message)s")
     try:
-        if args.command == "list":
-            for alias, model in EMBEDDED_MODELS.items():
-                state = "prepared" if is_prepared(alias) else "not prepared"
-                print(f"{alias:28s} {state:13s} {model.description}")
-            return 0
-        folder = prepare(args.alias, force=args.force)
+        return run_model_command(args)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(folder)
-    return 0

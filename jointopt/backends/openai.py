@@ -20,12 +20,10 @@ Token accounting (what the server says, never a guess where it says more):
 * a server that returns fewer choices than ``n`` (llama.cpp ignores ``n``) is asked again
   for the missing ones; every extra request's prompt tokens are counted too.
 
-``GenerationRequest.continuation`` (an assistant turn that is already started: MCTS
-prefixes, revision contexts) is sent as a final assistant message with vLLM's chat
-extensions ``continue_final_message: true, add_generation_prompt: false``, so the model
-continues that text with the server's own chat template (vLLM and SGLang support this;
-the OpenAI API does not). With ``continuation="error"`` such requests are refused
-instead.
+``GenerationRequest.continuation`` (an assistant turn already started: MCTS prefixes,
+revision contexts) is sent as a final assistant message with vLLM's chat extensions
+``continue_final_message: true, add_generation_prompt: false`` (vLLM and SGLang; not the
+OpenAI API); ``continuation="error"`` refuses such requests.
 
 Failures become :class:`UpstreamError` (a :class:`~jointopt.errors.BackendError`) with a
 ``kind``: ``unreachable`` (connection refused/reset, DNS), ``timeout`` (no answer within
@@ -49,11 +47,11 @@ from typing import Any, Literal
 
 from jointopt.errors import BackendError
 from jointopt.core.generation import Completion, GenerationRequest, GenerationResult, check_request
-from jointopt.backends.base import Backend
-from jointopt.backends.openai_http import (RETRY_STATUS, UNREACHABLE_FIX, UpstreamError,
-                                          base_url_list, check_settings, excerpt,
-                                          http_fix, make_client, normalize_base_url,
-                                          read_api_key)
+from jointopt.backends.base import Backend, BackendSettings
+from jointopt.backends.openai_http import (
+    RETRY_STATUS, UNREACHABLE_FIX, UpstreamError, base_url_list, check_server_urls,
+    check_settings, excerpt, http_fix, kwargs_from_settings, make_client, normalize_base_url,
+    read_api_key, server_urls)
 from jointopt.backends.openai_payloads import chat_body, parse_chat_completion
 
 __all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
@@ -71,29 +69,40 @@ class OpenAIBackend(Backend):
             (asked once, on first use).
         api_key_env: name of the environment variable holding the API key (sent as
             ``Authorization: Bearer``). None: no key. The value is never logged.
-        timeout: seconds to wait for one response (read timeout).
-        connect_timeout: seconds to wait for a connection.
+        timeout, connect_timeout: seconds to wait for a response / a connection.
         max_retries: further attempts after a connection error, HTTP 429 or 5xx.
-        backoff: first retry delay in seconds; doubles each retry (with jitter).
-        max_backoff: cap on one delay (also on a server's ``Retry-After``).
+        backoff, max_backoff: first retry delay in seconds (doubles each retry, with
+            jitter) and cap on one delay (also on a server's ``Retry-After``).
         max_concurrency: requests in flight at once.
         send_seed: send ``GenerationRequest.seed`` as the request ``seed``.
         token_ids: ask for the engine's token ids (vLLM's ``return_token_ids``
             extension); other servers may reject the unknown field.
         continuation: ``"prefill"`` (see the module docstring) or ``"error"``.
-        extra_body: further fields merged into every request body.
-        headers: further HTTP headers.
+        extra_body, headers: further fields of every request body; further HTTP headers.
         model_id: identifier in cache keys (default ``openai:<model>``).
         transport: an ``httpx`` transport (tests: ``httpx.MockTransport``).
-        seed, max_model_len: accepted for registry compatibility (``make_backend`` passes
-            them); the server's own settings apply.
-        engine_kwargs: further keyword arguments of this class (so a study config's
-            ``model.engine`` section can hold ``base_url`` & co.).
+        seed, max_model_len: accepted like every backend's; the server's settings apply.
+        engine_kwargs: further keyword arguments of this class (``model.engine``).
+
+    From a study config: ``model.base_urls`` and the key of ``api_key_env``/``api_key_file``.
     """
 
     name = "openai"
     #: Safe to call ``generate`` from several threads at once.
     thread_safe = True
+    settings_keys = frozenset({"base_urls", "api_key_env", "api_key_file"})
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "OpenAIBackend":
+        return cls(**kwargs_from_settings(settings))
+
+    @classmethod
+    def check_settings(cls, settings: BackendSettings) -> None:
+        check_server_urls(settings)
+
+    @classmethod
+    def servers(cls, settings: BackendSettings) -> tuple[list[str], str]:
+        return server_urls(settings)
 
     def __init__(
         self,

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from jointopt.errors import BackendError
+
+if TYPE_CHECKING:
+    from jointopt.backends.base import BackendSettings
 
 __all__ = ["UpstreamError", "normalize_base_url"]
 
@@ -147,3 +150,59 @@ def make_client(api_key: str | None, headers: Mapping[str, str] | None, *, timeo
         timeout=httpx.Timeout(timeout, connect=float(connect_timeout)),
         headers=send_headers, limits=limits, transport=transport,
     )
+
+
+def kwargs_from_settings(settings: "BackendSettings") -> dict[str, Any]:
+    """:class:`~jointopt.backends.openai.OpenAIBackend` arguments from a study config's
+    settings: the server URLs and the API key header (read here, never stored in them)."""
+    from jointopt.safety.secrets import read_api_key
+
+    engine = dict(settings.engine)
+    headers = dict(engine.pop("headers", None) or {})
+    env = settings.api_key_env or engine.pop("api_key_env", None)
+    engine.pop("api_key_env", None)
+    key = read_api_key(env=env, file=str(settings.api_key_file) if settings.api_key_file
+                       else None)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if headers:
+        engine["headers"] = headers
+    urls = list(settings.base_urls) or engine.pop("base_url", None) or "http://127.0.0.1:8000/v1"
+    engine.pop("base_url", None)
+    return dict(base_url=urls, model=settings.model, seed=settings.seed,
+                max_model_len=settings.max_model_len, engine_kwargs=engine)
+
+
+def server_urls(settings: "BackendSettings") -> tuple[list[str], str]:
+    """The server URLs of the settings (``model.base_urls``, else ``engine.base_url``) and
+    the field they come from."""
+    urls, where = list(settings.base_urls), "model.base_urls"
+    engine_urls = settings.engine.get("base_url")
+    if not urls and engine_urls:
+        urls = [engine_urls] if isinstance(engine_urls, str) else list(engine_urls)
+        where = "model.engine.base_url"
+    return urls, where
+
+
+def check_server_urls(settings: "BackendSettings") -> None:
+    """The settings name at least one server (``model.base_urls`` or ``engine.base_url``),
+    each URL well-formed and without credentials (before any compute)."""
+    from jointopt.errors import ConfigError, JointoptError
+
+    urls, where = server_urls(settings)
+    if not urls:
+        raise ConfigError("backend: openai needs the URL of at least one server",
+                          where="model.base_urls",
+                          fix="e.g. base_urls: [http://127.0.0.1:8000/v1]")
+    for i, url in enumerate(urls):
+        try:
+            normalize_base_url(url)
+            userinfo = urlsplit(str(url)).username is not None
+        except (JointoptError, ValueError) as exc:
+            message = exc.message if isinstance(exc, JointoptError) else str(exc)
+            raise ConfigError(message, where=f"{where}[{i}]", value=url,
+                              fix="e.g. http://127.0.0.1:8000/v1") from None
+        if userinfo:
+            raise ConfigError("server URLs must not hold credentials (user@ or user:password@; "
+                              "the value is not shown)", where=f"{where}[{i}]",
+                              fix="give the key with model.api_key_env or model.api_key_file")

@@ -35,7 +35,7 @@ from typing import Any, Union
 
 from jointopt.errors import BackendError
 from jointopt.core.generation import GenerationRequest, GenerationResult, serve_greedy_once
-from jointopt.backends.base import Backend
+from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.bank_columns import ColumnBank
 from jointopt.backends.bank_file import Bank, BankPool, messages_hash, preview, sampling_fields
 from jointopt.backends.bank_loader import load_bank
@@ -80,6 +80,13 @@ class ReplayBackend(Backend):
     """
 
     name = "replay"
+
+    settings_keys = frozenset({"bank"})
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "ReplayBackend":
+        """The bank of ``model.bank`` (or ``engine.bank``)."""
+        return cls(settings.bank, engine_kwargs=dict(settings.engine))
 
     def __init__(self, bank: BankSource | None = None, *, model: str | None = None,
                  seed: int | None = None, max_model_len: int | None = None,

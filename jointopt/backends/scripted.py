@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from jointopt.errors import BackendError
 from jointopt.core.generation import Completion, GenerationRequest, GenerationResult
-from jointopt.backends.base import Backend
+from jointopt.backends.base import Backend, BackendSettings
 
 __all__ = ["ScriptedBackend", "Responder", "tokenize"]
 
@@ -49,6 +49,16 @@ class ScriptedBackend(Backend):
     """
 
     name = "scripted"
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "ScriptedBackend":
+        """A whole study offline: the responders and options of
+        :func:`jointopt.testing.scripted_backend` (``model.engine``)."""
+        from jointopt._registry import import_path
+
+        factory = import_path("jointopt.testing:scripted_backend")
+        return factory(model=settings.model, seed=settings.seed,
+                       max_model_len=settings.max_model_len, engine_kwargs=dict(settings.engine))
 
     def __init__(self, responder: Responder | None = None, model_id: str = "scripted") -> None:
         self._respond = responder or _echo

@@ -31,7 +31,7 @@ from jointopt.core.generation import (
     serve_greedy_once,
 )
 from jointopt.backends.models import read_manifest, resolve_model
-from jointopt.backends.base import Backend
+from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
@@ -73,11 +73,20 @@ class VLLMBackend(Backend):
         engine_kwargs: further keyword arguments for ``vllm.LLM`` (they win over the above).
 
     Raises:
-        ModelError: the model cannot be resolved (e.g. the embedded model is not prepared).
+        ModelError: the model cannot be resolved (an embedded model that is not prepared
+            is prepared first, see :func:`jointopt.backends.models.resolve_model`).
         BackendError: vLLM is not installed or the engine failed to start.
     """
 
     name = "vllm"
+    loads_model = True
+
+    @classmethod
+    def from_settings(cls, settings: BackendSettings) -> "VLLMBackend":
+        """The offline engine, with ``model.cpu``'s choices on CPU machines."""
+        return cls(model=settings.model, seed=settings.seed,
+                   max_model_len=settings.max_model_len or 2048, cpu=dict(settings.cpu),
+                   engine_kwargs=dict(settings.engine))
 
     def __init__(
         self,
@@ -96,7 +105,7 @@ class VLLMBackend(Backend):
             raise BackendError("max_model_len must be >= 16", where="max_model_len",
                                value=max_model_len)
         self._model_arg = model
-        self._path = resolve_model(model)
+        self._path = resolve_model(model, on_demand=True)
         self._on_cpu = is_cpu_platform()
         self._seed = int(seed)
         self._llm: Any = None

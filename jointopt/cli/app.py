@@ -11,6 +11,7 @@ Commands:
   bank import TABLE bring recorded generations in (also: bank convert, bank info)
   export CONFIG     write a tuned policy and serving-stack configs from a study
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
+  models            prepare or list the embedded models
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     from jointopt.cli.bank import add_bank_parser
 
     add_bank_parser(sub)
+    from jointopt.cli.models import add_models_parser
+
+    add_models_parser(sub)
     cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
                                          "(the config's compare section)")
     cmp.add_argument("config", help="study YAML file with a `compare` section")
@@ -225,7 +229,10 @@ def _run(args: argparse.Namespace) -> int:
                       t.policy.prompt.id if t.policy else "",
                       t.policy.describe() if t.policy else "")
     console.print(table)
-    if ran["trials"] and config.model.backend == "replay":
+    from jointopt.backends import backend_class
+
+    replayed = "bank" in backend_class(config.model.backend).settings_keys
+    if ran["trials"] and replayed:
         console.print(f"this run: {ran['trials']} trials replayed from the bank "
                       f"{config.model.bank} ({ran['cached']} recorded samples scored, "
                       f"{ran['generated']} generated)")
@@ -271,6 +278,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.export import run_serve
 
             return run_serve(args)
+        if args.command == "models":
+            from jointopt.cli.models import run_models
+
+            return _stoppable(run_models, args)
         return _stoppable(_run, args)
     except JointoptError as exc:
         from jointopt.safety.secrets import redact
@@ -281,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "worker"):
             kept = ("completed trials are kept in the study storage, a trial in flight is "
                     "marked failed and retried by the rerun")
+        elif args.command == "models":
+            kept = "no half-prepared model folder is left (the next run cleans up)"
         else:
             kept = "the engine was shut down; generations already stored are kept"
         print(f"interrupted{_signal_name(exc)}: {kept}; rerun the same command to continue",

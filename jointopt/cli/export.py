@@ -88,6 +88,9 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="Optuna storage URL (default: the config's)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="device the vLLM files are written for (default: this machine)")
+    parser.add_argument("--target", action="append", dest="targets", metavar="NAME",
+                        help="export only these targets besides policy.yaml (repeatable; a "
+                             "registry name or package.module:Class; default: all registered)")
     return parser
 
 
@@ -168,7 +171,7 @@ def run_export(args: argparse.Namespace) -> int:
     result = export_policy(
         config, trial=args.trial, pick=pick, budget=args.budget, out_dir=args.out,
         mlflow_alias=args.mlflow_alias, register_prompt=False if args.no_mlflow else None,
-        device=args.device,
+        device=args.device, targets=args.targets,
     )
     console = Console()
     how = "--trial" if result.pick == "trial" else f"pick {result.pick}"

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from jointopt.errors import ConfigError
 from jointopt.core.prompts import PromptTemplate
 
 if TYPE_CHECKING:
-    from jointopt.core.predictor import DifficultyPredictor
+    from jointopt.difficulty.predictor import DifficultyPredictor
     from jointopt.tasks import Example
 
 __all__ = ["SCHEMA_VERSION", "Allocation", "DifficultySpec", "Policy", "DEFAULT_BIN"]
@@ -69,14 +69,20 @@ class Allocation:
 class DifficultySpec:
     """How an input gets its difficulty bin at serve time.
 
+    ``source`` names a :class:`~jointopt.difficulty.base.DifficultySource` in
+    :data:`jointopt._registry.DIFFICULTY_SOURCES` (or by its ``"package.module:Class"``
+    path); that class checks the fields it uses, writes them to policy files and assigns
+    the bins. The fields are the union of what the built-in sources use, so policy files
+    keep one schema.
+
     Attributes:
         source: ``none`` (one bin for everything), ``label`` (the input carries its bin),
             ``probe`` (the policy first draws ``probe_k`` samples; the share of the
             plurality answer, with a likelihood tie-breaker, picks the bin by
             ``thresholds``; the probe's samples are reused by the bin's strategy when it
             samples with the same temperature and max_tokens) or ``predictor`` (a
-            :class:`~jointopt.difficulty.sources.DifficultyPredictor` picks the bin from the
-            input's text, generating nothing).
+            :class:`~jointopt.difficulty.predictor.DifficultyPredictor` picks the bin from
+            the input's text, generating nothing).
         bins: the bin labels, in order of increasing difficulty.
         default_bin: bin used when an input has no label or its label has no allocation.
         probe_k: samples of the probe (``probe`` only).
@@ -85,10 +91,10 @@ class DifficultySpec:
         thresholds: descending cut points of the probe signal, one fewer than ``bins``
             (fitted on the dev split); a signal >= ``thresholds[0]`` is the easiest bin.
         predictor: the fitted text predictor (``predictor`` only; a mapping from
-            :meth:`~jointopt.difficulty.sources.DifficultyPredictor.to_dict` is accepted).
+            :meth:`~jointopt.difficulty.predictor.DifficultyPredictor.to_dict` is accepted).
     """
 
-    source: Literal["none", "label", "probe", "predictor"] = "none"
+    source: str = "none"
     bins: tuple[str, ...] = ()
     default_bin: str = DEFAULT_BIN
     probe_k: int = 0
@@ -100,60 +106,32 @@ class DifficultySpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bins", tuple(str(b) for b in self.bins))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
-        if self.source == "predictor":
-            self._check_predictor()
-        if self.source != "probe":
-            return
-        if self.probe_k < 1:
-            raise ConfigError("a probe needs `probe_k` >= 1", where="difficulty.probe_k",
-                              value=self.probe_k, fix="use e.g. probe_k: 4")
-        if len(self.thresholds) != len(self.bins) - 1 or list(self.thresholds) != sorted(
-                self.thresholds, reverse=True):
+        from jointopt._registry import DIFFICULTY_SOURCES
+
+        cls = DIFFICULTY_SOURCES.load(self.source, where="difficulty.source")
+        object.__setattr__(self, "_source_class", cls)  # not a field: per-input lookups
+        if not cls.servable:
             raise ConfigError(
-                "`thresholds` must be descending and one fewer than `bins`",
-                where="difficulty.thresholds", value=self.thresholds,
-                fix=f"give {max(len(self.bins) - 1, 0)} descending cut points")
+                f"difficulty source {self.source!r} cannot assign bins to new inputs",
+                where="difficulty.source", value=self.source,
+                fix="a policy names the source that assigns its bins at serve time "
+                    "(studies with this source write policies that split by label)")
+        cls.check_spec(self)
 
-    def _check_predictor(self) -> None:
-        from jointopt.core.predictor import DifficultyPredictor
-
-        predictor = self.predictor
-        if isinstance(predictor, Mapping):
-            predictor = DifficultyPredictor.from_dict(predictor)
-            object.__setattr__(self, "predictor", predictor)
-        if not isinstance(predictor, DifficultyPredictor):
-            raise ConfigError("source 'predictor' needs a fitted predictor",
-                              where="difficulty.predictor", value=predictor,
-                              fix="give the output of DifficultyPredictor.to_dict()")
-        unknown = sorted(set(predictor.classes) - set(self.bins))
-        if unknown:
-            raise ConfigError("the predictor predicts bins the policy does not have",
-                              where="difficulty.predictor.classes", value=unknown,
-                              fix=f"list them in difficulty.bins (has: {list(self.bins)})")
+    def source_class(self) -> Any:
+        """The :class:`~jointopt.difficulty.base.DifficultySource` subclass ``source``
+        names (imported on first use)."""
+        return self._source_class  # type: ignore[attr-defined]
 
     def bin_of(self, example: "Example") -> str:
-        if self.source == "label" and example.difficulty is not None:
-            return str(example.difficulty)
-        if self.source == "predictor":
-            return self.predictor.predict(example)
-        return self.default_bin
-
-    def probe_bin(self, signal: float) -> str:
-        """The bin of a probe signal (``probe`` only)."""
-        for label, cut in zip(self.bins, self.thresholds):
-            if signal >= cut:
-                return label
-        return self.bins[-1]
+        """The bin of an input known before generating (a probing source picks the real
+        one while the policy runs: see ``source_class().probes``)."""
+        return self.source_class().bin_of(self, example)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source, "bins": list(self.bins),
                                "default_bin": self.default_bin}
-        if self.source == "probe":
-            out.update(probe_k=self.probe_k, probe_temperature=self.probe_temperature,
-                       probe_max_tokens=self.probe_max_tokens,
-                       thresholds=list(self.thresholds))
-        if self.source == "predictor":
-            out["predictor"] = self.predictor.to_dict()
+        out.update(self.source_class().spec_fields(self))
         return out
 
 

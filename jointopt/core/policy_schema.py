@@ -4,13 +4,13 @@ caps, and the translation of a validation failure into one ConfigError naming th
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError
 
 __all__ = [
@@ -148,57 +148,24 @@ _FIXES: Mapping[str, str] = {
 }
 
 
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or current is None:
-            continue
-        fields = getattr(current, "model_fields", None)
-        if fields is None:
-            return []
-        if part not in fields:
-            # a dict key (bin name, per_bin name): the value's model is the dict's values
-            continue
-        current = _inner_model(fields[part].annotation)
-    fields = getattr(current, "model_fields", None)
-    return list(fields) if fields else []
-
-
-def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def validation_error(exc: ValidationError, path: Path) -> ConfigError:
     """One ConfigError for a failed validation of the file at ``path`` (the first problem
     with its fix; a misspelled key before the missing one it causes)."""
-    problems = []
-    # A misspelled key also makes the right one "missing": report the misspelling first.
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    for err in errors:
-        loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        last = str(loc[-1]) if loc else ""
-        if err["type"] == "extra_forbidden":
-            known = _known_keys(PolicyFileModel, loc[:-1])
-            close = difflib.get_close_matches(last, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            problems.append((field, f"unknown key {last!r}", None,
-                             f"{hint}known keys here: {', '.join(known)}"))
-        elif err["type"] == "missing":
-            problems.append((field, "required key is missing", None, f"add `{last}:`"))
+    found = []
+    for p in problems(exc, PolicyFileModel):
+        field = p.field or "(top level)"
+        if p.kind == "unknown":
+            found.append((field, f"unknown key {p.key!r}", None,
+                          f"{p.hint}known keys here: {', '.join(p.known)}"))
+        elif p.kind == "missing":
+            found.append((field, "required key is missing", None, f"add `{p.key}:`"))
         else:
-            problems.append((field, err["msg"], err.get("input"),
-                             _FIXES.get(last, f"change the value of `{last}` as described")))
-    field, message, value, fix = problems[0]
-    if len(problems) > 1:
-        others = "; ".join(f"{f}: {m}" for f, m, _, _ in problems[1:6])
-        message += f" (and {len(problems) - 1} more: {others})"
+            found.append((field, p.message, p.value,
+                          _FIXES.get(p.key, f"change the value of `{p.key}` as described")))
+    field, message, value, fix = found[0]
+    if len(found) > 1:
+        others = "; ".join(f"{f}: {m}" for f, m, _, _ in found[1:6])
+        message += f" (and {len(found) - 1} more: {others})"
     kwargs: dict[str, Any] = {"where": f"{path}: {field}", "fix": fix}
     if value is not None:
         kwargs["value"] = value

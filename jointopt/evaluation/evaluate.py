@@ -6,29 +6,23 @@ go to the backend as one batch.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from typing import TYPE_CHECKING
-
 from jointopt.backends.base import Backend
 from jointopt.errors import StrategyError
 from jointopt.core.generation import GenerationRequest, GenerationResult
 from jointopt.core.policy import Policy
-from jointopt.core.prompts import render_messages, validate_template
+from jointopt.core.prompts import validate_template
 from jointopt.strategies import Strategy, StrategyContext, StrategyOutcome, make_strategy
-from jointopt.strategies.base import Run
+from jointopt.strategies.base import Run, example_context
+from jointopt.strategies.pool import pool_samples
 from jointopt.tasks import Task
 
-if TYPE_CHECKING:
-    from jointopt.strategies.pool import PoolSample
-    from jointopt.core.prompts import PromptTemplate
-
-__all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy"]
+__all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy",
+           "example_context", "pool_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +82,6 @@ class EvaluationResult:
         }
 
 
-def _seed(base: int, example_id: str) -> int:
-    digest = hashlib.sha256(f"{base}|{example_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31)
-
-
 def drive(
     backend: Backend, runs: Sequence[Run]
 ) -> list[tuple[StrategyOutcome, list[GenerationResult]]]:
@@ -137,71 +126,13 @@ def drive(
     return [(outcome, got) for outcome, got in zip(outcomes, received)]  # type: ignore[misc]
 
 
-def probe_signal_of(ctx: StrategyContext, result: GenerationResult) -> float:
-    """The difficulty signal of a probe's samples (high = easy)."""
-    from jointopt.difficulty.sources import probe_signal
-
-    comps = result.completions
-    return probe_signal([ctx.extract(c.text) for c in comps], [c.mean_logprob for c in comps])
-
-
-def _probed_run(policy: Policy, strategies: dict[str, Strategy], ctx: StrategyContext) -> Run:
-    """Probe, pick the bin, then run its strategy, reusing the probe's samples.
-
-    Requests of the strategy for the probe's prompt and sampling settings take the
-    probe's samples at the positions they cover (``offset``) and ask the engine only for
-    the rest, so no probe sample is thrown away and none is paid twice.
-    """
-    spec = policy.difficulty
-    probe_ctx = dataclasses.replace(ctx, temperature=spec.probe_temperature,
-                                    max_tokens=spec.probe_max_tokens)
-    probe_request = probe_ctx.request(n=spec.probe_k)
-    (probe,) = yield [probe_request]
-    signal = probe_signal_of(probe_ctx, probe)
-    bin_name = spec.probe_bin(signal)
-    allocation = policy.bins[bin_name]
-    inner_ctx = dataclasses.replace(ctx, temperature=allocation.temperature,
-                                    max_tokens=allocation.max_tokens)
-    inner = strategies[bin_name].run(inner_ctx)
-    key, held = probe_request.sampling_key(), probe.completions
-    try:
-        requests = inner.send(None)
-        while True:
-            outgoing: list[GenerationRequest] = []
-            plans: list[tuple[GenerationRequest, tuple, int | None]] = []
-            for request in requests:
-                start, stop = request.offset, request.offset + request.n
-                reused = held[start:min(stop, len(held))] if request.sampling_key() == key else ()
-                rest = request.n - len(reused)
-                index = None
-                if rest:
-                    index = len(outgoing)
-                    outgoing.append(dataclasses.replace(
-                        request, n=rest, offset=request.offset + len(reused)))
-                plans.append((request, tuple(reused), index))
-            fresh = (yield outgoing) if outgoing else []
-            merged = []
-            for request, reused, index in plans:
-                new = fresh[index] if index is not None else None
-                merged.append(GenerationResult(
-                    request=request,
-                    prompt_tokens=new.prompt_tokens if new is not None else 0,
-                    completions=reused + (new.completions if new is not None else ()),
-                    wall_time=new.wall_time if new is not None else 0.0,
-                    cached=len(reused) + (new.cached if new is not None else 0),
-                ))
-            requests = inner.send(merged)
-    except StopIteration as stop:
-        outcome = stop.value
-    return dataclasses.replace(outcome, info={**dict(outcome.info), "bin": bin_name,
-                                              "probe_signal": signal})
-
-
 def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, example,
                seed: int = 0) -> tuple[Run, str | None]:
     """The generator that answers one example with a policy, and its bin when it is
-    known before running (``None`` for probe policies: see ``outcome.info["bin"]``)."""
-    if policy.difficulty.source == "probe":
+    known before running (``None`` when the difficulty source probes: see
+    ``outcome.info["bin"]``)."""
+    source = policy.difficulty.source_class()
+    if source.probes:
         allocation = next(iter(policy.bins.values()))
         bin_name = None
     else:
@@ -209,7 +140,7 @@ def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, exam
     ctx = example_context(policy.prompt, task, example, temperature=allocation.temperature,
                           max_tokens=allocation.max_tokens, seed=seed)
     if bin_name is None:
-        return _probed_run(policy, strategies, ctx), None
+        return source.run(policy, strategies, ctx), None
     return strategies[bin_name].run(ctx), bin_name
 
 
@@ -228,33 +159,6 @@ def check_policy(policy: Policy, task: Task) -> dict[str, Strategy]:
 def _pool_size(ctx: StrategyContext, k: int, pool_size: int) -> int:
     # Greedy decoding gives the same completion every time: one sample is the pool.
     return 1 if ctx.temperature == 0 else max(pool_size, k)
-
-
-def example_context(template: "PromptTemplate", task: Task, example, *, temperature: float,
-                    max_tokens: int, seed: int = 0) -> StrategyContext:
-    """The context in which a strategy answers ``example`` with ``template`` (the example's
-    seed is derived from ``seed`` and its id, as in every evaluation)."""
-    return StrategyContext(
-        example=example, task=task, messages=render_messages(template, task, example),
-        temperature=temperature, max_tokens=max_tokens, seed=_seed(seed, example.id),
-        answer_regex=template.answer_regex,
-    )
-
-
-def pool_samples(ctx: StrategyContext, completions) -> list["PoolSample"]:
-    """The completions of one example read as sample-bank entries (answer, correctness,
-    tokens, likelihoods)."""
-    from jointopt.strategies.pool import PoolSample
-
-    pool = []
-    for c in completions:
-        answer = ctx.extract(c.text)
-        pool.append(PoolSample(
-            answer=answer, correct=ctx.task.is_correct(ctx.example, answer),
-            completion_tokens=c.num_tokens, mean_logprob=c.mean_logprob,
-            sum_logprob=c.sum_logprob,
-        ))
-    return pool
 
 
 def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
@@ -281,7 +185,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
                                         max_tokens=allocation.max_tokens, seed=seed))
         bins.append(bin_name)
 
-    probed = policy.difficulty.source == "probe"
+    source = policy.difficulty.source_class()
+    probed = source.probes  # the bin is picked while running: nothing is scored from pools
     pooled = [i for i, b in enumerate(bins)
               if not probed and pool_size is not None and strategies[b].pool_k() is not None]
     records: list[ExampleRecord | None] = [None] * len(contexts)
@@ -298,7 +203,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
             records[i] = record
     direct = [i for i in range(len(contexts)) if records[i] is None]
     driven = drive(backend, [
-        _probed_run(policy, strategies, contexts[i]) if probed
+        source.run(policy, strategies, contexts[i]) if probed
         else strategies[bins[i]].run(contexts[i]) for i in direct])
     for i, (outcome, results) in zip(direct, driven):
         if probed:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jointopt.errors import ConfigError
+from jointopt.errors import ConfigError, DataError
 from jointopt.tasks import Task
 
 __all__ = ["Interval", "Split", "split_task", "bootstrap", "objective_intervals"]
@@ -31,7 +31,14 @@ class Interval:
         return self.low <= x <= self.high
 
     def to_dict(self) -> dict[str, float]:
+        """The form stored in a study's trial attributes (``Interval(**d)`` reads it back)."""
         return {"value": self.value, "low": self.low, "high": self.high, "level": self.level}
+
+    def to_metric(self, digits: int = 6) -> dict[str, float]:
+        """The form of a policy file's ``metadata.metrics`` (``estimate``, ``low``, ``high``,
+        rounded to ``digits``)."""
+        return {"estimate": round(self.value, digits), "low": round(self.low, digits),
+                "high": round(self.high, digits)}
 
     def __str__(self) -> str:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
@@ -79,11 +86,17 @@ def bootstrap(values: Sequence[float], *, resamples: int = 2000, level: float = 
 
     Resamples with ``numpy.random.default_rng(seed)`` in chunks, so large inputs need
     little memory and the interval is reproducible.
+
+    Raises:
+        DataError: no values, or ``level`` not in (0, 1).
     """
     data = np.asarray(list(values), dtype=float)
     if data.size == 0:
-        raise ConfigError("cannot bootstrap an empty sample", where="bootstrap",
-                          fix="evaluate on at least one example")
+        raise DataError("cannot compute an interval from no values", where="bootstrap",
+                        fix="evaluate on at least one example")
+    if not 0 < level < 1:
+        raise DataError("the confidence level must be in (0, 1)", where="level", value=level,
+                        fix="e.g. 0.95")
     rng = np.random.default_rng(seed)
     n = data.size
     means = np.empty(resamples)

@@ -1,4 +1,4 @@
-"""Choosing the trial to export: pick rules on the Pareto front and bootstrap intervals.
+"""Choosing the trial to export: pick rules on the Pareto front.
 
 Pick rules (among feasible complete trials; see :func:`pick_point`):
 
@@ -15,86 +15,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 
-from jointopt.errors import ConfigError, DataError
+from jointopt._registry import did_you_mean
+from jointopt.errors import ConfigError
+from jointopt.search.results import non_dominated
 
-__all__ = ["PICKS", "Interval", "TrialPoint", "bootstrap_mean", "pareto_points", "pick_point"]
+__all__ = ["PICKS", "Point", "pick_point"]
 
 Pick = Literal["knee", "max_accuracy", "min_tokens", "budget"]
 PICKS: tuple[str, ...] = ("knee", "max_accuracy", "min_tokens", "budget")
 
-# ------------------------------------------------------------------------------ statistics
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with a confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-
-    def to_dict(self, digits: int = 6) -> dict[str, float]:
-        return {"estimate": round(self.estimate, digits), "low": round(self.low, digits),
-                "high": round(self.high, digits)}
-
-    def __str__(self) -> str:
-        return f"{self.estimate:.4g} [{self.low:.4g}, {self.high:.4g}]"
-
-
-def bootstrap_mean(values: Sequence[float], *, n_resamples: int = 2000,
-                   confidence: float = 0.95, seed: int = 0) -> Interval:
-    """Percentile-bootstrap confidence interval of the mean of ``values``.
-
-    Examples are resampled with replacement ``n_resamples`` times with
-    ``numpy.random.default_rng(seed)``, so the interval is reproducible.
-
-    Raises:
-        DataError: no values, or ``confidence`` not in (0, 1).
-    """
-    arr = np.asarray(list(values), dtype=float)
-    if arr.size == 0:
-        raise DataError("cannot compute an interval from no values", where="bootstrap",
-                        fix="the trial has no per-example records")
-    if not 0 < confidence < 1:
-        raise DataError("confidence must be in (0, 1)", where="confidence", value=confidence,
-                        fix="e.g. 0.95")
-    from jointopt.evaluation.stats import bootstrap
-
-    ci = bootstrap(arr, resamples=n_resamples, level=confidence, seed=seed)
-    return Interval(ci.value, ci.low, ci.high)
-
-
-# ------------------------------------------------------------------------------ pick rules
-
-
-@dataclass(frozen=True)
-class TrialPoint:
-    """One complete trial as a point of the objective plane."""
+class Point(Protocol):
+    """What a pick rule reads of a trial (a :class:`~jointopt.search.results.TrialSummary`)."""
 
     number: int
     accuracy: float
     mean_tokens: float
 
 
-def pareto_points(points: Sequence[TrialPoint]) -> list[TrialPoint]:
-    """Non-dominated points (accuracy up, tokens down), one per distinct objective pair,
-    by increasing tokens (lowest trial number kept among equal points)."""
-    ordered = sorted(points, key=lambda p: (p.mean_tokens, -p.accuracy, p.number))
-    front: list[TrialPoint] = []
-    best = -math.inf
-    for p in ordered:
-        if p.accuracy > best:
-            front.append(p)
-            best = p.accuracy
-    return front
+P = TypeVar("P", bound=Point)
 
 
-def _knee(front: list[TrialPoint]) -> TrialPoint:
+def _knee(front: list[P]) -> P:
     if len(front) <= 2:
         return max(front, key=lambda p: (p.accuracy, -p.mean_tokens, -p.number))
     acc = np.array([p.accuracy for p in front])
@@ -111,20 +56,15 @@ def _knee(front: list[TrialPoint]) -> TrialPoint:
     return front[best]
 
 
-def pick_point(points: Sequence[TrialPoint], pick: str, budget: float | None = None
-               ) -> TrialPoint:
+def pick_point(points: Sequence[P], pick: str, budget: float | None = None) -> P:
     """Choose one point by a pick rule (see the module docstring).
 
     Raises:
         ConfigError: an unknown rule, no points, a missing budget, or no point within it.
     """
     if pick not in PICKS:
-        import difflib
-
-        close = difflib.get_close_matches(str(pick), PICKS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError("unknown pick rule", where="pick", value=pick,
-                          fix=f"{hint}choose one of: {', '.join(PICKS)}")
+                          fix=f"{did_you_mean(pick, PICKS)}choose one of: {', '.join(PICKS)}")
     if not points:
         raise ConfigError("the study has no complete (feasible) trial to pick from",
                           where="pick", fix="run the study first: jointopt run CONFIG")
@@ -147,4 +87,4 @@ def pick_point(points: Sequence[TrialPoint], pick: str, budget: float | None = N
         return max(points, key=lambda p: (p.accuracy, -p.mean_tokens, -p.number))
     if pick == "min_tokens":
         return min(points, key=lambda p: (p.mean_tokens, -p.accuracy, p.number))
-    return _knee(pareto_points(points))
+    return _knee(non_dominated(points))

@@ -24,7 +24,7 @@ and registers the prompt in the MLflow prompt registry (:mod:`jointopt.export.ml
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +38,8 @@ from jointopt.errors import ConfigError, JointoptError
 from jointopt.export.base import ExportContext, ExportSkipped
 from jointopt.export.messages import served_name
 from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _register_prompt
-from jointopt.export.pick import Interval, Pick
+from jointopt.evaluation.stats import Interval
+from jointopt.export.pick import Pick
 from jointopt.export.readme import readme
 from jointopt.export.trials import as_plan, choose_trial, load_study, measure, safe_storage
 
@@ -139,12 +140,24 @@ def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], p
                   metadata=metadata)
 
 
-def _write_targets(context: ExportContext, warnings: list[str]) -> dict[str, Path]:
-    """Run every registered exporter, in registry order; a skipped one adds a warning."""
+def _targets(targets: Sequence[str] | None) -> list[str]:
+    """The export targets to run: every registered one by default, else the policy file
+    and the given names or ``package.module:Class`` paths (each checked now, before any
+    work)."""
+    names = EXPORTERS.names() if targets is None else \
+        ["policy", *(t for t in dict.fromkeys(targets) if t != "policy")]
+    for name in names:
+        EXPORTERS.load(name, where="targets")
+    return names
+
+
+def _write_targets(context: ExportContext, names: list[str], warnings: list[str]
+                   ) -> dict[str, Path]:
+    """Run the exporters in order; a skipped one adds a warning."""
     files: dict[str, Path] = {}
-    for name in EXPORTERS.names():
+    for name in names:
         try:
-            files.update(EXPORTERS.create(name, where="export target").write(context))
+            files.update(EXPORTERS.create(name, where="targets").write(context))
         except ExportSkipped as skipped:
             warnings.append(str(skipped))
     return files
@@ -206,6 +219,7 @@ def export_policy(
     confidence: float = 0.95,
     seed: int = 0,
     device: Literal["auto", "cpu", "gpu"] = "auto",
+    targets: Sequence[str] | None = None,
 ) -> ExportResult:
     """Export one trial of a study as a policy file plus serving-stack configs.
 
@@ -221,6 +235,7 @@ def export_policy(
         prompt_name: registry name (default ``<study>-policy``).
         n_bootstrap, confidence, seed: the bootstrap of the confidence intervals.
         device: the serving device the vLLM files are for (``auto``: this machine's).
+        targets: targets besides the policy file (names or ``module:Class``); default all.
 
     Raises:
         ConfigError: no study or no complete trial, an unknown trial number, a bad pick
@@ -229,6 +244,7 @@ def export_policy(
     from jointopt.search.preflight import check_folder
 
     check_folder(out_dir, "out_dir", "export folder")
+    names = _targets(targets)
     plan = as_plan(config_or_plan)
     study = load_study(plan)
     warnings: list[str] = []
@@ -250,7 +266,7 @@ def export_policy(
     out.mkdir(parents=True, exist_ok=True)
     context = ExportContext(policy=policy, plan=plan, task=plan.task, out_dir=out,
                             served_model_name=served, model_path=model_path, on_cpu=on_cpu)
-    files = _write_targets(context, warnings)
+    files = _write_targets(context, names, warnings)
 
     prompt_uri = alias = None
     wanted = register_prompt if register_prompt is not None else (

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from jointopt.core.policy import Policy
 from jointopt.errors import ConfigError
-from jointopt.export.pick import Interval, TrialPoint, bootstrap_mean, pick_point
+from jointopt.evaluation.stats import Interval, bootstrap
+from jointopt.export.pick import pick_point
+from jointopt.search.results import feasible as _feasible, summarize
 
 if TYPE_CHECKING:
     import optuna
@@ -61,12 +63,8 @@ def safe_storage(url: str) -> str:
     return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
-def _feasible(trial: "optuna.trial.FrozenTrial") -> bool:
-    return all(c <= 0 for c in trial.user_attrs.get("constraint", [0.0]))
-
-
-def _interval_dict(data: Mapping[str, float]) -> dict[str, float]:
-    """A validation.Interval dict in this module's estimate/low/high form."""
+def _metric(data: Mapping[str, float]) -> dict[str, float]:
+    """A stored interval (trial attributes) in the policy file's metric form."""
     return {"estimate": float(data["value"]), "low": float(data["low"]),
             "high": float(data["high"])}
 
@@ -112,8 +110,7 @@ def choose_trial(plan: "StudyPlan", study: "optuna.Study", trial: int | None, pi
             warnings.append(f"trial {trial} violates the study's max_mean_tokens constraint")
         return chosen, "trial"
     feasible = [t for t in complete if _feasible(t)]
-    points = [TrialPoint(t.number, float(t.values[0]), float(t.values[1])) for t in feasible]
-    point = pick_point(points, pick, budget)
+    point = pick_point([summarize(t) for t in feasible], pick, budget)
     return next(t for t in feasible if t.number == point.number), pick
 
 
@@ -134,13 +131,11 @@ def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.Froz
                                     "high": None})
     else:
         correct, tokens = per_example
-        acc_ci = bootstrap_mean(correct, n_resamples=n_bootstrap, confidence=confidence,
-                                seed=seed)
-        tok_ci = bootstrap_mean(tokens, n_resamples=n_bootstrap, confidence=confidence,
-                                seed=seed)
+        acc_ci = bootstrap(correct, resamples=n_bootstrap, level=confidence, seed=seed)
+        tok_ci = bootstrap(tokens, resamples=n_bootstrap, level=confidence, seed=seed)
         metrics.update(n_examples=len(correct), confidence=confidence, n_bootstrap=n_bootstrap,
-                       bootstrap_seed=seed, accuracy=acc_ci.to_dict(),
-                       mean_tokens=tok_ci.to_dict())
+                       bootstrap_seed=seed, accuracy=acc_ci.to_metric(),
+                       mean_tokens=tok_ci.to_metric())
         for key in ("mean_prompt_tokens", "mean_completion_tokens"):
             if chosen.user_attrs.get(key) is not None:
                 metrics[key] = round(float(chosen.user_attrs[key]), 6)
@@ -152,8 +147,8 @@ def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.Froz
     held_out = study.user_attrs.get("test_scores", {}).get(str(chosen.number))
     if held_out and plan.test_task is not None:
         metrics["test"] = {"n_examples": len(plan.test_task.examples),
-                           "accuracy": _interval_dict(held_out["accuracy"]),
-                           "mean_tokens": _interval_dict(held_out["mean_tokens"])}
+                           "accuracy": _metric(held_out["accuracy"]),
+                           "mean_tokens": _metric(held_out["mean_tokens"])}
     return metrics, acc_ci, tok_ci
 
 
@@ -165,11 +160,10 @@ def _per_bin(policy: Policy, task: Any, correct: list[float], tokens: list[float
     return {
         name: {
             "n_examples": len(idx),
-            "accuracy": bootstrap_mean([correct[i] for i in idx], n_resamples=n_bootstrap,
-                                       confidence=confidence, seed=seed).to_dict(),
-            "mean_tokens": bootstrap_mean([tokens[i] for i in idx],
-                                          n_resamples=n_bootstrap,
-                                          confidence=confidence, seed=seed).to_dict(),
+            "accuracy": bootstrap([correct[i] for i in idx], resamples=n_bootstrap,
+                                  level=confidence, seed=seed).to_metric(),
+            "mean_tokens": bootstrap([tokens[i] for i in idx], resamples=n_bootstrap,
+                                     level=confidence, seed=seed).to_metric(),
         }
         for name, idx in groups.items()
     }

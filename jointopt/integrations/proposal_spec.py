@@ -3,12 +3,12 @@ the proposals an LM made: templates, cost and cache key."""
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError
 from jointopt.core.prompts import PromptTemplate
 from jointopt.integrations.token_meter import TokenCounts
@@ -49,18 +49,14 @@ class ProposalSource(BaseModel):
 
 def _config_error(exc: ValidationError, where: str) -> ConfigError:
     lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
-            known = list(ProposeSpec.model_fields) if len(err["loc"]) > 1 else ["propose"]
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            lines.append(f"{loc}: unknown key {key!r} ({hint}known keys: {', '.join(known)})")
-        elif err["type"] == "missing":
-            lines.append(f"{loc}: required key is missing")
+    for p in problems(exc, ProposalSource):
+        if p.kind == "unknown":
+            lines.append(f"{p.field}: unknown key {p.key!r} ({p.hint}known keys: "
+                         f"{', '.join(p.known)})")
+        elif p.kind == "missing":
+            lines.append(f"{p.field}: required key is missing")
         else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{p.field}: {p.message} (got {p.value!r})")
     return ConfigError("invalid proposal source: " + "; ".join(lines), where=where,
                        fix="write e.g. {propose: {k: 4, n_examples: 3, seed: 0}}")
 

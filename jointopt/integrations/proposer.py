@@ -3,13 +3,13 @@ instruction), its draws, the cleaning of its replies, and the templates made fro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from jointopt.core.seeds import stable_seed
 from jointopt.backends.base import Backend
 from jointopt.core.prompts import PromptTemplate, validate_template
 from jointopt.integrations.dspy_lm import make_dspy_lm
@@ -109,11 +109,6 @@ def _as_jinja_text(instruction: str) -> str:
     return instruction
 
 
-def _seed(*parts: Any) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31)
-
-
 def _templates(task: Task, instructions: Sequence[str], prefix: str, model: str,
                key: str) -> tuple[PromptTemplate, ...]:
     user = _user_template(task)
@@ -143,7 +138,7 @@ def _draw(task: Task, lm_backend: Backend, local: TokenMeter, chosen: Sequence[E
         for draw in range(draws):
             if len(accepted) >= k:
                 break
-            config = {"seed": _seed("jointopt/propose", seed, draw)}
+            config = {"seed": stable_seed("jointopt/propose", seed, draw)}
             if temperature > 0:
                 config["rollout_id"] = draw
             try:

@@ -4,12 +4,12 @@ value and the fix (with "did you mean" for misspelled keys)."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError
 
 __all__ = ["StrictModel", "read_yaml", "parse_model"]
@@ -32,58 +32,19 @@ def read_yaml(path: Path, what: str) -> Any:
 
 def _validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     lines = []
-    for err in exc.errors():
-        path, holder = _walk(model, err["loc"][:-1])
-        key = str(err["loc"][-1]) if err["loc"] else ""
-        loc = ".".join([*path, key]) if key else ".".join(path)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            known = [k for k in holder.model_fields if k != "base_dir"] if holder else []
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            lines.append(f"{loc}: unknown key {key!r}\n  fix: {hint}known keys here: "
-                         f"{', '.join(known)}")
-        elif kind == "missing":
-            lines.append(f"{loc}: required key is missing\n  fix: add `{key}:`")
+    for p in problems(exc, model, hidden=("base_dir",)):
+        if p.kind == "unknown":
+            lines.append(f"{p.field}: unknown key {p.key!r}\n  fix: {p.hint}known keys here: "
+                         f"{', '.join(p.known)}")
+        elif p.kind == "missing":
+            lines.append(f"{p.field}: required key is missing\n  fix: add `{p.key}:`")
         else:
-            value = err.get("input")
-            shown = repr(value)
+            shown = repr(p.value)
             if len(shown) > 120:
                 shown = shown[:117] + "..."
-            lines.append(f"{loc}: {err['msg']} (got {shown})\n  fix: set `{key}` "
-                         f"to a value that satisfies: {err['msg'][0].lower()}{err['msg'][1:]}")
+            lines.append(f"{p.field}: {p.message} (got {shown})\n  fix: set `{p.key}` "
+                         f"to a value that satisfies: {p.message[0].lower()}{p.message[1:]}")
     return ConfigError(f"invalid {source}:\n" + "\n".join(lines))
-
-
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None]:
-    """The field path of ``loc`` without pydantic's union-member names
-    (``prompts.0.PromptConfig.user`` -> ``prompts.0``...), and the model it ends in."""
-    path: list[str] = []
-    current: type[BaseModel] | None = model
-    candidates = [model]
-    for part in loc:
-        if isinstance(part, int):
-            path.append(str(part))
-            continue
-        named = [m for m in candidates if m.__name__ == part]
-        if named:  # the union member pydantic checked the value against
-            current, candidates = named[0], named[:1]
-            continue
-        path.append(str(part))
-        field = current.model_fields.get(part) if current is not None else None
-        candidates = _models_in(field.annotation) if field is not None else []
-        current = candidates[0] if candidates else None
-    return path, current
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models inside a field's annotation (``list[X]``, unions, Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    found: list[type[BaseModel]] = []
-    for arg in getattr(annotation, "__args__", ()):
-        found.extend(m for m in _models_in(arg) if m not in found)
-    return found
 
 
 def parse_model(model: type[BaseModel], data: Any, source: str) -> Any:

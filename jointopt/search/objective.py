@@ -7,7 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from jointopt.backends import Backend, CachedBackend, SampleStore, make_backend
+from jointopt.backends import (Backend, BackendSettings, CachedBackend, SampleStore,
+                               backend_from_settings)
 from jointopt.errors import JointoptError
 from jointopt.evaluation.evaluate import EvaluationResult, evaluate
 from jointopt.evaluation.stats import objective_intervals
@@ -27,44 +28,25 @@ log = logging.getLogger(__name__)
 ENGINE_ATTR = "engine"
 
 
-def build_backend(config: StudyConfig) -> Backend:
-    """The engine a study config names (no cache in front).
-
-    ``vllm``: the offline engine. ``openai``: :class:`~jointopt.backends.openai.OpenAIBackend`
-    on ``model.base_urls`` with the API key of ``model.api_key_env`` / ``api_key_file``
-    (sent as a header, never logged). ``scripted``: :func:`jointopt.testing.scripted_backend`.
-    Any other registry name or ``module:factory`` is called with ``model``, ``seed``,
-    ``max_model_len`` and ``engine_kwargs``.
-    """
-    from jointopt.safety.secrets import read_api_key
-
+def backend_settings(config: StudyConfig) -> BackendSettings:
+    """The ``model:`` section of ``config`` as backends take it (paths resolved)."""
     m = config.model
-    engine = dict(m.engine)
-    common: dict[str, Any] = dict(model=m.model, seed=m.seed, max_model_len=m.max_model_len)
-    if m.backend == "openai":
-        headers = dict(engine.pop("headers", None) or {})
-        key = read_api_key(env=m.api_key_env or engine.pop("api_key_env", None),
-                           file=m.api_key_file, base_dir=config.base_dir)
-        engine.pop("api_key_env", None)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        if headers:
-            engine["headers"] = headers
-        urls = list(m.base_urls) or engine.pop("base_url", None) or "http://127.0.0.1:8000/v1"
-        engine.pop("base_url", None)
-        return make_backend("openai", base_url=urls, engine_kwargs=engine, **common)
-    if m.backend == "scripted":
-        from jointopt._registry import import_path
+    return BackendSettings(
+        model=m.model, seed=m.seed, max_model_len=m.max_model_len, engine=dict(m.engine),
+        cpu=m.cpu.model_dump(exclude_none=True), base_urls=tuple(m.base_urls),
+        api_key_env=m.api_key_env,
+        api_key_file=config.resolve(m.api_key_file) if m.api_key_file else None,
+        bank=config.resolve(m.bank) if m.bank else None)
 
-        scripted_backend = import_path("jointopt.testing:scripted_backend")
 
-        return scripted_backend(engine_kwargs=engine, **common)
-    if m.backend == "replay":
-        return make_backend("replay", bank=config.resolve(m.bank) if m.bank else None,
-                            engine_kwargs=engine)
-    if m.backend == "vllm":
-        common["cpu"] = m.cpu.model_dump(exclude_none=True)
-    return make_backend(m.backend, engine_kwargs=engine, **common)
+def build_backend(config: StudyConfig) -> Backend:
+    """The engine a study config names (no cache in front): the registered backend's
+    :meth:`~jointopt.backends.Backend.from_settings` (``vllm``: the offline engine;
+    ``openai``: servers of ``model.base_urls`` with the key of ``api_key_env`` /
+    ``api_key_file``; ``replay``: ``model.bank``; ``scripted``:
+    :func:`jointopt.testing.scripted_backend`), or a ``module:factory`` called with
+    ``model``, ``seed``, ``max_model_len`` and ``engine_kwargs``."""
+    return backend_from_settings(config.model.backend, backend_settings(config))
 
 
 class TrialRunner:
@@ -82,7 +64,7 @@ class TrialRunner:
         self.on_trial = on_trial
         self.on_engine_ready = on_engine_ready
         self.engine: Backend | None = None
-        self._oracle_done = False
+        self._labelled = False
 
     def ready(self) -> Backend:
         if self.engine is None:
@@ -105,53 +87,43 @@ class TrialRunner:
             self.tracker.tag_parent({f"engine.{k.removeprefix('engine_')}": v
                                      for k, v in record.items()})
 
-    def _label_by_oracle(self) -> None:
-        """``difficulty.source: oracle``: give dev and test examples their oracle bins as
-        difficulty labels (deterministic given the sample store)."""
+    def label_examples(self) -> None:
+        """For a difficulty source that cannot run at serve time (``oracle``): give dev
+        and test examples their bins as difficulty labels, once (deterministic given the
+        sample store); the trials' policies then split by label."""
         import dataclasses
 
+        source = self.plan.space.bin_source()
+        if source.servable or self._labelled:
+            return
         engine, seed = self.ready(), self.plan.config.seed
 
         def relabel(task: Task) -> Task:
-            bins = self.plan.space.oracle_labels(task, engine, seed)
+            bins = self.plan.space.difficulty_labels(task, engine, seed)
             return task.subset(dataclasses.replace(e, difficulty=bins[e.id])
                                for e in task.examples)
 
         test = self.plan.test_task
         self.plan = dataclasses.replace(self.plan, task=relabel(self.plan.task),
                                         test_task=relabel(test) if test else None)
-        self._oracle_done = True
+        self._labelled = True
         counts: dict[str, int] = {}
         for e in self.plan.task.examples:
             counts[str(e.difficulty)] = counts.get(str(e.difficulty), 0) + 1
-        log.info("oracle bins on dev: %s", dict(sorted(counts.items())))
+        log.info("%s bins on dev: %s", source.key, dict(sorted(counts.items())))
 
-    def _fit_probes(self) -> None:
-        """Fit the probe's bin thresholds per prompt on the dev split (deterministic given
-        the sample store, so every worker and rerun gets the same ones) and write the
-        agreement of probe bins with oracle bins to ``difficulty_report.json`` and MLflow."""
+    def _fit_difficulty(self) -> None:
+        """Fit the difficulty source on the dev split (deterministic given the sample
+        store, so every worker and rerun gets the same fit) and write its report (how its
+        bins agree with oracle bins) to ``difficulty_report.json`` and MLflow."""
         import dataclasses
 
-        space, report = self.plan.space.with_probe_thresholds(
-            self.plan.task, self.ready(), seed=self.plan.config.seed)
-        self.plan = dataclasses.replace(self.plan, space=space)
-        self._publish_difficulty_report(report, {
-            f"probe_{{}}.{prompt_id}": item["agreement"]
-            for prompt_id, item in report["prompts"].items()})
-
-    def _fit_predictor(self) -> None:
-        """Fit the text difficulty predictor on the dev split's oracle bins (deterministic
-        given the sample store) and write how its bins agree with oracle bins, on dev and
-        on the held-out split, to ``difficulty_report.json`` and MLflow."""
-        import dataclasses
-
-        space, report = self.plan.space.with_predictor(
+        space, fit = self.plan.space.fit_difficulty(
             self.plan.task, self.ready(), seed=self.plan.config.seed,
             test_task=self.plan.test_task)
         self.plan = dataclasses.replace(self.plan, space=space)
-        self._publish_difficulty_report(report, {
-            f"predictor_{{}}.{split}": report[split]
-            for split in ("dev", "test") if split in report})
+        if fit.report is not None:
+            self._publish_difficulty_report(dict(fit.report), dict(fit.agreements))
 
     def _publish_difficulty_report(self, report: dict[str, Any],
                                    agreements: dict[str, dict[str, Any]]) -> None:
@@ -213,12 +185,9 @@ class TrialRunner:
 
         if self.plan.space.proposals:
             self._expand_proposals()
-        if self.plan.space.needs_probe_fit:
-            self._fit_probes()
-        if self.plan.space.needs_predictor_fit:
-            self._fit_predictor()
-        if self.plan.space.oracle is not None and not self._oracle_done:
-            self._label_by_oracle()
+        if self.plan.space.needs_fit:
+            self._fit_difficulty()
+        self.label_examples()
         plan = self.plan
         trial.set_user_attr(WORKER_ATTR, worker_identity())
         policy = plan.space.build_policy(trial, plan.model)

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from jointopt.backends import backend_class
 from jointopt.errors import ConfigError, DataError, JointoptError, relocate
 from jointopt.evaluation.stats import split_task
 from jointopt.search.config import StudyConfig
@@ -108,7 +109,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     space.validate(task)
     model_name = config.model.model
     recorded = None
-    if config.model.backend == "replay":
+    if "bank" in backend_class(config.model.backend).settings_keys:
         model_name, recorded = check_replay(config, space, task, split.test)
         model_path = model_name
     else:

@@ -16,17 +16,21 @@ __all__ = ["check_backend", "check_credentials", "check_limits", "check_model",
 
 
 def check_model(config: StudyConfig) -> str:
-    from jointopt.backends.models import resolve_model
+    """The model folder (an embedded model not prepared yet: the folder the engine
+    prepares it into when it starts), or the name for a backend that loads no model."""
+    from jointopt.backends.models import planned_model
 
-    if config.model.backend != "vllm":
-        return config.model.model  # a name the server or the custom backend understands
+    from jointopt.backends import backend_class
+
+    if not backend_class(config.model.backend).loads_model:
+        return config.model.model  # a name the server, bank or custom backend understands
     if importlib.util.find_spec("vllm") is None:
         raise BackendError(
             "the vLLM engine is not installed", where="model.backend", value="vllm",
             fix="run `bash scripts/setup.sh` (CPU) or `pip install 'jointopt[vllm]'` (GPU)",
         )
     try:
-        return resolve_model(config.model.model)
+        return planned_model(config.model.model)
     except JointoptError as exc:
         raise relocate(exc, "model.") from None
 
@@ -82,15 +86,15 @@ def check_backend(config: StudyConfig) -> None:
                                where="model.backend", value=name,
                                fix="name a Backend class or a function returning one")
     check_config_for_secrets(config)
-    if model.bank is not None and name != "replay":
-        raise ConfigError("`bank` only applies to backend: replay", where="model.bank",
-                          value=model.bank, fix="set backend: replay, or remove the key")
-    uses_urls = name == "openai"
-    if not uses_urls and (model.base_urls or model.api_key_env or model.api_key_file):
-        key = "base_urls" if model.base_urls else "api_key_env" if model.api_key_env \
-            else "api_key_file"
-        raise ConfigError(f"`{key}` only applies to backend: openai", where=f"model.{key}",
-                          value=name, fix="set backend: openai, or remove the key")
+    from jointopt.backends import OPTIONAL_SETTINGS, backend_class, settings_takers
+
+    cls = backend_class(name)
+    for key in OPTIONAL_SETTINGS:
+        if getattr(model, key) and key not in cls.settings_keys:
+            takers = settings_takers(key)
+            raise ConfigError(f"`{key}` only applies to backend: {' or '.join(takers)}",
+                              where=f"model.{key}", value=name,
+                              fix=f"set backend: {takers[0]}, or remove the key")
     if model.api_key_env and model.api_key_file:
         raise ConfigError("give the API key by api_key_env or by api_key_file, not both",
                           where="model.api_key_file", value=model.api_key_file,
@@ -103,34 +107,9 @@ def check_backend(config: StudyConfig) -> None:
                           "itself (the value is not shown)", where="model.api_key_env",
                           fix="export OPENAI_API_KEY=... and write api_key_env: OPENAI_API_KEY; "
                               "if a real key was written into the config, revoke it")
-    if not uses_urls:
-        return
-    from urllib.parse import urlsplit
+    from jointopt.search.objective import backend_settings
 
-    from jointopt.backends.openai import normalize_base_url
-
-    urls = list(model.base_urls)
-    where = "model.base_urls"
-    if not urls and model.engine.get("base_url"):
-        engine_urls = model.engine["base_url"]
-        urls = [engine_urls] if isinstance(engine_urls, str) else list(engine_urls)
-        where = "model.engine.base_url"
-    if not urls:
-        raise ConfigError("backend: openai needs the URL of at least one server",
-                          where="model.base_urls",
-                          fix="e.g. base_urls: [http://127.0.0.1:8000/v1]")
-    for i, url in enumerate(urls):
-        try:
-            normalize_base_url(url)
-            userinfo = urlsplit(str(url)).username is not None
-        except (JointoptError, ValueError) as exc:
-            message = exc.message if isinstance(exc, JointoptError) else str(exc)
-            raise ConfigError(message, where=f"{where}[{i}]", value=url,
-                              fix="e.g. http://127.0.0.1:8000/v1") from None
-        if userinfo:
-            raise ConfigError("server URLs must not hold credentials (user@ or user:password@; "
-                              "the value is not shown)", where=f"{where}[{i}]",
-                              fix="give the key with model.api_key_env or model.api_key_file")
+    cls.check_settings(backend_settings(config))
 
 
 def check_credentials(config: StudyConfig) -> None:
@@ -140,7 +119,10 @@ def check_credentials(config: StudyConfig) -> None:
     from jointopt.safety.secrets import read_api_key
 
     model = config.model
-    engine_env = model.engine.get("api_key_env") if model.backend == "openai" else None
+    from jointopt.backends import backend_class
+
+    engine_env = (model.engine.get("api_key_env")
+                  if "api_key_env" in backend_class(model.backend).settings_keys else None)
     read_api_key(env=model.api_key_env or engine_env, file=model.api_key_file,
                  base_dir=config.base_dir)
 

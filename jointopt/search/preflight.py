@@ -223,11 +223,13 @@ def _in_hub_cache(repo_id: str, revision: Any) -> bool:
 
 
 def check_model_available(config: "StudyConfig") -> None:
-    """``backend: vllm``: a hub id can be loaded (in the local Hugging Face cache, or the
+    """Backends that load the model here (``vllm``): a hub id can be loaded (in the local Hugging Face cache, or the
     hub is reachable). Aliases and folders are checked by :func:`jointopt.plan_study`."""
-    if config.model.backend != "vllm":
-        return
+    from jointopt.backends import backend_class
     from jointopt.backends.models import resolve_model
+
+    if not backend_class(config.model.backend).loads_model:
+        return
 
     name = config.model.model
     try:
@@ -302,11 +304,9 @@ def preflight(plan: "StudyPlan", *, sources: Mapping[str, str] | None = None,
     if not model:
         return
     check_model_available(config)
-    if config.model.backend == "openai":
-        urls = list(config.model.base_urls)
-        field = "model.base_urls"
-        if not urls and config.model.engine.get("base_url"):
-            engine_urls = config.model.engine["base_url"]
-            urls = [engine_urls] if isinstance(engine_urls, str) else list(engine_urls)
-            field = "model.engine.base_url"
+    from jointopt.backends import backend_class
+    from jointopt.search.objective import backend_settings
+
+    urls, field = backend_class(config.model.backend).servers(backend_settings(config))
+    if urls:
         check_upstreams(urls, field)

@@ -127,19 +127,21 @@ def largest_pool_k(space: "SearchSpace") -> int:
 
 
 def check_difficulty_replayable(space: "SearchSpace") -> None:
-    """Refuse difficulty sources that generate beyond the recorded pools: ``probe``,
-    ``predictor`` and ``oracle`` bins are fitted from samples at their own settings (the
-    probe's, or ``oracle_samples`` with the first prompt), which a bank does not hold."""
-    kinds = [kind for kind, settings in (("probe", space.probe), ("oracle", space.oracle),
-                                         ("predictor", space.predictor_settings))
-             if settings is not None]
-    if kinds:
+    """Refuse difficulty sources that generate beyond the recorded pools (``probe``,
+    ``predictor``, ``oracle``): their bins are fitted from samples at their own settings
+    (the probe's, or ``oracle_samples`` with the first prompt), which a bank does not hold."""
+    from jointopt._registry import DIFFICULTY_SOURCES
+
+    source = space.bin_source()
+    if source.fit_generates:
+        usable = [name for name in DIFFICULTY_SOURCES.names()
+                  if not DIFFICULTY_SOURCES.load(name).fit_generates]
         raise ConfigError(
-            f"difficulty source {kinds[0]!r} cannot be recorded or replayed: its bins are "
+            f"difficulty source {source.key!r} cannot be recorded or replayed: its bins are "
             "fitted from samples a bank does not hold",
-            where=f"{space.source}: difficulty.source", value=kinds[0],
-            fix="use difficulty source 'none' or 'label' for a recorded or replayed study, or "
-                "run this one live")
+            where=f"{space.source}: difficulty.source", value=source.key,
+            fix=f"use difficulty source {' or '.join(map(repr, usable))} for a recorded or "
+                "replayed study, or run this one live")
 
 
 def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jointopt.core.policy import Policy
 from jointopt.evaluation.stats import Interval
@@ -15,7 +17,10 @@ from jointopt.evaluation.stats import Interval
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["TrialSummary", "StudyResult", "summarize", "pareto_front", "write_reports"]
+__all__ = ["TrialSummary", "StudyResult", "non_dominated", "summarize", "pareto_front",
+           "write_reports"]
+
+T = TypeVar("T")
 
 OBJECTIVES = ("accuracy", "mean_tokens")
 #: Study user attribute holding the held-out scores of Pareto trials, by trial number.
@@ -97,20 +102,52 @@ def summarize(trial: "optuna.trial.FrozenTrial",
     )
 
 
+def non_dominated(items: Iterable[T], *,
+                  accuracy: Callable[[T], float] = attrgetter("accuracy"),
+                  tokens: Callable[[T], float] = attrgetter("mean_tokens"),
+                  number: Callable[[T], int] = attrgetter("number")) -> list[T]:
+    """The Pareto front of ``items`` (accuracy up, mean tokens down): one item per distinct
+    objective point (the lowest ``number`` among equal points), by increasing tokens.
+
+    Points are compared at 9 decimals of accuracy and 6 of tokens, so float noise in
+    equal means does not split a point in two. The keys read a
+    :class:`TrialSummary` by default; pass others for Optuna trials or plain tuples.
+    """
+    def key(item: T) -> tuple[float, float, int]:
+        return round(tokens(item), 6), -round(accuracy(item), 9), number(item)
+
+    front: list[T] = []
+    best = -math.inf
+    for item in sorted(items, key=key):
+        if round(accuracy(item), 9) > best:
+            front.append(item)
+            best = round(accuracy(item), 9)
+    return front
+
+
+def feasible(trial: "optuna.trial.FrozenTrial") -> bool:
+    """The trial meets the study's constraint (``optimizer.max_mean_tokens``)."""
+    return all(c <= 0 for c in trial.user_attrs.get("constraint", [0.0]))
+
+
+def front_trials(study: "optuna.Study", *, keep: Callable[[Any], bool] = feasible
+                 ) -> list["optuna.trial.FrozenTrial"]:
+    """The non-dominated complete trials of ``study`` among those ``keep`` accepts
+    (feasible ones by default), by increasing tokens, one per distinct point."""
+    import optuna
+
+    trials = [t for t in study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.COMPLETE,))
+              if t.values and keep(t)]
+    return non_dominated(trials, accuracy=lambda t: t.values[0],
+                         tokens=lambda t: t.values[1])
+
+
 def pareto_front(study: "optuna.Study") -> tuple[TrialSummary, ...]:
-    """Distinct non-dominated points of ``study.best_trials``, by increasing tokens
-    (with their held-out scores when the study has a test split)."""
+    """Distinct non-dominated feasible trials of ``study``, by increasing tokens (with
+    their held-out scores when the study has a test split)."""
     tests = study.user_attrs.get(TEST_ATTR, {})
-    seen: set[tuple[float, float]] = set()
-    front = []
-    feasible = [t for t in study.best_trials
-                if all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))]
-    for trial in sorted(feasible, key=lambda t: (t.values[1], -t.values[0], t.number)):
-        point = (round(trial.values[0], 9), round(trial.values[1], 6))
-        if point not in seen:
-            seen.add(point)
-            front.append(summarize(trial, tests))
-    return tuple(front)
+    return tuple(summarize(t, tests) for t in front_trials(study))
 
 
 def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],

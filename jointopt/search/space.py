@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
+from jointopt._registry import DIFFICULTY_SOURCES
+from jointopt.difficulty.base import DifficultySource, StudyFit
 from jointopt.errors import ConfigError, JointoptError, StrategyError, relocate
 from jointopt.core.policy import Allocation, DifficultySpec, Policy
 from jointopt.core.prompts import PromptTemplate, validate_template
@@ -85,6 +87,19 @@ class FloatRange:
 Param = Union[Fixed, Choice, IntRange, FloatRange]
 
 
+def suggest_allocation(trial: Any, strategies: Mapping[str, Mapping[str, Param]],
+                       temperature: Param, max_tokens: Param, prefix: str = "") -> Allocation:
+    """One bin's allocation suggested on ``trial``: the strategy, its parameters
+    (``<prefix><strategy>.<param>``), ``<prefix>temperature`` and ``<prefix>max_tokens``."""
+    strategy = trial.suggest_categorical(f"{prefix}strategy", list(strategies))
+    params = {pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
+              for pname, spec in strategies[strategy].items()}
+    return Allocation(strategy=strategy,
+                      temperature=float(temperature.suggest(trial, f"{prefix}temperature")),
+                      max_tokens=int(max_tokens.suggest(trial, f"{prefix}max_tokens")),
+                      params=params)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The joint space: prompt x strategy (x its parameters) x temperature x max_tokens.
@@ -106,106 +121,39 @@ class SearchSpace:
     #: The ``prompts:`` entries as written, including ``{propose: ...}`` ones that
     #: :meth:`with_proposals` turns into templates once an engine is available.
     entries: tuple[Mapping[str, Any], ...] = ()
-    #: ``difficulty.source: probe`` settings (None otherwise) and, once fitted on the dev
-    #: split by :meth:`with_probe_thresholds`, the signal thresholds per prompt id.
-    probe: Mapping[str, Any] | None = None
-    thresholds: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+    #: The ``difficulty.source`` with its settings (None: the source ``difficulty``
+    #: names, with default settings).
+    difficulty_source: DifficultySource | None = None
+    #: Once a source that needs a fit is fitted (:meth:`fit_difficulty`), the spec of
+    #: each prompt id.
+    fitted: Mapping[str, DifficultySpec] = dataclasses.field(default_factory=dict)
 
-    #: ``difficulty.source: oracle`` settings (None otherwise).
-    oracle: Mapping[str, Any] | None = None
-    #: ``difficulty.source: predictor`` settings (None otherwise); once
-    #: :meth:`with_predictor` has fitted the predictor, ``difficulty`` holds it.
-    predictor_settings: Mapping[str, Any] | None = None
+    def bin_source(self) -> DifficultySource:
+        """The :class:`~jointopt.difficulty.base.DifficultySource` of this space."""
+        if self.difficulty_source is not None:
+            return self.difficulty_source
+        return DIFFICULTY_SOURCES.create(self.difficulty.source,
+                                         where=f"{self.source}: difficulty.source")
 
     @property
-    def needs_probe_fit(self) -> bool:
-        return self.probe is not None and not self.thresholds
+    def needs_fit(self) -> bool:
+        """Trials need :meth:`fit_difficulty` first."""
+        return self.bin_source().needs_fit and not self.fitted
 
-    @property
-    def needs_predictor_fit(self) -> bool:
-        return self.predictor_settings is not None and self.difficulty.source != "predictor"
+    def fit_difficulty(self, task: Task, backend: Any, seed: int = 0,
+                       test_task: Task | None = None) -> tuple["SearchSpace", StudyFit]:
+        """Fit the difficulty source on the dev examples (``task``); returns the fitted
+        space and the :class:`~jointopt.difficulty.base.StudyFit` (specs and report)."""
+        fit = self.bin_source().fit_study(task, backend, prompts=self.prompts, seed=seed,
+                                          test_task=test_task)
+        return dataclasses.replace(self, fitted=dict(fit.specs),
+                                   difficulty=fit.specs[self.prompts[0].id]), fit
 
-    def oracle_labels(self, task: Task, backend: Any, seed: int = 0,
-                      settings: Mapping[str, Any] | None = None) -> dict[str, str]:
-        """Oracle bins: each example's pass rate over ``oracle_samples`` samples with the
-        space's first prompt, cut into ``n_bins`` quantile bins (``"1"`` = easiest).
-        ``settings`` defaults to the space's ``oracle`` settings."""
-        from jointopt.difficulty.sources import oracle_bins, pass_rates_from_pools
-        from jointopt.evaluation.evaluate import pool_samples
-
-        p = settings or self.oracle or {}
-        contexts = _settings_contexts(self.prompts[0], task, p, seed)
-        results = backend.generate([c.request(n=int(p["oracle_samples"])) for c in contexts])
-        pools = {ctx.example.id: pool_samples(ctx, result.completions)
-                 for ctx, result in zip(contexts, results)}
-        return oracle_bins(pass_rates_from_pools(pools), int(p["n_bins"]))
-
-    def with_probe_thresholds(self, task: Task, backend: Any, seed: int = 0
-                              ) -> tuple["SearchSpace", dict[str, Any]]:
-        """Fit the probe's bin thresholds per prompt on the dev examples, and report how
-        the probe's (serve-time) bins agree with oracle bins from the pass rate over
-        ``oracle_samples`` samples. The probe samples are the first samples of the oracle
-        pools, so with a sample store the report costs the oracle samples only once."""
-        from jointopt.difficulty.sources import agreement, fit_thresholds, oracle_bins, pass_rates_from_pools
-        from jointopt.evaluation.evaluate import pool_samples, probe_signal_of
-
-        p = self.probe or {}
-        n_bins, k = int(p["n_bins"]), int(p["probe_k"])
-        thresholds: dict[str, tuple[float, ...]] = {}
-        report: dict[str, Any] = {"probe_k": k, "n_bins": n_bins,
-                                  "oracle_samples": int(p["oracle_samples"]), "prompts": {}}
-        for template in self.prompts:
-            contexts = _settings_contexts(template, task, p, seed)
-            n = max(k, int(p["oracle_samples"]))
-            results = backend.generate([c.request(n=n) for c in contexts])
-            signals, pools = {}, {}
-            for ctx, result in zip(contexts, results):
-                probe = dataclasses.replace(result, completions=result.completions[:k])
-                signals[ctx.example.id] = probe_signal_of(ctx, probe)
-                pools[ctx.example.id] = pool_samples(ctx, result.completions)
-            cuts = fit_thresholds(list(signals.values()), n_bins)
-            thresholds[template.id] = cuts
-            spec = self._probe_spec(cuts)
-            predicted = {i: spec.probe_bin(s) for i, s in signals.items()}
-            oracle = oracle_bins(pass_rates_from_pools(pools), n_bins)
-            report["prompts"][template.id] = {
-                "thresholds": list(cuts),
-                "agreement": agreement(predicted, oracle).to_dict(),
-            }
-        return dataclasses.replace(self, thresholds=thresholds), report
-
-    def with_predictor(self, task: Task, backend: Any, seed: int = 0,
-                       test_task: Task | None = None) -> tuple["SearchSpace", dict[str, Any]]:
-        """Fit the text difficulty predictor on the dev examples' oracle bins, and report
-        how its bins agree with oracle bins on dev (the fit) and, when ``test_task`` is
-        given, on the held-out examples (what serving can expect)."""
-        from jointopt.difficulty.sources import FEATURES, DifficultyPredictor, agreement
-
-        p = self.predictor_settings or {}
-        dev_bins = self.oracle_labels(task, backend, seed, settings=p)
-        predictor = DifficultyPredictor.fit(task.examples, dev_bins)
-        bins = tuple(str(i) for i in range(1, int(p["n_bins"]) + 1))
-        spec = DifficultySpec(source="predictor", bins=bins, default_bin=bins[-1],
-                              predictor=predictor)
-        report: dict[str, Any] = {
-            "source": "predictor", "n_bins": len(bins), "features": list(FEATURES),
-            "oracle_prompt": self.prompts[0].id, "oracle_samples": int(p["oracle_samples"]),
-            "dev": agreement({e.id: spec.bin_of(e) for e in task.examples}, dev_bins).to_dict(),
-        }
-        if test_task is not None and test_task.examples:
-            test_bins = self.oracle_labels(test_task, backend, seed, settings=p)
-            report["test"] = agreement({e.id: spec.bin_of(e) for e in test_task.examples},
-                                       test_bins).to_dict()
-        return dataclasses.replace(self, difficulty=spec), report
-
-    def _probe_spec(self, thresholds: tuple[float, ...]) -> DifficultySpec:
-        p = self.probe or {}
-        bins = tuple(str(i) for i in range(1, int(p["n_bins"]) + 1))
-        return DifficultySpec(source="probe", bins=bins, default_bin=bins[-1],
-                              probe_k=int(p["probe_k"]),
-                              probe_temperature=float(p["probe_temperature"]),
-                              probe_max_tokens=int(p["probe_max_tokens"]),
-                              thresholds=tuple(thresholds))
+    def difficulty_labels(self, task: Task, backend: Any, seed: int = 0) -> dict[str, str]:
+        """The bins of ``task``'s examples from a source that is not servable (with the
+        space's first prompt)."""
+        return self.bin_source().label_examples(task, backend, prompt=self.prompts[0],
+                                                seed=seed)
 
     @property
     def proposals(self) -> tuple[Mapping[str, Any], ...]:
@@ -280,62 +228,31 @@ class SearchSpace:
         ``max_tokens``; with difficulty bins each but ``prompt`` is prefixed ``<bin>.``.
         """
         prompt_id = trial.suggest_categorical("prompt", [p.id for p in self.prompts])
-        if self.probe is not None:
-            if prompt_id not in self.thresholds:
-                raise ConfigError("probe thresholds are not fitted for this prompt",
+        source = self.bin_source()
+        spec = self.difficulty
+        if source.needs_fit:
+            if prompt_id not in self.fitted:
+                raise ConfigError(f"the difficulty {source.key} is not fitted for this prompt",
                                   where=f"{self.source}: difficulty", value=prompt_id,
-                                  fix="fit them with SearchSpace.with_probe_thresholds first")
-            spec = self._probe_spec(self.thresholds[prompt_id])
+                                  fix="fit it with SearchSpace.fit_difficulty first")
+            spec = self.fitted[prompt_id]
+        if source.splits:
             bins = {b: self._allocation(trial, f"{b}.") for b in spec.bins}
-            return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins,
-                          difficulty=spec)
-        if self.needs_predictor_fit:
-            raise ConfigError("the difficulty predictor is not fitted",
-                              where=f"{self.source}: difficulty", value="predictor",
-                              fix="fit it with SearchSpace.with_predictor first")
-        if self.difficulty.source == "none":
-            bins = {self.difficulty.default_bin: self._allocation(trial, "")}
         else:
-            bins = {b: self._allocation(trial, f"{b}.") for b in self.difficulty.bins}
-        return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins,
-                      difficulty=self.difficulty)
+            bins = {spec.default_bin: self._allocation(trial, "")}
+        return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins, difficulty=spec)
 
     def _allocation(self, trial: Any, prefix: str) -> Allocation:
-        strategy = trial.suggest_categorical(f"{prefix}strategy", list(self.strategies))
-        params = {
-            pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
-            for pname, spec in self.strategies[strategy].items()
-        }
-        return Allocation(
-            strategy=strategy,
-            temperature=float(self.temperature.suggest(trial, f"{prefix}temperature")),
-            max_tokens=int(self.max_tokens.suggest(trial, f"{prefix}max_tokens")),
-            params=params,
-        )
+        return suggest_allocation(trial, self.strategies, self.temperature, self.max_tokens,
+                                  prefix)
 
     def with_task(self, task: Task) -> "SearchSpace":
-        """Fill in difficulty bins from the task's labels when the space does not list them."""
-        spec = self.difficulty
-        if spec.source != "label" or self.oracle is not None:
+        """The space with the difficulty spec its source gives for the task's examples
+        (a ``label`` source takes its bins from the examples' labels)."""
+        if self.fitted:
             return self
-        labels = sorted({e.difficulty for e in task.examples if e.difficulty is not None})
-        bins = spec.bins or tuple(labels)
-        if not bins:
-            raise ConfigError(
-                "difficulty source 'label' but the task's examples carry no difficulty labels",
-                where=f"{self.source}: difficulty.source", value="label",
-                fix="add a difficulty column to the data, or use source: none",
-            )
-        unknown = sorted(set(labels) - set(bins))
-        if unknown:
-            raise ConfigError(
-                "the data has difficulty labels that are not bins of the space",
-                where=f"{self.source}: difficulty.bins", value=unknown,
-                fix=f"list every label in difficulty.bins (found: {', '.join(labels)})",
-            )
-        default = spec.default_bin if spec.default_bin in bins else bins[-1]
-        return dataclasses.replace(self, difficulty=DifficultySpec(
-            source="label", bins=tuple(bins), default_bin=default))
+        spec = self.bin_source().space_spec(task, where=f"{self.source}: difficulty")
+        return dataclasses.replace(self, difficulty=spec)
 
     @staticmethod
     def param_from_spec(spec: Any, where: str) -> Param:
@@ -378,13 +295,3 @@ class SearchSpace:
             return IntRange(low, high, step or 1, log_scale)
         return FloatRange(float(low), float(high), None if step is None else float(step),
                           log_scale)
-
-
-def _settings_contexts(template: PromptTemplate, task: Task, settings: Mapping[str, Any],
-                       seed: int) -> list[Any]:
-    """Contexts of every example at the probe/oracle sampling settings."""
-    from jointopt.evaluation.evaluate import example_context
-
-    return [example_context(template, task, e, temperature=float(settings["probe_temperature"]),
-                            max_tokens=int(settings["probe_max_tokens"]), seed=seed)
-            for e in task.examples]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jointopt.core.policy import DEFAULT_BIN, DifficultySpec
+from jointopt._registry import DIFFICULTY_SOURCES
 from jointopt.core.prompts import PromptTemplate
 from jointopt.errors import ConfigError, JointoptError
 from jointopt.search.space import SearchSpace
@@ -52,37 +52,19 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
             for pname, spec in (params or {}).items()
         }
     difficulty = data.get("difficulty") or {}
-    source_kind = difficulty.get("source", "none")
+    key = difficulty.get("source", "none")
+    bin_source = DIFFICULTY_SOURCES.load(key, where=f"{source}: difficulty.source")
     bins = tuple(str(b) for b in (difficulty.get("bins") or ()))
     default_bin = difficulty.get("default_bin")
     if default_bin is not None and bins and default_bin not in bins:
         raise ConfigError("`default_bin` must be one of the bins",
                           where=f"{source}: difficulty.default_bin", value=default_bin,
                           fix=f"choose one of: {', '.join(bins)}")
-    probe = oracle = predictor = None
-    if source_kind == "predictor":
-        predictor = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
-                                                      "probe_max_tokens", "oracle_samples")}
-        spec = DifficultySpec()
-    elif source_kind == "oracle":
-        oracle = {key: difficulty[key] for key in ("n_bins", "probe_temperature",
-                                                   "probe_max_tokens", "oracle_samples")}
-        labels = tuple(str(i) for i in range(1, int(difficulty["n_bins"]) + 1))
-        spec = DifficultySpec(source="label", bins=labels, default_bin=labels[-1])
-    elif source_kind == "probe":
-        probe = {key: difficulty[key] for key in ("n_bins", "probe_k", "probe_temperature",
-                                                  "probe_max_tokens", "oracle_samples")}
-        spec = DifficultySpec()
-    else:
-        spec = (DifficultySpec() if source_kind == "none" else
-                DifficultySpec(source=source_kind, bins=bins,
-                               default_bin=default_bin or (bins[-1] if bins else DEFAULT_BIN)))
+    bin_source = bin_source.from_config(difficulty, key)
     return SearchSpace(
-        probe=probe,
-        oracle=oracle,
-        predictor_settings=predictor,
+        difficulty_source=bin_source,
         entries=tuple(entries),
-        difficulty=spec,
+        difficulty=bin_source.space_spec(where=f"{source}: difficulty"),
         prompts=tuple(prompts),
         strategies=strategies,
         temperature=SearchSpace.param_from_spec(data.get("temperature", 0.7),

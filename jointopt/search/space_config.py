@@ -43,8 +43,9 @@ ParamValue = Union[str, int, float, bool, None, dict[str, Any]]
 class DifficultyConfig(StrictModel):
     """How inputs are split into difficulty bins, each with its own strategy and budget."""
 
-    source: Literal["none", "label", "probe", "predictor", "oracle"] = "none"
-    """``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
+    source: str = "none"
+    """A difficulty source of :data:`jointopt._registry.DIFFICULTY_SOURCES`, or a
+    ``"package.module:Class"`` path to one. ``none``: one allocation for every input. ``label``: the input's ``difficulty`` field
     picks the bin. ``probe``: the policy first draws ``probe_k`` samples with its prompt;
     their agreement picks the bin (thresholds fitted on the dev split), and the bin's
     strategy reuses them; usable at serve time. ``predictor``: a small logistic regression

@@ -24,6 +24,7 @@ from jointopt.search.config import StudyConfig
 from jointopt.search.objective import TrialRunner
 from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study
 from jointopt.search.plan_checks import check_credentials
+from jointopt.search.sampler import make_sampler
 from jointopt.search.results import (
     TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
 
@@ -38,29 +39,7 @@ DIRECTIONS = ("maximize", "minimize")
 
 
 def _sampler(config: StudyConfig, seed: int | None = None) -> "optuna.samplers.BaseSampler":
-    import optuna
-
-    opt = config.optimizer
-    seed = opt.seed if seed is None else seed
-    constraints = _constraints if opt.max_mean_tokens is not None else None
-    if opt.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
-    if opt.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    import warnings
-
-    with warnings.catch_warnings():
-        # multivariate/group/constant_liar are marked experimental but are what makes
-        # TPE handle conditional (strategy-specific) parameters well.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                          n_startup_trials=8, constant_liar=True,
-                                          constraints_func=constraints)
-
-
-def _constraints(trial: "optuna.trial.FrozenTrial") -> list[float]:
-    """Optuna constraint: <= 0 is feasible (set per trial from ``max_mean_tokens``)."""
-    return list(trial.user_attrs.get("constraint", [0.0]))
+    return make_sampler(config.optimizer, seed)
 
 
 def open_storage(plan: StudyPlan) -> Any:
@@ -289,8 +268,7 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: TrialRu
     todo = [t for t in pareto_front(study) if str(t.number) not in tests and t.policy]
     if not todo or plan.test_task is None:
         return
-    if trials.plan.space.oracle is not None and not trials._oracle_done:
-        trials._label_by_oracle()
+    trials.label_examples()
     test_task = trials.plan.test_task
     engine = trials.ready()
     for t in todo:

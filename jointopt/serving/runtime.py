@@ -258,7 +258,7 @@ class PolicyRunner:
         wall = time.perf_counter() - start
         answers = []
         for bin_name, (outcome, results) in zip(bins, driven):
-            bin_name = bin_name or outcome.info["bin"]  # probe policies pick it while running
+            bin_name = bin_name or outcome.info["bin"]  # a probing source picks it while running
             answers.append(Answer(
                 answer=outcome.answer,
                 text=_chosen(outcome),
@@ -338,7 +338,7 @@ def load_policy(
         ConfigError: the file is invalid, it has no ``metadata.task`` and no task
             was given, or its verifier is outside the allow-list.
     """
-    from jointopt.backends import make_backend
+    from jointopt.backends import backend_class, make_backend
     from jointopt.core.policy_file import load_policy_file
 
     policy = path if isinstance(path, Policy) else load_policy_file(path)
@@ -358,7 +358,7 @@ def load_policy(
     if not isinstance(backend, Backend):
         kwargs = dict(backend_kwargs or {})
         name = backend or "vllm"
-        if name == "vllm":
+        if backend_class(name).loads_model:
             kwargs.setdefault("model", policy.model)
         backend = make_backend(name, **kwargs)
     try:

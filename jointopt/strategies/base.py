@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from jointopt.errors import StrategyError
 from jointopt.core.generation import ChatMessage, Completion, GenerationRequest, GenerationResult
+from jointopt.core.seeds import stable_seed
 
 if TYPE_CHECKING:
     from jointopt.core.pool_data import PoolData
+    from jointopt.core.prompts import PromptTemplate
     from jointopt.strategies.pool import Expected, PoolSample
     from jointopt.tasks import Example, Task
 
@@ -36,6 +38,8 @@ __all__ = [
     "check_float",
     "check_choice",
     "completions_of",
+    "example_context",
+    "example_seed",
     "require_verifier",
 ]
 
@@ -94,6 +98,24 @@ class StrategyContext:
         if answer is None:
             return False
         return bool(self.task.verifier(self.example, answer))
+
+
+def example_seed(base: int, example_id: str) -> int:
+    """The seed of one example: derived from the run's ``base`` seed and the example id."""
+    return stable_seed(base, example_id, sep="|")
+
+
+def example_context(template: "PromptTemplate", task: "Task", example: "Example", *,
+                    temperature: float, max_tokens: int, seed: int = 0) -> StrategyContext:
+    """The context in which a strategy answers ``example`` with ``template`` (the example's
+    seed is derived from ``seed`` and its id, as in every evaluation)."""
+    from jointopt.core.prompts import render_messages
+
+    return StrategyContext(
+        example=example, task=task, messages=render_messages(template, task, example),
+        temperature=temperature, max_tokens=max_tokens, seed=example_seed(seed, example.id),
+        answer_regex=template.answer_regex,
+    )
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jointopt.errors import StrategyError
+
+if TYPE_CHECKING:
+    from jointopt.strategies.base import StrategyContext
 
 __all__ = [
     "PoolSample",
@@ -45,6 +49,7 @@ __all__ = [
     "expected_best_of",
     "expected_pass_at",
     "BEST_OF_KEYS",
+    "pool_samples",
 ]
 
 #: Keys :func:`expected_best_of` ranks by.
@@ -347,3 +352,17 @@ def expected_pass_at(pool: Sequence[PoolSample], k: int) -> float:
     k = _check_k(k, n)
     wrong = n - sum(bool(s.correct) for s in pool)
     return float(1 - Fraction(math.comb(wrong, k), math.comb(n, k)))
+
+
+def pool_samples(ctx: "StrategyContext", completions: Sequence[Any]) -> list[PoolSample]:
+    """The completions of one example read as sample-bank entries (answer, correctness,
+    tokens, likelihoods)."""
+    pool = []
+    for c in completions:
+        answer = ctx.extract(c.text)
+        pool.append(PoolSample(
+            answer=answer, correct=ctx.task.is_correct(ctx.example, answer),
+            completion_tokens=c.num_tokens, mean_logprob=c.mean_logprob,
+            sum_logprob=c.sum_logprob,
+        ))
+    return pool

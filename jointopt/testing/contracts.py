@@ -1,6 +1,6 @@
 """Ready-made contract test suites for the extension points.
 
-Every Backend, Strategy, Scorer and Exporter must pass its contract. Use them with pytest by
+Every Backend, Strategy, Scorer, DifficultySource and Exporter must pass its contract. Use them with pytest by
 subclassing and supplying a fixture::
 
     from jointopt.testing import StrategyContract
@@ -30,12 +30,15 @@ from jointopt.errors import StrategyError
 from jointopt.evaluation.evaluate import drive
 from jointopt.core.generation import ChatMessage, GenerationRequest, GenerationResult
 from jointopt.strategies.base import Strategy, StrategyContext, StrategyOutcome
-from jointopt.testing.export_contract import ExporterContract
+from jointopt.testing.difficulty_contract import DifficultySourceContract
+from jointopt.testing.export_contract import ExporterContract, example_context
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Example, Task
 
 __all__ = [
     "BackendContract",
+    "DifficultySourceContract",
     "ExporterContract",
+    "example_context",
     "StrategyContract",
     "ScorerContract",
     "RecordingBackend",
@@ -289,6 +292,15 @@ class BackendContract:
     @staticmethod
     def _request(text: str, **kw: Any) -> GenerationRequest:
         return GenerationRequest(messages=(ChatMessage("user", text),), **kw)
+
+    def test_declares_its_study_settings(self, backend: Backend) -> None:
+        """Capabilities are class attributes a study reads without building an engine."""
+        from jointopt.backends.base import OPTIONAL_SETTINGS
+
+        cls = type(backend)
+        assert set(cls.settings_keys) <= set(OPTIONAL_SETTINGS)
+        assert isinstance(cls.loads_model, bool)
+        assert callable(cls.from_settings) and callable(cls.check_settings)
 
     def test_one_result_per_request_in_order(self, backend: Backend) -> None:
         requests = [self._request(f"Say the number {i}.", n=1 + i % 3, max_tokens=8,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.errors import ConfigError
+from jointopt.search.results import TrialSummary
 from jointopt.core.policy import Policy
 
 importlib.import_module("jointopt.integrations.dspy_lm")  # sets DSPY_CACHEDIR before dspy loads
@@ -51,15 +52,8 @@ class ProgramInterface:
     outputs: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ProgramTrial:
-    """One complete trial of a program study."""
-
-    number: int
-    accuracy: float
-    mean_tokens: float
-    params: Mapping[str, Any]
-    policy: Policy
+#: One complete trial of a program study: the study runner's trial record.
+ProgramTrial = TrialSummary
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ program per input, aggregated by majority vote or best-of-n (:func:`run_program`
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -12,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from jointopt.core.seeds import stable_seed
 from jointopt.backends.base import Backend
 from jointopt.integrations.dspy_lm import BackendEngine, engine_of, make_dspy_lm
 from jointopt.integrations.token_meter import CallRecord, TokenMeter
@@ -23,11 +23,6 @@ import dspy  # noqa: E402,I001  (dspy_lm sets DSPY_CACHEDIR before the first imp
 from dspy.utils.exceptions import AdapterParseError, LMError  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def _stable_seed(*parts: Any) -> int:
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") % (2**31)
 
 
 def _vote_key(value: Any) -> Hashable:
@@ -119,7 +114,7 @@ def _answer_all(program: Any, inputs: Sequence[Mapping[str, Any]], allocations: 
     jobs, owners = [], []
     for i, (row, allocation) in enumerate(zip(inputs, allocations)):
         for r in range(_n_of(allocation)):
-            jobs.append((row, allocation, r, _stable_seed("jointopt/dspy_program", seed, i, r)))
+            jobs.append((row, allocation, r, stable_seed("jointopt/dspy_program", seed, i, r)))
             owners.append(i)
     done = _rollouts(program, jobs, engine, base_lm, num_threads, history)
     grouped: list[list[_Rollout]] = [[] for _ in inputs]

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError, StrategyError
 from jointopt.integrations.proposal_spec import ProposalSource, ProposeSpec
-from jointopt.search.space import Param, SearchSpace
+from jointopt.search.space import Fixed, Param, SearchSpace
 from jointopt.strategies import get_strategy_class
 
 #: Strategies a DSPy program can be run with (rollouts of the whole program).
@@ -46,17 +49,16 @@ class _Space:
     max_tokens: Param
     literal: tuple[tuple[str, str], ...]  # (id, text)
     proposals: tuple[ProposeSpec, ...]
-    split_by_difficulty: bool = False  # a SearchSpace whose difficulty source is not "none"
+    split_by_difficulty: bool = False  # a SearchSpace whose difficulty source splits
 
 
 def _pydantic_error(exc: ValidationError) -> ConfigError:
     parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key (known: {', '.join(ProgramSpaceConfig.model_fields)})")
+    for p in problems(exc, ProgramSpaceConfig):
+        if p.kind == "unknown":
+            parts.append(f"{p.field}: unknown key ({p.hint}known: {', '.join(p.known)})")
         else:
-            parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            parts.append(f"{p.field}: {p.message} (got {p.value!r})")
     return ConfigError("invalid program search space: " + "; ".join(parts), where="search_space",
                        fix="see the mapping form in jointopt.search.dspy_program's docstring")
 
@@ -64,7 +66,7 @@ def _pydantic_error(exc: ValidationError) -> ConfigError:
 def _from_search_space(search_space: SearchSpace) -> tuple[Any, Param, Param, list[tuple[str, str]], bool]:
     """Strategies, sampling params, literal instructions and difficulty split of a SearchSpace."""
     literal: list[tuple[str, str]] = []
-    split = getattr(getattr(search_space, "difficulty", None), "source", "none") != "none"
+    split = search_space.bin_source().splits
     strategies = {k: dict(v) for k, v in search_space.strategies.items()}
     temperature, max_tokens = search_space.temperature, search_space.max_tokens
     for template in search_space.prompts:
@@ -127,12 +129,12 @@ def _check_strategies(strategies: Mapping[str, Mapping[str, Param]]) -> None:
             )
         cls = get_strategy_class(name, where=f"search_space.strategies.{name}")
         for pname, spec in params.items():
-            if name == "best_of_n" and pname == "scorer":
+            if pname == "scorer":
                 bad = [v for v in spec.extremes() if v not in ("logprob", "auto")]
                 if bad:
                     raise ConfigError(
-                        "a DSPy program's best_of_n ranks rollouts by mean token logprob",
-                        where="search_space.strategies.best_of_n.scorer", value=bad[0],
+                        f"a DSPy program's {name} ranks rollouts by mean token logprob",
+                        where=f"search_space.strategies.{name}.scorer", value=bad[0],
                         fix="use scorer: logprob (or leave it out)")
                 continue
             for value in spec.extremes():
@@ -174,6 +176,18 @@ def _normalize_space(search_space: SearchSpace | Mapping[str, Any],
         proposals.append(_propose_spec(propose))
     _check_strategies(strategies)
     _check_sampling(temperature, max_tokens)
+    strategies = _rank_by_logprob(strategies)
     return _Space(strategies, temperature, max_tokens, tuple(literal), tuple(proposals), split)
 
 
+
+
+def _rank_by_logprob(strategies: Mapping[str, Mapping[str, Param]]
+                     ) -> dict[str, dict[str, Param]]:
+    """Rollouts are ranked by their mean token logprob: every strategy that takes a scorer
+    gets ``scorer: logprob``."""
+    out = {}
+    for name, params in strategies.items():
+        takes_scorer = "scorer" in inspect.signature(get_strategy_class(name)).parameters
+        out[name] = {**params, "scorer": Fixed("logprob")} if takes_scorer else dict(params)
+    return out

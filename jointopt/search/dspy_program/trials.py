@@ -3,7 +3,6 @@ space, the trial's policy, the Optuna study and its Pareto front."""
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +12,9 @@ from jointopt.errors import ConfigError
 from jointopt.core.policy import DEFAULT_BIN, Allocation, DifficultySpec, Policy
 from jointopt.core.prompts import PromptTemplate
 from jointopt.integrations.proposer import _as_jinja_text
-from jointopt.search.dspy_program.program import InstructionCandidate, ProgramInterface, ProgramTrial
+from jointopt.search.dspy_program.program import InstructionCandidate, ProgramInterface
+from jointopt.search.space import suggest_allocation
+from jointopt.search.results import TrialSummary, front_trials, summarize
 from jointopt.search.dspy_program.space import _Space
 
 if TYPE_CHECKING:
@@ -41,15 +42,8 @@ def _bins_of(trainset: Sequence[Any], difficulty: str | Callable[[Any], Any] | N
 
 
 def _suggest_allocation(trial: Any, space: _Space, prefix: str) -> Allocation:
-    strategy = trial.suggest_categorical(f"{prefix}strategy", list(space.strategies))
-    params = {p: spec.suggest(trial, f"{prefix}{strategy}.{p}")
-              for p, spec in space.strategies[strategy].items()}
-    if strategy == "best_of_n":
-        params["scorer"] = "logprob"
-    return Allocation(strategy=strategy,
-                      temperature=float(space.temperature.suggest(trial, f"{prefix}temperature")),
-                      max_tokens=int(space.max_tokens.suggest(trial, f"{prefix}max_tokens")),
-                      params=params)
+    return suggest_allocation(trial, space.strategies, space.temperature, space.max_tokens,
+                              prefix)
 
 
 def _user_template(inputs: Sequence[str]) -> str:
@@ -89,13 +83,13 @@ def _policy(model: str, chosen: Mapping[str, InstructionCandidate], allocations:
 def _open_study(storage: str | None, study_name: str, seed: int, n_trials: int) -> "optuna.Study":
     import optuna
 
+    from jointopt.search.config import OptimizerConfig
+    from jointopt.search.sampler import make_sampler
+
     if storage and storage.startswith("sqlite:///"):
         Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
-                                             n_startup_trials=min(8, max(n_trials // 2, 1)),
-                                             constant_liar=True)
+    sampler = make_sampler(OptimizerConfig(seed=seed),
+                           n_startup_trials=min(8, max(n_trials // 2, 1)))
     try:
         return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                    directions=["maximize", "minimize"], sampler=sampler)
@@ -104,14 +98,8 @@ def _open_study(storage: str | None, study_name: str, seed: int, n_trials: int) 
                           fix="use a fresh study_name or storage") from None
 
 
-def _pareto(study: "optuna.Study") -> tuple[ProgramTrial, ...]:
-    seen, front = set(), []
-    for t in sorted(study.best_trials, key=lambda t: (t.values[1], -t.values[0], t.number)):
-        point = (round(t.values[0], 9), round(t.values[1], 6))
-        if point in seen or "policy" not in t.user_attrs:
-            continue
-        seen.add(point)
-        front.append(ProgramTrial(t.number, t.values[0], t.values[1], dict(t.params),
-                                  Policy.from_dict(t.user_attrs["policy"])))
-    return tuple(front)
-
+def _pareto(study: "optuna.Study") -> tuple[TrialSummary, ...]:
+    """The study's front (the study runner's :func:`~jointopt.search.results.front_trials`)
+    among trials that hold a policy."""
+    return tuple(summarize(t) for t in
+                 front_trials(study, keep=lambda t: "policy" in t.user_attrs))
