@@ -229,17 +229,7 @@ def _run(args: argparse.Namespace) -> int:
                       t.policy.prompt.id if t.policy else "",
                       t.policy.describe() if t.policy else "")
     console.print(table)
-    from jointopt.backends import backend_class
-
-    replayed = "bank" in backend_class(config.model.backend).settings_keys
-    if ran["trials"] and replayed:
-        console.print(f"this run: {ran['trials']} trials replayed from the bank "
-                      f"{config.model.bank} ({ran['cached']} recorded samples scored, "
-                      f"{ran['generated']} generated)")
-    elif ran["trials"]:
-        console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
-                      f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
-                      "the sample store")
+    _print_totals(console, config, ran)
     if result.extra.get("reports_written", True):
         console.print(f"reports: {result.out_dir}/ (pareto.csv, pareto.png, policies/); "
                       f"storage {safe_url(result.storage)}; wall time {result.wall_time:.0f}s")
@@ -251,6 +241,21 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"MLflow parent run {result.mlflow_run_id} "
                       f"(mlflow ui --backend-store-uri sqlite:///{result.out_dir}/mlflow.db)")
     return 0
+
+
+def _print_totals(console, config, ran: dict) -> None:
+    """What this process's trials cost: replayed from a bank, or generated and reused."""
+    from jointopt.backends import backend_class
+
+    replayed = "bank" in backend_class(config.model.backend).settings_keys
+    if ran["trials"] and replayed:
+        console.print(f"this run: {ran['trials']} trials replayed from the bank "
+                      f"{config.model.bank} ({ran['cached']} recorded samples scored, "
+                      f"{ran['generated']} generated)")
+    elif ran["trials"]:
+        console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
+                      f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
+                      "the sample store")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
