@@ -220,3 +220,18 @@ def test_a_histogram_pool_cannot_be_cut(tmp_path):
     assert bank.pool_data(row, 8).samples == 8
     with pytest.raises(BackendError, match="scored from all its 8 samples"):
         bank.pool_data(row, 4)
+
+
+def test_parquet_table(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = _samples()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "s.parquet")
+    from_parquet = import_bank(tmp_path / "s.parquet", tmp_path / "p.bank.npz", ImportOptions())
+    from_jsonl = import_bank(_write_jsonl(tmp_path / "s.jsonl", rows), tmp_path / "j.bank.npz",
+                             ImportOptions())
+    a, b = load_bank(from_parquet.bank), load_bank(from_jsonl.bank)
+    for name in ("sample_answer", "sample_correct", "sample_completion_tokens",
+                 "hist_count", "pool_samples"):
+        assert a.arrays[name].tolist() == b.arrays[name].tolist()
