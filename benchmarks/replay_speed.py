@@ -7,8 +7,11 @@ answer histograms, imported with ``jointopt bank import`` (the API behind it), a
 200-trial study (TPE) searches prompt x {single, majority, best_of_n} x n in 1..16 on it,
 with the held-out 20% re-scored for the Pareto front at the end.
 
-Prints the import time, the bank's size, the study's wall time and the peak memory; the
-last line is ``ratio=<study wall time / 30 s>`` (goal: <= 1).
+Prints the import time, the bank's size, the study's wall time and the peak memory, then
+checks every trial's dev accuracy and every held-out re-score against an independent
+computation (majority@k summed over every way k samples fall into the 5 answers, with
+numpy; not jointopt's estimator) to 1e-9; the last line is
+``ratio=<study wall time / 30 s>`` (goal: <= 1).
 
     .venv/bin/python benchmarks/replay_speed.py
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from itertools import combinations
 import resource
 import sys
 import tempfile
@@ -51,9 +56,63 @@ def write_histograms(path: Path, seed: int = 0) -> None:
                 }) + "\n")
 
 
+def independent_majority(counts: np.ndarray, correct: np.ndarray, k: int) -> np.ndarray:
+    """Majority@k of rows of answer counts: every composition x of k into the answers,
+    weighted by prod C(n_a, x_a) / C(N, k), wins with the share of tied top answers that
+    are correct."""
+    parts = counts.shape[1]
+    bars = np.array(list(combinations(range(k + parts - 1), parts - 1)))
+    edges = np.concatenate([np.full((len(bars), 1), -1), bars,
+                            np.full((len(bars), 1), k + parts - 1)], axis=1)
+    comps = np.diff(edges, axis=1) - 1
+    table = np.array([[float(math.comb(n, x)) for x in range(k + 1)]
+                      for n in range(int(counts.max()) + 1)])
+    weight = np.ones((len(counts), len(comps)))
+    for j in range(parts):
+        weight *= table[counts[:, j][:, None], comps[None, :, j]]
+    tied = comps == comps.max(axis=1, keepdims=True)
+    share = tied / tied.sum(axis=1, keepdims=True)
+    totals = np.array([float(math.comb(int(n), k)) for n in counts.sum(axis=1)])
+    return (weight * (correct @ share.T)).sum(axis=1) / totals
+
+
+def check_exact(study, plan, table: Path) -> tuple[int, int, float]:
+    """Every trial and held-out score against :func:`independent_majority` (best_of_n
+    without scores picks a uniform sample: the single-sample accuracy)."""
+    rows = {}
+    for line in table.read_text().splitlines():
+        r = json.loads(line)
+        rows[(r["prompt_id"], r["example_id"])] = (
+            [r["counts"].get(c, 0) for c in CATEGORIES], [c in r["correct"] for c in CATEGORIES])
+    cache: dict = {}
+
+    def accuracy(prompt: str, strategy: str, n: int, examples) -> float:
+        key = (prompt, strategy, n, tuple(e.id for e in examples))
+        if key not in cache:
+            counts = np.array([rows[(prompt, e.id)][0] for e in examples])
+            correct = np.array([rows[(prompt, e.id)][1] for e in examples], dtype=float)
+            k = n if strategy == "majority" else 1
+            cache[key] = float(independent_majority(counts, correct, k).mean())
+        return cache[key]
+
+    worst = 0.0
+    for trial in study.trials:
+        a = next(iter(trial.policy.bins.values()))
+        want = accuracy(trial.policy.prompt.id, a.strategy, int(dict(a.params).get("n", 1)),
+                        plan.task.examples)
+        worst = max(worst, abs(want - trial.accuracy))
+    for trial in study.pareto:
+        a = next(iter(trial.policy.bins.values()))
+        want = accuracy(trial.policy.prompt.id, a.strategy, int(dict(a.params).get("n", 1)),
+                        plan.test_task.examples)
+        worst = max(worst, abs(want - trial.test["accuracy"].value))
+    return len(study.trials), len(study.pareto), worst
+
+
 def main() -> int:
     from jointopt.banks.importer import ImportOptions, import_bank
     from jointopt.search.config import load_config
+    from jointopt.search.plan import plan_study
     from jointopt.search.study import run_study
 
     logging.disable(logging.INFO)
@@ -80,6 +139,10 @@ def main() -> int:
               f"best dev accuracy {best:.4f}")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: {peak:.0f} MB (resident, whole process)")
+        trials, tests, worst = check_exact(study, plan_study(config), table)
+        print(f"exactness: {trials} dev accuracies and {tests} held-out re-scores vs an "
+              f"independent majority@k: largest difference {worst:.2e} "
+              f"({'ok' if worst <= 1e-9 else 'FAILED'}, tolerance 1e-9)")
     print(f"ratio={wall / BUDGET_S:.3f}")
     return 0
 
