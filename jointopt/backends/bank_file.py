@@ -27,6 +27,7 @@ __all__ = [
     "messages_hash",
     "preview",
     "sampling_fields",
+    "write_atomically",
     "write_jsonl_bank",
 ]
 
@@ -56,32 +57,38 @@ def _dump(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def write_jsonl_bank(out: Path, header: Mapping[str, Any],
-                     fill: Callable[[Callable[[dict, list[dict]], None]], None],
-                     counts: Mapping[str, int]) -> None:
-    """Write a version-1 (JSONL) bank: the header, then ``fill(sink)`` calls
-    ``sink(pool_line, sample_lines)`` per pool, then the end line with ``counts``
-    (``pools``, ``samples``, read after ``fill``). Written to a temporary file next to
-    ``out`` and renamed over it when complete (removed on any error)."""
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+def write_atomically(out: Path, suffix: str, write: Callable[[IO[bytes]], None]) -> None:
+    """``write(fh)`` into a temporary file next to ``out``, synced and renamed over ``out``
+    when complete (removed on any error): a bank that exists is complete."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{suffix}")
     try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            fh.write(_dump(header))
-
-            def lines(pool: dict, samples: list[dict]) -> None:
-                fh.write(_dump(pool))
-                for sample in samples:
-                    fh.write(_dump(sample))
-
-            fill(lines)
-            fh.write(_dump({"type": "end", "pools": counts["pools"],
-                            "samples": counts["samples"]}))
+        with tmp.open("wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_jsonl_bank(out: Path, header: Mapping[str, Any],
+                     fill: Callable[[Callable[[dict, list[dict]], None]], None],
+                     counts: Mapping[str, int]) -> None:
+    """Write a version-1 (JSONL) bank atomically: the header, then ``fill(sink)`` calls
+    ``sink(pool_line, sample_lines)`` per pool, then the end line with ``counts``
+    (``pools``, ``samples``, read after ``fill``)."""
+
+    def write(fh: IO[bytes]) -> None:
+        def lines(pool: dict, samples: list[dict]) -> None:
+            fh.write("".join(_dump(x) for x in (pool, *samples)).encode("utf-8"))
+
+        fh.write(_dump(header).encode("utf-8"))
+        fill(lines)
+        fh.write(_dump({"type": "end", "pools": counts["pools"],
+                        "samples": counts["samples"]}).encode("utf-8"))
+
+    write_atomically(out, "", write)
 
 
 def messages_hash(messages: Sequence[ChatMessage]) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from jointopt.backends.bank_file import write_atomically
 
 __all__ = ["BANK_V2", "FINISH_REASONS", "BankWriter", "SampleRow", "json_array"]
 
@@ -207,16 +208,8 @@ class BankWriter:
         """Write the bank to ``path`` atomically (a temporary file renamed when complete)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        try:
-            with tmp.open("wb") as fh:
-                np.savez_compressed(fh, **self.arrays(header))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, ".npz",
+                         lambda fh: np.savez_compressed(fh, **self.arrays(header)))
         return path
 
 
