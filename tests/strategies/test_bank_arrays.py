@@ -120,3 +120,21 @@ def test_weighted_vote_from_arrays_equals_the_scalar_estimator():
             want = expected_weighted(samples, 3, weight=weight)
             assert exp.accuracy == pytest.approx(want.accuracy, abs=1e-12)
             assert exp.completion_tokens == pytest.approx(want.completion_tokens, abs=1e-12)
+
+
+def test_resampled_weighted_vote_draws_the_scalar_subsets():
+    from jointopt.strategies.weighted import WeightedVote
+
+    rng = np.random.default_rng(11)
+    pools = []
+    for _ in range(6):
+        answers = [f"a{int(x)}" for x in rng.integers(0, 4, 40)]
+        logs = [float(-rng.random()) for _ in answers]
+        samples = [PoolSample(a, a == "a0", 5, mean_logprob=m) for a, m in zip(answers, logs)]
+        pools.append((samples, pool_data_from_samples(answers, [a == "a0" for a in answers],
+                                                      [5] * 40, mean_logprob=logs)))
+    got = WeightedVote(n=8).score_pool_batch([d for _, d in pools], [None] * len(pools))
+    for (samples, _), exp in zip(pools, got):
+        want = expected_weighted(samples, 8)
+        assert exp.method == want.method == "resampled(4000)"
+        assert exp.accuracy == pytest.approx(want.accuracy, abs=1e-12)
