@@ -64,13 +64,14 @@ class TestedCandidate:
     certified: bool
     lower_bound: float
     bin_p_values: Mapping[str, float] = field(default_factory=dict)
+    method: str = "binomial"
 
     def to_dict(self) -> dict[str, Any]:
         out = {"trial": self.key, "mean_tokens": round(self.cost, 6),
                "dev_accuracy": round(self.dev_accuracy, 6),
                "calibration_accuracy": round(self.calibration_accuracy, 6),
                "p_value": float(f"{self.p_value:.6g}"), "certified": self.certified,
-               "lower_bound": round(self.lower_bound, 6)}
+               "lower_bound": round(self.lower_bound, 6), "method": self.method}
         if self.bin_p_values:
             out["bin_p_values"] = {k: float(f"{v:.6g}") for k, v in self.bin_p_values.items()}
         return out
@@ -81,7 +82,8 @@ class Certification:
     """The outcome of :func:`certify_candidates`.
 
     Attributes:
-        target, risk, method: what was tested, at which level, with which p-value.
+        target, risk, method: what was tested, at which level, with which p-value
+            (the methods used, joined by ``+`` when 0/1 and pooled outcomes mixed).
         n_calibration: calibration examples.
         tested: the tests in the order they ran (the sequence stops at the first failure).
         chosen: key of the cheapest certified candidate, or None when none is.
@@ -190,26 +192,26 @@ def certify_candidates(
     order = sorted(candidates, key=lambda c: (-c.dev_accuracy, c.cost, c.key))
     label_list = [None if x is None else str(x) for x in (labels or [None] * n)]
     pvalues: list[float] = []
-    details: list[tuple[CertCandidate, np.ndarray, dict[str, float]]] = []
-    used = method
+    details: list[tuple[CertCandidate, np.ndarray, dict[str, float], str]] = []
     for cand in order:
         arr = np.asarray(cand.outcomes, dtype=float)
         p, per_bin, used = _hypotheses(arr, target, bins, label_list, method)
         pvalues.append(p)
-        details.append((cand, arr, per_bin))
+        details.append((cand, arr, per_bin, used))
         if p > fixed_risk:  # the sequence stops here; later candidates are not tested
             break
     passed = fixed_sequence(pvalues, fixed_risk)
     tested = []
-    for i, (cand, arr, per_bin) in enumerate(details):
+    for i, (cand, arr, per_bin, used) in enumerate(details):
         bound = (accuracy_lower_bound(arr, fixed_risk, used)
                  if target is not None and lower_bounds else 0.0)
         tested.append(TestedCandidate(
             key=cand.key, cost=float(cand.cost), dev_accuracy=float(cand.dev_accuracy),
             calibration_accuracy=float(arr.mean()), p_value=pvalues[i], certified=i < passed,
-            lower_bound=bound, bin_p_values=per_bin))
+            lower_bound=bound, bin_p_values=per_bin, method=used))
     certified = [t for t in tested if t.certified]
     chosen = min(certified, key=lambda t: (t.cost, t.key)).key if certified else None
+    used_methods = sorted({t.method for t in tested})
     return Certification(target=float(target) if target is not None else 0.0,
-                         risk=fixed_risk, method=used, n_calibration=n,
+                         risk=fixed_risk, method="+".join(used_methods), n_calibration=n,
                          tested=tuple(tested), chosen=chosen, bin_targets=bins)

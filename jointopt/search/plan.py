@@ -35,6 +35,8 @@ class StudyPlan:
     study_name: str
     out_dir: Path
     test_task: Task | None = None
+    #: ``validation.calibration_fraction``: examples only ``jointopt certify`` scores.
+    calibration_task: Task | None = None
 
     @property
     def task_hash(self) -> str:
@@ -101,7 +103,12 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if not full_task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
     check_limits(config, space, full_task)
-    split = split_task(full_task, config.validation.test_fraction, config.validation.seed)
+    validation = config.validation
+    # The calibration split is carved first, so the search and the test scores never see it.
+    carved = split_task(full_task, validation.calibration_fraction,
+                        f"calibration-{validation.seed}",
+                        where="validation.calibration_fraction")
+    split = split_task(carved.dev, validation.test_fraction, validation.seed)
     task = split.dev
     space = space.with_task(full_task)
     space.validate(task)
@@ -120,7 +127,7 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=model_name,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
-                     out_dir=out_dir, test_task=split.test)
+                     out_dir=out_dir, test_task=split.test, calibration_task=carved.test)
 
 
 def bank_pool_size(plan: StudyPlan) -> int | None:
