@@ -124,7 +124,7 @@ def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], p
                    dict[str, Any], served: str, model_path: str) -> Policy:
     """The policy with the export's metadata (task, metrics, provenance, serving, notes)."""
     notes = {k: v for k, v in policy.metadata.items()
-             if k not in ("task", "metrics", "provenance", "serving")}
+             if k not in ("task", "metrics", "provenance", "serving", "certificate")}
     metadata = {
         "task": task_spec(plan.task, policy.prompt),
         "metrics": metrics,
@@ -205,7 +205,9 @@ def export_policy(
     Args:
         config_or_plan: the study config (path or :class:`StudyConfig`) or its plan.
         trial: export this trial number (overrides ``pick``).
-        pick: ``knee``, ``max_accuracy``, ``min_tokens`` or ``budget``.
+        pick: ``knee``, ``max_accuracy``, ``min_tokens``, ``budget`` or ``certified``
+            (the trial ``jointopt certify`` certified; the policy file then carries the
+            certificate, :mod:`jointopt.export.certified`).
         budget: mean-token budget per input for ``pick="budget"``.
         out_dir: folder to write into (created).
         mlflow_alias: alias for the registered prompt version (default ``champion``).
@@ -240,6 +242,10 @@ def export_policy(
     model_path, served, on_cpu = _serving_names(policy, device, warnings)
     provenance = _provenance(plan, chosen.number, dataset_hash, matches, pick_used, budget)
     policy = _with_metadata(policy, plan, metrics, provenance, served, model_path)
+    if pick_used == "certified":
+        from jointopt.export.certified import certificate_section, with_certificate
+
+        policy = with_certificate(policy, plan, certificate_section(plan, study))
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

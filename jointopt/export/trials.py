@@ -109,6 +109,10 @@ def choose_trial(plan: "StudyPlan", study: "optuna.Study", trial: int | None, pi
         if not _feasible(chosen):
             warnings.append(f"trial {trial} violates the study's max_mean_tokens constraint")
         return chosen, "trial"
+    if pick == "certified":
+        from jointopt.export.certified import certified_trial
+
+        return certified_trial(plan, study, complete), "certified"
     feasible = [t for t in complete if _feasible(t)]
     point = pick_point([summarize(t) for t in feasible], pick, budget)
     return next(t for t in feasible if t.number == point.number), pick

@@ -37,7 +37,8 @@ from jointopt.tasks import Task
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["CERTIFICATE_ATTR", "CertifyResult", "certify_study", "study_certificate"]
+__all__ = ["CERTIFICATE_ATTR", "CertifyResult", "as_plan", "certify_study", "load_study",
+           "study_certificate"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class CertifyResult:
         return self.certification.chosen
 
 
-def _plan(config_or_plan: StudyConfig | StudyPlan | str | Path) -> StudyPlan:
+def as_plan(config_or_plan: StudyConfig | StudyPlan | str | Path) -> StudyPlan:
     if isinstance(config_or_plan, StudyPlan):
         return config_or_plan
     if isinstance(config_or_plan, (str, Path)):
@@ -97,7 +98,7 @@ def _check_request(plan: StudyPlan, target: float | None, risk: float, method: s
                 "seen the calibration examples")
 
 
-def _load_study(plan: StudyPlan) -> "optuna.Study":
+def load_study(plan: StudyPlan) -> "optuna.Study":
     import optuna
 
     from jointopt.search.study import open_storage
@@ -183,10 +184,10 @@ def certify_study(
     """
     from jointopt.search.objective import TrialRunner
 
-    plan = _plan(config_or_plan)
+    plan = as_plan(config_or_plan)
     bins = {str(k): float(v) for k, v in (bin_targets or {}).items()}
     _check_request(plan, target, risk, method, bins)
-    study = _load_study(plan)
+    study = load_study(plan)
     chosen = _candidates(plan, study, candidates)
     runner = TrialRunner(plan, study, None, 0, backend)
     try:
