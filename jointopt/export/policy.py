@@ -36,6 +36,7 @@ from jointopt.core.policy_file import jointopt_version
 from jointopt.core.task_spec import task_spec
 from jointopt.errors import ConfigError, JointoptError
 from jointopt.export.base import ExportContext, ExportSkipped
+from jointopt.export.certified import certificate_section, with_certificate
 from jointopt.export.messages import served_name
 from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _register_prompt
 from jointopt.evaluation.stats import Interval
@@ -205,9 +206,7 @@ def export_policy(
     Args:
         config_or_plan: the study config (path or :class:`StudyConfig`) or its plan.
         trial: export this trial number (overrides ``pick``).
-        pick: ``knee``, ``max_accuracy``, ``min_tokens``, ``budget`` or ``certified``
-            (the trial ``jointopt certify`` certified; the policy file then carries the
-            certificate, :mod:`jointopt.export.certified`).
+        pick: ``knee``, ``max_accuracy``, ``min_tokens``, ``budget`` or ``certified``.
         budget: mean-token budget per input for ``pick="budget"``.
         out_dir: folder to write into (created).
         mlflow_alias: alias for the registered prompt version (default ``champion``).
@@ -242,9 +241,7 @@ def export_policy(
     model_path, served, on_cpu = _serving_names(policy, device, warnings)
     provenance = _provenance(plan, chosen.number, dataset_hash, matches, pick_used, budget)
     policy = _with_metadata(policy, plan, metrics, provenance, served, model_path)
-    if pick_used == "certified":
-        from jointopt.export.certified import certificate_section, with_certificate
-
+    if pick_used == "certified":  # the file carries the certificate and its fallbacks
         policy = with_certificate(policy, plan, certificate_section(plan, study))
 
     out = Path(out_dir)

@@ -78,12 +78,13 @@ from jointopt.errors import ConfigError
 from jointopt.safety import secrets as _secrets
 from jointopt.serving.engine_server import ServerThread, create_engine_app
 from jointopt.serving.errors import add_error_handlers
+from jointopt.serving.monitor import MonitorSettings
 from jointopt.serving.routes import add_completion_routes, add_info_routes
 from jointopt.serving.security import ApiKeys, GuardMiddleware, RateLimiter
 
 if TYPE_CHECKING:
     from jointopt.backends.openai import OpenAIBackend
-    from jointopt.serving.monitor import MonitorSettings, PolicyMonitor
+    from jointopt.serving.monitor import PolicyMonitor
     from jointopt.serving.runtime import PolicyRunner
 
 __all__ = ["DEFAULT_MAX_INPUT_CHARS", "ServeSettings", "ServerThread", "create_app",
@@ -262,8 +263,7 @@ def serve(
     allow_verifiers: list[str] | tuple[str, ...] = (),
     max_body_bytes: int = 1_048_576,
     max_input_chars: int | None = None,
-    rate_limit: int = 600,
-    on_violation: str = "switch",
+    rate_limit: int = 600, on_violation: str = "switch",
 ) -> None:
     """Serve a policy file in front of an OpenAI-compatible upstream (blocks until stopped).
 
@@ -287,9 +287,8 @@ def serve(
         allow_unauthenticated: listen on a non-loopback host without client keys.
         allow_verifiers: modules the policy's verifier may be imported from, besides
             jointopt's own.
-        max_body_bytes, max_input_chars, rate_limit: see :class:`ServeSettings`.
-        on_violation: ``switch`` to the next safer certified policy when the target is
-            violated with confidence, or ``alert`` only (:mod:`jointopt.serving.monitor`).
+        max_body_bytes, max_input_chars, rate_limit: see :class:`ServeSettings`;
+            on_violation (``switch`` or ``alert``): see :class:`MonitorSettings`.
 
     Raises:
         ConfigError: the policy file, a limit, the port, the client keys are invalid, or
@@ -309,14 +308,12 @@ def serve(
                              model_name=model_name, api_keys=keys,
                              max_body_bytes=max_body_bytes, max_input_chars=max_input_chars,
                              rate_limit=rate_limit)
+    monitor = MonitorSettings(action=on_violation)  # type: ignore[arg-type]
     runner, backend = _upstream_runner(
         policy_path, allow_verifiers, upstream_url, upstream_model, api_key_env=api_key_env,
         timeout=timeout, max_retries=max_retries, max_concurrency=max_concurrency,
         send_seed=send_seed, token_ids=token_ids)
-    from jointopt.serving.monitor import MonitorSettings
-
-    app = create_app(runner, settings,
-                     monitor=MonitorSettings(action=on_violation))  # type: ignore[arg-type]
+    app = create_app(runner, settings, monitor=monitor)
     log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s, %s", policy_path,
              runner.policy.describe(), host, port,
              ", ".join(_secrets.safe_url(u) for u in backend.base_urls),
