@@ -308,12 +308,11 @@ def serve(
                              model_name=model_name, api_keys=keys,
                              max_body_bytes=max_body_bytes, max_input_chars=max_input_chars,
                              rate_limit=rate_limit)
-    monitor = MonitorSettings(action=on_violation)  # type: ignore[arg-type]
     runner, backend = _upstream_runner(
         policy_path, allow_verifiers, upstream_url, upstream_model, api_key_env=api_key_env,
         timeout=timeout, max_retries=max_retries, max_concurrency=max_concurrency,
         send_seed=send_seed, token_ids=token_ids)
-    app = create_app(runner, settings, monitor=monitor)
+    app = create_app(runner, settings, monitor=MonitorSettings(on_violation))
     log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s, %s", policy_path,
              runner.policy.describe(), host, port,
              ", ".join(_secrets.safe_url(u) for u in backend.base_urls),
