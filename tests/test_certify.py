@@ -4,6 +4,7 @@ labelled feedback from a harder distribution, detects the violation and switches
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -152,11 +153,25 @@ def test_an_uncertifiable_target_says_how_close_it_came(certified, capsys):
                       register_prompt=False)
 
 
-def _hard_question(rng: random.Random, size: int = 6) -> tuple[str, str]:
+def _question(rng: random.Random, size: int = 6) -> tuple[str, str]:
     words = rng.sample(["red", "cat", "sun", "map", "cup", "dog", "fig", "oak", "jam",
                         "owl"], size)
     return f"Reverse the order of these words: {', '.join(words)}", ", ".join(reversed(words))
 
+
+@contextlib.contextmanager
+def _proxy(policy_file: Path, **app_options):
+    """The exported policy behind the proxy, on a scripted OpenAI-compatible upstream."""
+    upstream = create_engine_app(ScriptedBackend(length_responder), model_name="scripted")
+    with ServerThread(upstream) as engine:
+        backend = OpenAIBackend(engine.url, max_retries=0)
+        runner = load_policy(policy_file, backend=backend)
+        try:
+            with ServerThread(create_app(runner, **app_options)) as proxy:
+                yield proxy
+        finally:
+            backend.close()
+    
 
 def test_proxy_detects_a_violation_on_harder_traffic_and_switches(certified):
     _, out = certified
@@ -164,30 +179,25 @@ def test_proxy_detects_a_violation_on_harder_traffic_and_switches(certified):
     first = str(policy.metadata["certificate"]["chosen_trial"])
     safer = str(policy.metadata["certificate"]["fallbacks"][0]["trial"])
     rng = random.Random(0)
-    upstream = create_engine_app(ScriptedBackend(length_responder), model_name="scripted")
-    with ServerThread(upstream) as engine:
-        backend = OpenAIBackend(engine.url, max_retries=0)
-        runner = load_policy(out / "policy.yaml", backend=backend)
-        with ServerThread(create_app(runner, model_name="certified")) as proxy:
-            events, served_by = [], []
-            for i in range(60):
-                question, reference = _hard_question(rng)
-                reply = httpx.post(proxy.url + "/v1/chat/completions", timeout=20, json={
-                    "model": "x", "messages": [{"role": "user", "content": question}]})
-                assert reply.status_code == 200
-                body = reply.json()
-                answer = body["choices"][0]["message"]["content"]
-                # half the feedback as a verdict, half as the reference answer
-                label = ({"correct": answer == reference} if i % 2 else
-                         {"reference": reference})
-                fb = httpx.post(proxy.url + "/v1/feedback", json={"id": body["id"], **label})
-                assert fb.status_code == 200, fb.text
-                events.append(fb.json()["event"])
-                served_by.append(fb.json()["policy"])
-            metrics = httpx.get(proxy.url + "/metrics").text
-            again = httpx.post(proxy.url + "/v1/feedback", json={"id": body["id"],
-                                                                 "correct": True})
-        backend.close()
+    with _proxy(out / "policy.yaml", model_name="certified") as proxy:
+        events, served_by = [], []
+        for i in range(60):
+            question, reference = _question(rng)
+            reply = httpx.post(proxy.url + "/v1/chat/completions", timeout=20, json={
+                "model": "x", "messages": [{"role": "user", "content": question}]})
+            assert reply.status_code == 200
+            body = reply.json()
+            answer = body["choices"][0]["message"]["content"]
+            # half the feedback as a verdict, half as the reference answer
+            label = ({"correct": answer == reference} if i % 2 else
+                     {"reference": reference})
+            fb = httpx.post(proxy.url + "/v1/feedback", json={"id": body["id"], **label})
+            assert fb.status_code == 200, fb.text
+            events.append(fb.json()["event"])
+            served_by.append(fb.json()["policy"])
+        metrics = httpx.get(proxy.url + "/metrics").text
+        again = httpx.post(proxy.url + "/v1/feedback", json={"id": body["id"],
+                                                             "correct": True})
     assert "switched" in events
     switch_at = events.index("switched")
     # evidence first: at risk 0.1, even three wrong answers in a row are the least that
@@ -206,20 +216,14 @@ def test_proxy_detects_a_violation_on_harder_traffic_and_switches(certified):
 def test_alert_only_keeps_the_policy(certified):
     _, out = certified
     rng = random.Random(1)
-    upstream = create_engine_app(ScriptedBackend(length_responder), model_name="scripted")
-    with ServerThread(upstream) as engine:
-        backend = OpenAIBackend(engine.url, max_retries=0)
-        runner = load_policy(out / "policy.yaml", backend=backend)
-        app = create_app(runner, monitor=MonitorSettings(action="alert"))
-        with ServerThread(app) as proxy:
-            for _ in range(40):
-                question, reference = _hard_question(rng)
-                body = httpx.post(proxy.url + "/v1/completions", timeout=20, json={
-                    "model": "x", "prompt": question}).json()
-                httpx.post(proxy.url + "/v1/feedback",
-                           json={"id": body["id"], "reference": reference})
-            metrics = httpx.get(proxy.url + "/metrics").text
-        backend.close()
+    with _proxy(out / "policy.yaml", monitor=MonitorSettings(action="alert")) as proxy:
+        for _ in range(40):
+            question, reference = _question(rng)
+            body = httpx.post(proxy.url + "/v1/completions", timeout=20, json={
+                "model": "x", "prompt": question}).json()
+            httpx.post(proxy.url + "/v1/feedback",
+                       json={"id": body["id"], "reference": reference})
+        metrics = httpx.get(proxy.url + "/metrics").text
     assert "jointopt_violation_alert 1" in metrics
     assert "jointopt_policy_switches_total 0" in metrics
 
@@ -227,20 +231,52 @@ def test_alert_only_keeps_the_policy(certified):
 def test_traffic_like_the_calibration_data_keeps_the_policy(certified):
     _, out = certified
     rng = random.Random(2)
-    upstream = create_engine_app(ScriptedBackend(length_responder), model_name="scripted")
-    with ServerThread(upstream) as engine:
-        backend = OpenAIBackend(engine.url, max_retries=0)
-        runner = load_policy(out / "policy.yaml", backend=backend)
-        with ServerThread(create_app(runner)) as proxy:
-            for i in range(60):
-                question, reference = _hard_question(rng, 2 + i % 3)
-                body = httpx.post(proxy.url + "/v1/chat/completions", timeout=20, json={
-                    "model": "x", "messages": [{"role": "user", "content": question}]}).json()
-                fb = httpx.post(proxy.url + "/v1/feedback",
-                                json={"id": body["id"], "reference": reference}).json()
-                assert fb["event"] is None
-            metrics = httpx.get(proxy.url + "/metrics").text
-        backend.close()
+    with _proxy(out / "policy.yaml") as proxy:
+        for i in range(60):
+            question, reference = _question(rng, 2 + i % 3)
+            body = httpx.post(proxy.url + "/v1/chat/completions", timeout=20, json={
+                "model": "x", "messages": [{"role": "user", "content": question}]}).json()
+            fb = httpx.post(proxy.url + "/v1/feedback",
+                            json={"id": body["id"], "reference": reference}).json()
+            assert fb["event"] is None
+        metrics = httpx.get(proxy.url + "/metrics").text
     assert "jointopt_policy_switches_total 0" in metrics
     assert "jointopt_violation_alert 0" in metrics
     assert "jointopt_requests_total{" in metrics and 'outcome="correct"} ' in metrics
+
+
+def test_a_bad_fallback_is_refused_at_load_naming_it(certified, tmp_path):
+    _, out = certified
+    data = yaml.safe_load((out / "policy.yaml").read_text())
+    data["metadata"]["certificate"]["fallbacks"][0]["policy"]["bins"]["all"]["strategy"] = \
+        "majorty"
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="majorty") as info:
+        load_policy_file(bad)
+    assert "fallbacks[0]" in info.value.where
+    # a file without the section still loads (the section is optional)
+    del data["metadata"]["certificate"]
+    bad.write_text(yaml.safe_dump(data))
+    assert "certificate" not in load_policy_file(bad).metadata
+
+
+def test_certify_runs_from_a_replayed_bank(certified, tmp_path):
+    from jointopt.search.record import record_bank
+
+    path, _ = certified
+    plan = plan_study(load_config(path))
+    from jointopt.search.objective import build_backend
+
+    bank = tmp_path / "bank.jsonl"
+    record_bank(plan, build_backend(plan.config), samples=8, out=bank)
+    replay = yaml.safe_load(path.read_text())
+    replay["model"] = {"backend": "replay", "bank": str(bank)}
+    replay["output_dir"] = str(tmp_path / "replayed")
+    replay["tracking"] = {"enabled": False}
+    replay_path = path.parent / "replay.yaml"
+    replay_path.write_text(yaml.safe_dump(replay))
+    run_study(load_config(replay_path))
+    result = certify_study(replay_path, target=0.8, risk=0.1)
+    assert result.chosen is not None
+    assert result.certificate["n_calibration"] == 120
