@@ -89,7 +89,9 @@ def run_certify(args: argparse.Namespace) -> int:
                      track=False if args.no_tracking else None)
     cert = result.certification
     console = Console()
-    table = Table(title=f"accuracy >= {args.target} at risk {args.risk} "
+    goal = " and ".join(([f"accuracy >= {args.target}"] if args.target else []) + [
+        f"{name} >= {value}" for name, value in args.bin_target])
+    table = Table(title=f"{goal} at risk {args.risk} "
                         f"({cert.n_calibration} calibration examples, {cert.method})")
     for column in ("trial", "mean tokens", "dev acc", "calib acc", "lower bound",
                    "p-value", "certified"):
