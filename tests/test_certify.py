@@ -153,6 +153,19 @@ def test_an_uncertifiable_target_says_how_close_it_came(certified, capsys):
                       register_prompt=False)
 
 
+def test_per_bin_targets_from_the_command_line(certified, capsys):
+    path, _ = certified
+    assert main(["certify", str(path), "--bin-target", "1=0.8", "--bin-target", "3=0.8",
+                 "--risk", "0.1", "--no-tracking"]) == 0
+    assert "1 >= 0.8 and 3 >= 0.8 at risk 0.1" in capsys.readouterr().out
+    from jointopt.search.certify import load_study, study_certificate
+
+    cert = study_certificate(load_study(plan_study(load_config(path))))
+    assert cert["bin_targets"] == {"1": 0.8, "3": 0.8} and cert["target"] is None
+    assert set(cert["tested"][0]["bin_p_values"]) == {"1", "3"}
+    assert main(["certify", str(path), "--bin-target", "9=0.8", "--no-tracking"]) == 2
+
+
 def _question(rng: random.Random, size: int = 6) -> tuple[str, str]:
     words = rng.sample(["red", "cat", "sun", "map", "cup", "dog", "fig", "oak", "jam",
                         "owl"], size)

@@ -147,7 +147,7 @@ class _FallbackModel(_Strict):
 class _CertificateModel(_Strict):
     """``jointopt certify``'s evidence (optional; files without it read as before)."""
 
-    target: float = Field(ge=0, lt=1)
+    target: float | None = Field(None, gt=0, lt=1)
     risk: float = Field(gt=0, lt=1)
     method: str
     procedure: str | None = None

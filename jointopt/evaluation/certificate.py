@@ -82,7 +82,8 @@ class Certification:
     """The outcome of :func:`certify_candidates`.
 
     Attributes:
-        target, risk, method: what was tested, at which level, with which p-value
+        target, risk, method: what was tested (None: per-bin targets only), at which
+            level, with which p-value
             (the methods used, joined by ``+`` when 0/1 and pooled outcomes mixed).
         n_calibration: calibration examples.
         tested: the tests in the order they ran (the sequence stops at the first failure).
@@ -90,7 +91,7 @@ class Certification:
         bin_targets: the per-bin targets, when given.
     """
 
-    target: float
+    target: float | None
     risk: float
     method: str
     n_calibration: int
@@ -212,6 +213,6 @@ def certify_candidates(
     certified = [t for t in tested if t.certified]
     chosen = min(certified, key=lambda t: (t.cost, t.key)).key if certified else None
     used_methods = sorted({t.method for t in tested})
-    return Certification(target=float(target) if target is not None else 0.0,
+    return Certification(target=float(target) if target is not None else None,
                          risk=fixed_risk, method="+".join(used_methods), n_calibration=n,
                          tested=tuple(tested), chosen=chosen, bin_targets=bins)
