@@ -42,6 +42,7 @@ from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _reg
 from jointopt.evaluation.stats import Interval
 from jointopt.export.pick import Pick
 from jointopt.export.readme import readme
+from jointopt.search.preflight import check_folder
 from jointopt.export.trials import as_plan, choose_trial, load_study, measure, safe_storage
 
 if TYPE_CHECKING:
@@ -122,8 +123,9 @@ def _provenance(plan: "StudyPlan", trial_number: int, dataset_hash: str | None,
 
 
 def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], provenance:
-                   dict[str, Any], served: str, model_path: str) -> Policy:
-    """The policy with the export's metadata (task, metrics, provenance, serving, notes)."""
+                   dict[str, Any], served: str, model_path: str, study: Any) -> Policy:
+    """The policy with the export's metadata (task, metrics, provenance, serving, notes;
+    and the study's certificate with its fallbacks for ``pick="certified"``)."""
     notes = {k: v for k, v in policy.metadata.items()
              if k not in ("task", "metrics", "provenance", "serving", "certificate")}
     metadata = {
@@ -136,9 +138,12 @@ def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], p
     if notes:
         metadata["notes"] = {**notes.get("notes", {}), **{k: v for k, v in notes.items()
                                                          if k != "notes"}}
-    return Policy(model=policy.model, prompt=policy.prompt, bins=policy.bins,
-                  difficulty=policy.difficulty, schema_version=policy.schema_version,
-                  metadata=metadata)
+    exported = Policy(model=policy.model, prompt=policy.prompt, bins=policy.bins,
+                      difficulty=policy.difficulty, schema_version=policy.schema_version,
+                      metadata=metadata)
+    if provenance.get("pick") != "certified":
+        return exported
+    return with_certificate(exported, plan, certificate_section(plan, study))
 
 
 def _targets(targets: Sequence[str] | None) -> list[str]:
@@ -221,8 +226,6 @@ def export_policy(
         ConfigError: no study or no complete trial, an unknown trial number, a bad pick
             rule or budget, or a policy that fails validation.
     """
-    from jointopt.search.preflight import check_folder
-
     check_folder(out_dir, "out_dir", "export folder")
     names = _targets(targets)
     plan = as_plan(config_or_plan)
@@ -240,9 +243,7 @@ def export_policy(
                                       n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     model_path, served, on_cpu = _serving_names(policy, device, warnings)
     provenance = _provenance(plan, chosen.number, dataset_hash, matches, pick_used, budget)
-    policy = _with_metadata(policy, plan, metrics, provenance, served, model_path)
-    if pick_used == "certified":  # the file carries the certificate and its fallbacks
-        policy = with_certificate(policy, plan, certificate_section(plan, study))
+    policy = _with_metadata(policy, plan, metrics, provenance, served, model_path, study)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
