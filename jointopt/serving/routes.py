@@ -175,7 +175,7 @@ def add_info_routes(app: FastAPI, runner: "PolicyRunner", served: str) -> None:
         return JSONResponse(status_code=200 if ok else 503, content={
             "status": "ok" if ok else "upstream unavailable",
             "model": served,
-            "policy": runner.policy.prompt.id,
+            "policy": _active(app.state).policy.prompt.id,
             "upstream": states,
         })
 
