@@ -184,6 +184,11 @@ def run_export(args: argparse.Namespace) -> int:
     if result.accuracy is not None and result.mean_tokens is not None:
         console.print(f"  accuracy {result.accuracy} | mean tokens {result.mean_tokens} "
                       "(95% bootstrap CI)")
+    cert = result.policy.metadata.get("certificate")
+    if cert:
+        console.print(f"  certified: accuracy >= {cert.get('target')} at risk {cert['risk']} "
+                      f"({cert['n_calibration']} calibration examples; "
+                      f"{len(cert.get('fallbacks', ()))} safer certified fallback(s))")
     for path in result.files.values():
         console.print(f"  {path}")
     if result.prompt_uri:
