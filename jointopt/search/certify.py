@@ -29,16 +29,16 @@ from jointopt.errors import ConfigError
 from jointopt.evaluation.certificate import CertCandidate, Certification, certify_candidates
 from jointopt.evaluation.evaluate import evaluate
 from jointopt.evaluation.risk import METHODS
-from jointopt.search.config import StudyConfig, load_config
-from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study, task_hash
+from jointopt.search.config import StudyConfig
+from jointopt.search.plan import StudyPlan, as_plan, bank_pool_size, task_hash
 from jointopt.search.results import TrialSummary, pareto_front, summarize
+from jointopt.search.study import load_study
 from jointopt.tasks import Task
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["CERTIFICATE_ATTR", "CertifyResult", "as_plan", "certify_study", "load_study",
-           "study_certificate"]
+__all__ = ["CERTIFICATE_ATTR", "CertifyResult", "certify_study", "study_certificate"]
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,6 @@ class CertifyResult:
         return self.certification.chosen
 
 
-def as_plan(config_or_plan: StudyConfig | StudyPlan | str | Path) -> StudyPlan:
-    if isinstance(config_or_plan, StudyPlan):
-        return config_or_plan
-    if isinstance(config_or_plan, (str, Path)):
-        config_or_plan = load_config(config_or_plan)
-    return plan_study(config_or_plan)
-
-
 def _check_request(plan: StudyPlan, target: float | None, risk: float, method: str,
                    bin_targets: Mapping[str, float]) -> None:
     for name, value in (("target", target), ("risk", risk), *(
@@ -96,23 +88,6 @@ def _check_request(plan: StudyPlan, target: float | None, risk: float, method: s
             fix="set validation.calibration_fraction (e.g. 0.3) in the config and rerun the "
                 "study into a fresh storage (jointopt run CONFIG); the search must not have "
                 "seen the calibration examples")
-
-
-def load_study(plan: StudyPlan) -> "optuna.Study":
-    import optuna
-
-    from jointopt.search.study import open_storage
-
-    if plan.storage.startswith("sqlite:///") and not Path(
-            plan.storage[len("sqlite:///"):]).is_file():
-        raise ConfigError("the study storage does not exist yet", where="optimizer.storage",
-                          value=plan.storage, fix="run the study first: jointopt run CONFIG")
-    try:
-        return optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
-    except KeyError:
-        raise ConfigError(f"no study named {plan.study_name!r} in the storage",
-                          where="optimizer.study_name", value=plan.study_name,
-                          fix="run the study first: jointopt run CONFIG") from None
 
 
 def _candidates(plan: StudyPlan, study: "optuna.Study", which: str) -> list[TrialSummary]:

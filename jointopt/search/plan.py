@@ -18,7 +18,7 @@ from jointopt.search.space import SearchSpace
 from jointopt.search.space_build import space_from_dict
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
 
-__all__ = ["StudyPlan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
+__all__ = ["StudyPlan", "as_plan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +134,22 @@ def bank_pool_size(plan: StudyPlan) -> int | None:
     """Pool size for scoring parallel strategies from the sample bank (None: run them)."""
     bank = plan.config.bank
     return bank.pool_size if bank.enabled and plan.config.cache else None
+
+
+def as_plan(config_or_plan: "StudyConfig | StudyPlan | str | Path") -> StudyPlan:
+    """The plan of a study config (a path or :class:`StudyConfig`), or the plan itself.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    from jointopt.search.config import load_config
+
+    if isinstance(config_or_plan, StudyPlan):
+        return config_or_plan
+    if isinstance(config_or_plan, StudyConfig):
+        return plan_study(config_or_plan)
+    if isinstance(config_or_plan, (str, Path)):
+        return plan_study(load_config(config_or_plan))
+    raise ConfigError("this needs a study config (path or StudyConfig) or a StudyPlan",
+                      where="config_or_plan", value=type(config_or_plan).__name__,
+                      fix="pass the study YAML path")

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jointopt.search.certify import CertifyResult, as_plan, certify_study, load_study
+from jointopt.search.certify import CertifyResult, certify_study
+from jointopt.search.plan import as_plan
+from jointopt.search.study import load_study
 from jointopt.safety.secrets import redact
 
 if TYPE_CHECKING:

@@ -158,7 +158,8 @@ def test_per_bin_targets_from_the_command_line(certified, capsys):
     assert main(["certify", str(path), "--bin-target", "1=0.8", "--bin-target", "3=0.8",
                  "--risk", "0.1", "--no-tracking"]) == 0
     assert "1 >= 0.8 and 3 >= 0.8 at risk 0.1" in capsys.readouterr().out
-    from jointopt.search.certify import load_study, study_certificate
+    from jointopt.search.certify import study_certificate
+    from jointopt.search.study import load_study
 
     cert = study_certificate(load_study(plan_study(load_config(path))))
     assert cert["bin_targets"] == {"1": 0.8, "3": 0.8} and cert["target"] is None
