@@ -42,7 +42,6 @@ from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _reg
 from jointopt.evaluation.stats import Interval
 from jointopt.export.pick import Pick
 from jointopt.export.readme import readme
-from jointopt.search.preflight import check_folder
 from jointopt.export.trials import as_plan, choose_trial, load_study, measure, safe_storage
 
 if TYPE_CHECKING:
@@ -226,6 +225,8 @@ def export_policy(
         ConfigError: no study or no complete trial, an unknown trial number, a bad pick
             rule or budget, or a policy that fails validation.
     """
+    from jointopt.search.preflight import check_folder
+
     check_folder(out_dir, "out_dir", "export folder")
     names = _targets(targets)
     plan = as_plan(config_or_plan)
