@@ -67,6 +67,7 @@ class TestedCandidate:
     method: str = "binomial"
 
     def to_dict(self) -> dict[str, Any]:
+        """The form stored in a certificate's ``tested`` list."""
         out = {"trial": self.key, "mean_tokens": round(self.cost, 6),
                "dev_accuracy": round(self.dev_accuracy, 6),
                "calibration_accuracy": round(self.calibration_accuracy, 6),
@@ -110,6 +111,7 @@ class Certification:
         return max(self.tested, key=lambda t: t.lower_bound, default=None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The certificate's statistical part (the search stage adds the calibration data and provenance)."""
         out: dict[str, Any] = {
             "target": self.target, "risk": self.risk, "method": self.method,
             "procedure": "learn-then-test, fixed sequence by dev accuracy",

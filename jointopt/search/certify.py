@@ -63,6 +63,7 @@ class CertifyResult:
 
     @property
     def chosen(self) -> int | None:
+        """The certified trial number, or None when no candidate is certified."""
         return self.certification.chosen
 
 

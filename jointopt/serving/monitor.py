@@ -111,10 +111,12 @@ class PolicyMonitor:
 
     @property
     def active_runner(self) -> "PolicyRunner":
+        """The runner of the policy that answers now."""
         return self._runners[self._active]
 
     @property
     def active_name(self) -> str:
+        """The name (trial number) of the policy that answers now."""
         return self._names[self._active]
 
     def record(self, response_id: str, runner: "PolicyRunner", answer: "Answer") -> None:
