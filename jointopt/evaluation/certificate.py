@@ -111,7 +111,8 @@ class Certification:
         return max(self.tested, key=lambda t: t.lower_bound, default=None)
 
     def to_dict(self) -> dict[str, Any]:
-        """The certificate's statistical part (the search stage adds the calibration data and provenance)."""
+        """The certificate's statistical part (the search stage adds the calibration data's
+        hash and the provenance)."""
         out: dict[str, Any] = {
             "target": self.target, "risk": self.risk, "method": self.method,
             "procedure": "learn-then-test, fixed sequence by dev accuracy",
