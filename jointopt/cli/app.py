@@ -9,6 +9,7 @@ Commands:
   compare CONFIG    accuracy-vs-tokens curves of several strategies at matched budgets
   record CONFIG     write a sample bank (JSONL) to run studies offline from
   export CONFIG     write a tuned policy and serving-stack configs from a study
+  certify CONFIG    the cheapest policy that meets an accuracy target at a stated risk
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
   models            prepare or list the embedded models
 """
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     from jointopt.cli.models import add_models_parser
 
     add_models_parser(sub)
+    from jointopt.cli.certify import add_certify_parser
+
+    add_certify_parser(sub)
     cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
                                          "(the config's compare section)")
     cmp.add_argument("config", help="study YAML file with a `compare` section")
@@ -259,6 +263,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.export import run_export
 
             return run_export(args)
+        if args.command == "certify":
+            from jointopt.cli.certify import run_certify
+
+            return _stoppable(run_certify, args)
         if args.command == "serve":
             from jointopt.cli.export import run_serve
 

@@ -18,7 +18,7 @@ from jointopt.search.space import SearchSpace
 from jointopt.search.space_build import space_from_dict
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
 
-__all__ = ["StudyPlan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
+__all__ = ["StudyPlan", "as_plan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ class StudyPlan:
     study_name: str
     out_dir: Path
     test_task: Task | None = None
+    #: ``validation.calibration_fraction``: examples only ``jointopt certify`` scores.
+    calibration_task: Task | None = None
 
     @property
     def task_hash(self) -> str:
@@ -101,7 +103,12 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if not full_task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
     check_limits(config, space, full_task)
-    split = split_task(full_task, config.validation.test_fraction, config.validation.seed)
+    validation = config.validation
+    # The calibration split is carved first, so the search and the test scores never see it.
+    carved = split_task(full_task, validation.calibration_fraction,
+                        f"calibration-{validation.seed}",
+                        where="validation.calibration_fraction")
+    split = split_task(carved.dev, validation.test_fraction, validation.seed)
     task = split.dev
     space = space.with_task(full_task)
     space.validate(task)
@@ -120,10 +127,29 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=model_name,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
-                     out_dir=out_dir, test_task=split.test)
+                     out_dir=out_dir, test_task=split.test, calibration_task=carved.test)
 
 
 def bank_pool_size(plan: StudyPlan) -> int | None:
     """Pool size for scoring parallel strategies from the sample bank (None: run them)."""
     bank = plan.config.bank
     return bank.pool_size if bank.enabled and plan.config.cache else None
+
+
+def as_plan(config_or_plan: "StudyConfig | StudyPlan | str | Path") -> StudyPlan:
+    """The plan of a study config (a path or :class:`StudyConfig`), or the plan itself.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    from jointopt.search.config import load_config
+
+    if isinstance(config_or_plan, StudyPlan):
+        return config_or_plan
+    if isinstance(config_or_plan, StudyConfig):
+        return plan_study(config_or_plan)
+    if isinstance(config_or_plan, (str, Path)):
+        return plan_study(load_config(config_or_plan))
+    raise ConfigError("this needs a study config (path or StudyConfig) or a StudyPlan",
+                      where="config_or_plan", value=type(config_or_plan).__name__,
+                      fix="pass the study YAML path")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.backends import Backend
@@ -31,7 +32,7 @@ from jointopt.search.results import (
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["run_study", "join_study", "open_study", "open_storage"]
+__all__ = ["run_study", "join_study", "load_study", "open_study", "open_storage"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,28 @@ def open_storage(plan: StudyPlan) -> Any:
     from jointopt.search.storage import make_storage
 
     return make_storage(plan.storage, plan.config.optimizer)
+
+
+def load_study(plan: StudyPlan) -> "optuna.Study":
+    """The plan's existing Optuna study (what export and certify read).
+
+    Raises:
+        ConfigError: no storage yet, or no study of that name in it.
+    """
+    import optuna
+
+    storage = plan.storage
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise ConfigError("the study storage does not exist yet", where="optimizer.storage",
+                          value=storage[len("sqlite:///"):],
+                          fix="run the study first: jointopt run CONFIG")
+    try:
+        return optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
+    except KeyError:
+        raise ConfigError(f"no study named {plan.study_name!r} in the storage",
+                          where="optimizer.study_name", value=plan.study_name,
+                          fix="run the study first (jointopt run CONFIG), or check "
+                              "optimizer.study_name / --storage") from None
 
 
 def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
