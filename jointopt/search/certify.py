@@ -119,13 +119,14 @@ def _candidates(plan: StudyPlan, study: "optuna.Study", which: str) -> list[Tria
 
 
 def _calibration(plan: StudyPlan, engine: Backend) -> Task:
-    """The calibration task, with oracle difficulty labels when the space uses them."""
+    """The calibration task, labelled with its bins when the space's difficulty source
+    cannot run at serve time (``oracle``)."""
     import dataclasses
 
     task = plan.calibration_task
-    if plan.space.oracle is None:
+    if plan.space.bin_source().servable:
         return task
-    bins = plan.space.oracle_labels(task, engine, plan.config.seed)
+    bins = plan.space.difficulty_labels(task, engine, plan.config.seed)
     return task.subset(dataclasses.replace(e, difficulty=bins[e.id]) for e in task.examples)
 
 
