@@ -31,11 +31,12 @@ from jointopt.search.results import (
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["run_study", "join_study", "open_study", "open_storage"]
+__all__ = ["run_study", "join_study", "open_study", "open_storage", "name_objectives"]
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
+OBJECTIVE_NAMES = ("accuracy", "mean_tokens")
 
 
 def _sampler(config: StudyConfig, seed: int | None = None) -> "optuna.samplers.BaseSampler":
@@ -82,6 +83,7 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
                                   value=_safe(plan.storage),
                                   fix="check the storage; rerun the same command") from None
             time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
+    name_objectives(study)
     existing = len(study.get_trials(deepcopy=False))
     if worker is None:
         study.sampler = _sampler(plan.config, random.SystemRandom().randrange(2 ** 31))
@@ -89,6 +91,19 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
         study.sampler = _sampler(plan.config,
                                  plan.config.optimizer.seed + 1_000_003 * worker + existing)
     return study
+
+
+def name_objectives(study: "optuna.Study") -> None:
+    """Give the study's objectives their names (``accuracy``, ``mean_tokens``), as
+    optuna-dashboard and ``study.trials_dataframe()`` show them."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVE_NAMES))
 
 
 def _safe(text: str) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.errors import ConfigError
-from jointopt.tracking.report_data import collect_report
+from jointopt.tracking.report_data import SETTINGS_FILE, collect_report
 
 if TYPE_CHECKING:
     import optuna
@@ -115,7 +115,12 @@ def write_report(data: Mapping[str, Any], path: Path) -> Path:
 def study_report(study: "optuna.Study", out_dir: Path,
                  settings: Mapping[str, Any] | None = None,
                  path: Path | None = None) -> Path:
-    """Collect ``study``'s results and write its report (default ``out_dir/report.html``)."""
+    """Collect ``study``'s results and write its report (default ``out_dir/report.html``);
+    ``settings`` are also kept in ``out_dir/study_settings.json`` for later reports."""
+    if settings is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, default=str),
+                                             encoding="utf-8")
     data = collect_report(study, out_dir=out_dir, settings=settings)
     target = write_report(data, path or out_dir / REPORT_FILE)
     log.info("report: %s (%.1f MB)", target, target.stat().st_size / 1e6)

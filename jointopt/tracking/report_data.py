@@ -21,7 +21,14 @@ from jointopt.search.results import TEST_ATTR, TrialSummary, pareto_front, summa
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["collect_report", "token_budgets", "best_at_budgets"]
+    from jointopt.search.plan import StudyPlan
+
+__all__ = ["collect_report", "plan_settings", "token_budgets", "best_at_budgets",
+           "SETTINGS_FILE"]
+
+#: File in a study's output folder with its settings (read by ``jointopt report RUN_DIR``
+#: and ``jointopt dashboard RUN_DIR``).
+SETTINGS_FILE = "study_settings.json"
 
 #: Per-trial user attributes the report reads besides those of :class:`TrialSummary`.
 _EXTRA_ATTRS = ("mean_prompt_tokens", "mean_completion_tokens")
@@ -160,3 +167,23 @@ def collect_report(study: "optuna.Study", *, out_dir: Path,
         "difficulty": difficulty,
         "settings": json.loads(redact(json.dumps({**settings, "engine": engine}, default=str))),
     }
+
+
+def plan_settings(plan: "StudyPlan") -> dict[str, Any]:
+    """The settings of a planned study as JSON-ready data (secrets masked): the resolved
+    config, where the study lives (storage, study name, output folder, MLflow URI) and the
+    size of its splits."""
+    from jointopt.safety.secrets import safe_url
+
+    config = plan.config
+    out = plan.out_dir.resolve()
+    tracking_uri = config.tracking.tracking_uri or f"sqlite:///{(out / 'mlflow.db').as_posix()}"
+    data = {
+        "study_name": plan.study_name, "storage": safe_url(plan.storage),
+        "output_dir": str(out), "model": plan.model, "task": plan.task.name,
+        "dev_examples": len(plan.task.examples),
+        "test_examples": len(plan.test_task.examples) if plan.test_task else 0,
+        "tracking_uri": safe_url(tracking_uri) if config.tracking.enabled else None,
+        "config": config.model_dump(mode="json"),
+    }
+    return json.loads(redact(json.dumps(data, default=str)))

@@ -120,7 +120,7 @@ function levelOf(rows, key) {
 }
 
 function axes(title) {
-  return {title: {text: title, font: {size: 15}}, hovermode: "closest", height: 460,
+  return {title: {text: title, font: {size: 15}, x: 0.01, xanchor: "left"}, hovermode: "closest", height: 460,
           margin: {l: 60, r: 20, t: 50, b: 50}, legend: {orientation: "h", y: -0.18},
           xaxis: {title: {text: "mean tokens per example (prompt + completion)"}, zeroline: false},
           yaxis: {title: {text: "accuracy"}, rangemode: "tozero"}};
@@ -150,7 +150,7 @@ function tokenFigure() {
   return {data: [
     {type: "bar", name: "completions " + gen, x: rows.map((t) => t.n), y: rows.map((t) => t.generated), marker: {color: "#d62728"}},
     {type: "bar", name: "completions served from the sample store", x: rows.map((t) => t.n), y: rows.map((t) => t.cached), marker: {color: "#2ca02c"}},
-  ], layout: {barmode: "stack", height: 320, title: {text: "where the completions of each trial came from", font: {size: 15}},
+  ], layout: {barmode: "stack", height: 320, title: {text: "where the completions of each trial came from", font: {size: 15}, x: 0.01, xanchor: "left"},
               margin: {l: 60, r: 20, t: 50, b: 50}, xaxis: {title: {text: "trial"}}, yaxis: {title: {text: "completions"}},
               legend: {orientation: "h", y: -0.3}}};
 }
@@ -224,7 +224,9 @@ async function main() {
     e.preventDefault();
     showPolicy(Number(a.dataset.trial));
   }));
+  const timings = {start: performance.now()};
   await loadPlotly();
+  timings.plotly = performance.now();
   const config = {responsive: true, displaylogo: false};
   const plots = [["front-plot", frontFigure()], ["family-plot", familyFigure()], ["token-plot", tokenFigure()]];
   await Promise.all(plots.map(([id, fig]) => Plotly.newPlot(id, fig.data, fig.layout, config)));
@@ -233,6 +235,8 @@ async function main() {
     el(id).on("plotly_click", (ev) => showPolicy(ev.points[0].customdata));
   }
   if (D.front.length) showPolicy(D.front[D.front.length - 1]);
+  timings.plots = performance.now();
+  window.reportTimings = timings;
   window.reportReadyMs = performance.now();
   document.body.dataset.ready = "1";
 }
