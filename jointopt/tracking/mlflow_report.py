@@ -1,7 +1,7 @@
 """The study's report and Pareto front on its MLflow parent run: ``report.html`` (the
 interactive report of :mod:`jointopt.tracking.report`) and ``pareto_front.json``, an MLflow
 table artifact (shown as a table in the run's artifact view and readable with
-``mlflow.load_table``)."""
+``MlflowClient.load_table``)."""
 
 from __future__ import annotations
 
@@ -52,16 +52,35 @@ def front_table(front: Sequence["TrialSummary"]) -> dict[str, list[Any]]:
     return columns
 
 
+def _log_table(client: Any, run_id: str, columns: dict[str, list[Any]], path: Path) -> None:
+    """Log ``columns`` as an MLflow table artifact, replacing an earlier one (MLflow's own
+    ``log_table`` appends rows to a table of the same name, which a rerun would repeat)."""
+    import json
+
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    names = list(columns)
+    rows = [list(row) for row in zip(*columns.values())]
+    path.write_text(json.dumps({"columns": names, "data": rows}), encoding="utf-8")
+    client.log_artifact(run_id, str(path))
+    tags = client.get_run(run_id).data.tags
+    logged = json.loads(tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    entry = {"path": path.name, "type": "table"}
+    if entry not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, entry]))
+
+
 def log_report_and_front(client: Any, run_id: str, plan: "StudyPlan | None",
                          study: "optuna.Study | None",
                          front: Sequence["TrialSummary"]) -> Path | None:
     """Log the front table, write the study report and log it; return the report's path
     (None when there is no study to report on). A report that cannot be written (plotly
     missing) is a warning: the study's results are kept either way."""
-    try:
-        client.log_table(run_id, data=front_table(front), artifact_file=FRONT_TABLE)
-    except Exception as exc:  # noqa: BLE001 - the table is an extra view of pareto.csv
-        log.warning("the Pareto front table was not logged to MLflow: %s", exc)
+    if plan is not None:
+        try:
+            _log_table(client, run_id, front_table(front), plan.out_dir / FRONT_TABLE)
+        except Exception as exc:  # noqa: BLE001 - the table is an extra view of pareto.csv
+            log.warning("the Pareto front table was not logged to MLflow: %s", exc)
     if plan is None or study is None:
         return None
     from jointopt.errors import JointoptError
