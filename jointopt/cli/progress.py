@@ -116,9 +116,9 @@ class StudyProgress:
         parts = [f"generated {self.tokens:,} tokens ({rate:,.0f} tok/s)"]
         if self.points:
             budgets = token_budgets(max(t for _, t in self.points))
-            best = " ".join(f"<={b:g} tok: {a:.2f}" if a is not None else f"<={b:g} tok: -"
-                            for b, a in best_at_budgets(self.points, budgets))
-            parts.append(f"best accuracy {best}")
+            best = ", ".join(f"<={b:g}: {'-' if a is None else format(a, '.2f')}"
+                             for b, a in best_at_budgets(self.points, budgets))
+            parts.append(f"best accuracy at tokens {best}")
         if self.last:
             parts.append(self.last)
         return " | ".join(parts)

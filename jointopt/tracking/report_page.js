@@ -111,7 +111,7 @@ function frontFigure() {
       text: tested.map(hoverText), customdata: tested.map((t) => t.n),
       error_y: errorBars(tested, "test_acc", (r) => r.test_acc.value)}));
   }
-  return {data: traces, layout: axes("accuracy vs mean tokens per example: every trial and the Pareto front")};
+  return {data: traces, layout: axes()};
 }
 
 function levelOf(rows, key) {
@@ -119,9 +119,8 @@ function levelOf(rows, key) {
   return r ? Math.round(r[key].level * 100) + "%" : "no";
 }
 
-function axes(title) {
-  return {title: {text: title, font: {size: 15}, x: 0.01, xanchor: "left"}, hovermode: "closest", height: 460,
-          margin: {l: 60, r: 20, t: 50, b: 50}, legend: {orientation: "h", y: -0.18},
+function axes() {
+  return {hovermode: "closest", height: 440, margin: {l: 60, r: 20, t: 30, b: 50}, legend: {orientation: "h", y: -0.18},
           xaxis: {title: {text: "mean tokens per example (prompt + completion)"}, zeroline: false},
           yaxis: {title: {text: "accuracy"}, rangemode: "tozero"}};
 }
@@ -140,7 +139,7 @@ function familyFigure() {
     data.push({type: "scatter", mode: "lines", name: fam + " best so far", legendgroup: fam, showlegend: false,
                x: best.map((t) => t.tok), y: best.map((t) => t.acc), line: {shape: "hv", color: color}, hoverinfo: "skip"});
   });
-  return {data: data, layout: axes("accuracy vs tokens per strategy family (line: the family's best within a budget)")};
+  return {data: data, layout: axes()};
 }
 const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22"];
 
@@ -150,8 +149,7 @@ function tokenFigure() {
   return {data: [
     {type: "bar", name: "completions " + gen, x: rows.map((t) => t.n), y: rows.map((t) => t.generated), marker: {color: "#d62728"}},
     {type: "bar", name: "completions served from the sample store", x: rows.map((t) => t.n), y: rows.map((t) => t.cached), marker: {color: "#2ca02c"}},
-  ], layout: {barmode: "stack", height: 320, title: {text: "where the completions of each trial came from", font: {size: 15}, x: 0.01, xanchor: "left"},
-              margin: {l: 60, r: 20, t: 50, b: 50}, xaxis: {title: {text: "trial"}}, yaxis: {title: {text: "completions"}},
+  ], layout: {barmode: "stack", height: 320, margin: {l: 60, r: 20, t: 30, b: 50}, xaxis: {title: {text: "trial"}}, yaxis: {title: {text: "completions"}},
               legend: {orientation: "h", y: -0.3}}};
 }
 
