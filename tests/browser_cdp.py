@@ -49,6 +49,8 @@ class Browser:
             [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--no-default-browser-check", "--disable-extensions", "--disable-dev-shm-usage",
              "--disable-background-networking", "--mute-audio", "--hide-scrollbars",
+             # iframes in the page's own process, so child_frames() sees them
+             "--disable-site-isolation-trials", "--disable-features=site-per-process",
              f"--user-data-dir={self._profile}", "--remote-debugging-pipe",
              f"--window-size={width},{height}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,24 +123,41 @@ class Browser:
         self.wait_for(ready, timeout)
         return time.monotonic() - start
 
-    def evaluate(self, expression: str) -> Any:
+    def child_frames(self) -> list[str]:
+        """Ids of the page's child frames (iframes), in document order."""
+        tree = self.call("Page.getFrameTree", session=True)["frameTree"]
+        return [child["frame"]["id"] for child in tree.get("childFrames", [])]
+
+    def evaluate(self, expression: str, frame: str | None = None) -> Any:
+        """The value of a JavaScript expression in the page, or in one of its frames (an
+        isolated world there: the frame's DOM, not its script globals)."""
+        params: dict[str, Any] = {}
+        if frame is not None:
+            params["contextId"] = self.call("Page.createIsolatedWorld", session=True,
+                                            frameId=frame)["executionContextId"]
         result = self.call("Runtime.evaluate", session=True, expression=expression,
-                           returnByValue=True, awaitPromise=True)
+                           returnByValue=True, awaitPromise=True, **params)
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60.0) -> None:
+    def wait_for(self, expression: str, timeout: float = 60.0, frame: str | None = None) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.evaluate(f"Boolean({expression})"):
+                if self.evaluate(f"Boolean({expression})", frame):
                     return
             except RuntimeError:
                 pass  # the page is still navigating
             if time.monotonic() > deadline:
                 raise TimeoutError(f"page not ready within {timeout}s: {expression}")
             time.sleep(0.1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the page's renderer process has used so far (DevTools' ProcessTime)."""
+        self.call("Performance.enable", session=True)
+        metrics = self.call("Performance.getMetrics", session=True)["metrics"]
+        return next(m["value"] for m in metrics if m["name"] == "ProcessTime")
 
     def mouse_move(self, x: float, y: float) -> None:
         self.call("Input.dispatchMouseEvent", session=True, type="mouseMoved", x=x, y=y)

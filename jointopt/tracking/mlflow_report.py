@@ -48,7 +48,7 @@ def front_table(front: Sequence["TrialSummary"]) -> dict[str, list[Any]]:
             "model": t.policy.model if t.policy else "",
         }
         for key, value in values.items():
-            columns[key].append(value)
+            columns[key].append(round(value, 4) if isinstance(value, float) else value)
     return columns
 
 
