@@ -185,3 +185,26 @@ def test_dashboards_show_the_study_and_its_front(chromium, study, dashboard, scr
         text = browser.evaluate("document.body.innerText")
         assert all(str(n) in text for n in table["columns"])
         browser.screenshot(screens / "mlflow_front_table.png")
+
+
+def test_report_of_an_empty_study_and_a_difficulty_report_render_without_errors(
+        chromium, study, tmp_path):
+    import optuna
+
+    from jointopt.tracking.report import study_report
+
+    (tmp_path / "difficulty_report.json").write_text(json.dumps({
+        "prompts": {"fewshot": {"thresholds": [0.6], "agreement": {
+            "n": 21, "exact": 0.62, "within_one": 0.95, "spearman": 0.48}}}}))
+    loaded = optuna.load_study(study_name=study.study_name,
+                               storage=f"sqlite:///{study.out_dir}/optuna.db")
+    with_difficulty = study_report(loaded, tmp_path, path=tmp_path / "difficulty.html")
+    empty = study_report(optuna.create_study(directions=["maximize", "minimize"]),
+                         tmp_path / "empty")
+    with Browser(chromium) as browser:
+        browser.open(with_difficulty.as_uri(), ready=READY)
+        text = browser.evaluate("document.getElementById('difficulty').innerText")
+        assert "prompts / fewshot / agreement" in text and "0.62" in text and "0.48" in text
+        browser.open(empty.as_uri(), ready=READY)
+        assert browser.evaluate("document.getElementById('errors').hidden") is True
+        assert not browser.exceptions, browser.exceptions

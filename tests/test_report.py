@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from jointopt.backends import ScriptedBackend
 from jointopt.search.config import load_config
 from jointopt.search.study import run_study
+from jointopt.testing import scripted_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def reverse_responder(request, index, rng):
-    """Right more often with demonstrations in the prompt (as in tests/test_study.py)."""
-    words = request.messages[-1].content.split(":")[-1].strip().split(", ")
-    p_right = 0.8 if len(request.messages) > 3 else 0.35
-    if rng.random() < p_right:
-        return ", ".join(reversed(words))
-    return ", ".join(rng.sample(words, len(words)))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +22,8 @@ def study_run(tmp_path_factory):
     config = load_config(ROOT / "experiments/quickstart.yaml", {
         "output_dir": str(out), "optimizer": {"n_trials": 10},
         "validation": {"test_fraction": 0.3}})
-    result = run_study(config, backend=ScriptedBackend(reverse_responder))
+    result = run_study(config, backend=scripted_backend(
+        engine_kwargs={"responder": "reverse_words"}))
     return config, result, out
 
 
@@ -135,3 +127,24 @@ def test_token_budgets_are_round_and_increasing():
     assert token_budgets(0) == []
     points = [(0.5, 20.0), (0.7, 90.0), (0.9, 150.0)]
     assert best_at_budgets(points, [10, 100, 200]) == [(10, None), (100, 0.7), (200, 0.9)]
+
+
+def test_report_shows_the_difficulty_report_and_survives_an_empty_study(study_run, tmp_path):
+    import optuna
+
+    from jointopt.tracking.report import study_report
+    from jointopt.tracking.report_data import collect_report
+
+    _, result, out = study_run
+    study = optuna.load_study(study_name=result.study_name, storage=f"sqlite:///{out}/optuna.db")
+    (tmp_path / "difficulty_report.json").write_text(json.dumps(
+        {"dev": {"n": 12, "exact": 0.5, "within_one": 0.9, "spearman": 0.4}}))
+    data = collect_report(study, out_dir=tmp_path)
+    assert data["difficulty"]["dev"]["exact"] == 0.5
+    assert collect_report(study, out_dir=out)["difficulty"] is None  # no probe/predictor bins
+
+    empty = optuna.create_study(directions=["maximize", "minimize"],
+                                storage=f"sqlite:///{tmp_path}/empty.db", study_name="empty")
+    page = study_report(empty, tmp_path / "empty")
+    data = _page_data(page)
+    assert data["trials"] == [] and data["front"] == [] and data["tokens"]["totals"]["trials"] == 0
