@@ -148,3 +148,21 @@ def test_report_shows_the_difficulty_report_and_survives_an_empty_study(study_ru
     page = study_report(empty, tmp_path / "empty")
     data = _page_data(page)
     assert data["trials"] == [] and data["front"] == [] and data["tokens"]["totals"]["trials"] == 0
+
+
+def test_prompt_text_cannot_break_out_of_the_page(study_run):
+    import optuna
+
+    from jointopt.tracking.report import render_report
+    from jointopt.tracking.report_data import collect_report
+
+    _, result, out = study_run
+    study = optuna.load_study(study_name=result.study_name, storage=f"sqlite:///{out}/optuna.db")
+    data = collect_report(study, out_dir=out)
+    hostile = "</script><script>alert(1)</script><!-- <script>"
+    next(iter(data["prompts"].values()))["user"] = hostile
+    html = render_report(data)
+    assert html.count("</script>") == 3 and hostile not in html
+    found = re.search(r'<script id="report-data" type="application/json">(.*?)</script>', html,
+                      re.S)
+    assert next(iter(json.loads(found.group(1))["prompts"].values()))["user"] == hostile

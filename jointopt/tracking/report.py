@@ -67,8 +67,9 @@ def _script() -> str:
 
 
 def _json_for_html(data: Any) -> str:
-    """JSON that can sit inside a ``<script>`` element (no ``</`` sequence)."""
-    return json.dumps(data, separators=(",", ":"), default=str).replace("</", "<\\/")
+    """JSON that can sit inside a ``<script>`` element: every ``<`` escaped, so no prompt
+    text can close the element or open an HTML comment in it."""
+    return json.dumps(data, separators=(",", ":"), default=str).replace("<", "\\u003c")
 
 
 def render_report(data: Mapping[str, Any]) -> str:
