@@ -45,6 +45,7 @@ def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
 
 
 def add_dashboard_parser(sub: Any) -> None:
+    """Register ``jointopt dashboard`` on the CLI's subparsers."""
     dash = sub.add_parser(
         "dashboard", help="open optuna-dashboard and the MLflow UI on a study",
         description="Start optuna-dashboard (the study's Optuna storage) and the MLflow UI "
@@ -156,6 +157,7 @@ def _experiment_id(tracking_uri: str, run_id: str | None) -> str | None:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    """``jointopt dashboard``: start the dashboards, print their links, wait for Ctrl-C."""
     from rich.console import Console
 
     from jointopt.cli.report import load_located_study, locate_study

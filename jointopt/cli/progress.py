@@ -78,6 +78,7 @@ class StudyProgress:
             self._bar.stop()
 
     def engine_ready(self) -> None:
+        """The engine is loaded: the bar counts trials from now on."""
         self.ready_at = time.monotonic()
         self._bar.update(self._task, description="trials")
 

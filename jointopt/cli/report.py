@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jointopt.errors import ConfigError
+from jointopt.errors import ConfigError, JointoptError
 
 if TYPE_CHECKING:
     import optuna
@@ -115,6 +115,7 @@ def load_located_study(where: StudyLocation) -> "optuna.Study":
 
 
 def add_report_parser(sub: Any) -> None:
+    """Register ``jointopt report`` on the CLI's subparsers."""
     report = sub.add_parser(
         "report", help="write a study's interactive HTML report",
         description="Write one self-contained HTML file (opens offline): the dev and "
@@ -136,6 +137,7 @@ def add_location_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    """``jointopt report``: write the located study's report and print its path."""
     from rich.console import Console
 
     from jointopt.tracking.report import study_report
@@ -161,7 +163,10 @@ def print_study_links(console: Any, plan: Any, result: Any) -> None:
     report = out / REPORT_FILE
     if result.extra.get("reports_written", True) and not plan.config.tracking.enabled:
         where = StudyLocation(out, result.storage, result.study_name, None, None)
-        study_report(load_located_study(where), out, settings=plan_settings(plan))
+        try:
+            study_report(load_located_study(where), out, settings=plan_settings(plan))
+        except JointoptError as exc:  # the study's results are kept; only the page is missing
+            console.print(f"no report: {exc}", soft_wrap=True, highlight=False)
     if report.is_file():
         console.print(f"report: {report.as_uri()}", soft_wrap=True)
     if result.mlflow_run_id:
