@@ -1,6 +1,6 @@
 """A finished 100-trial scripted study seen in a real browser (headless Chromium from
-Debian's packages, driven over the DevTools pipe by tests/browser_cdp.py): the report, and
-``jointopt dashboard``'s optuna-dashboard and MLflow UI on 127.0.0.1.
+Debian's packages, driven over the DevTools pipe by tests/tracking/browser_cdp.py): the
+report, and ``jointopt dashboard``'s optuna-dashboard and MLflow UI on 127.0.0.1.
 
 Screenshots go to ``$JOINTOPT_SCREENSHOTS`` (default: the test's temporary folder).
 Skipped, with the reason, where no Chromium is installed.
@@ -22,7 +22,7 @@ import pytest
 
 from browser_cdp import Browser, find_chromium
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_TRIALS = 100
 READY = "document.body && document.body.dataset.ready === '1'"
 

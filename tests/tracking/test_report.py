@@ -1,5 +1,5 @@
 """The study report: its data, the HTML page, the MLflow artifacts and ``jointopt report``
-(a scripted study; the page itself is opened in a browser by tests/test_browser.py)."""
+(a scripted study; tests/tracking/test_browser.py opens the page in a browser)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from jointopt.search.config import load_config
 from jointopt.search.study import run_study
 from jointopt.testing import scripted_backend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

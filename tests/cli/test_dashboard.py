@@ -1,7 +1,7 @@
 """``jointopt dashboard`` and the MLflow UI command ``jointopt run`` prints: the command
 starts listening on a machine without internet (MLflow's job-execution import otherwise
 deadlocks with LiteLLM's background download retry), and bad dashboard options fail with
-the flag and the fix. The dashboards in a browser: tests/test_browser.py."""
+the flag and the fix. The dashboards in a browser: tests/tracking/test_browser.py."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from jointopt.search.config import load_config
 from jointopt.search.study import run_study
 from jointopt.testing import scripted_backend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
