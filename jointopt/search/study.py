@@ -26,7 +26,7 @@ from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study
 from jointopt.search.plan_checks import check_credentials
 from jointopt.search.sampler import make_sampler
 from jointopt.search.results import (
-    TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
+    OBJECTIVES, TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
 
 if TYPE_CHECKING:
     import optuna
@@ -36,7 +36,6 @@ __all__ = ["run_study", "join_study", "open_study", "open_storage", "name_object
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("maximize", "minimize")
-OBJECTIVE_NAMES = ("accuracy", "mean_tokens")
 
 
 def _sampler(config: StudyConfig, seed: int | None = None) -> "optuna.samplers.BaseSampler":
@@ -103,7 +102,7 @@ def name_objectives(study: "optuna.Study") -> None:
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVE_NAMES))
+            study.set_metric_names(list(OBJECTIVES))
 
 
 def _safe(text: str) -> str:
