@@ -27,12 +27,13 @@ from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study
 from jointopt.search.plan_checks import check_credentials
 from jointopt.search.sampler import make_sampler
 from jointopt.search.results import (
-    TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
+    OBJECTIVES, TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["run_study", "join_study", "load_study", "open_study", "open_storage"]
+__all__ = ["run_study", "join_study", "load_study", "open_study", "open_storage",
+           "name_objectives"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
                                   value=_safe(plan.storage),
                                   fix="check the storage; rerun the same command") from None
             time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
+    name_objectives(study)
     existing = len(study.get_trials(deepcopy=False))
     if worker is None:
         study.sampler = _sampler(plan.config, random.SystemRandom().randrange(2 ** 31))
@@ -112,6 +114,19 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
         study.sampler = _sampler(plan.config,
                                  plan.config.optimizer.seed + 1_000_003 * worker + existing)
     return study
+
+
+def name_objectives(study: "optuna.Study") -> None:
+    """Give the study's objectives their names (``accuracy``, ``mean_tokens``), as
+    optuna-dashboard and ``study.trials_dataframe()`` show them."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))
 
 
 def _safe(text: str) -> str:
