@@ -42,6 +42,7 @@ _LAZY = {
     "join_study": "jointopt.search.study:join_study",
     "export_policy": "jointopt.export.policy:export_policy",
     "load_policy": "jointopt.serving.runtime:load_policy",
+    "certify": "jointopt.tracking.certificate:certify",
 }
 
 
@@ -71,6 +72,7 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "TemplateError",
+    "certify",
     "evaluate",
     "export_policy",
     "join_study",

@@ -10,8 +10,11 @@ Commands:
   record CONFIG     write a sample bank to run studies offline from
   bank import TABLE bring recorded generations in (also: bank convert, bank info)
   export CONFIG     write a tuned policy and serving-stack configs from a study
+  certify CONFIG    the cheapest policy that meets an accuracy target at a stated risk
   serve             OpenAI-compatible proxy that runs a policy against an upstream server
   models            prepare or list the embedded models
+  report RUN_DIR    write a study's interactive HTML report
+  dashboard RUN_DIR optuna-dashboard and the MLflow UI on a study, on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ def _parser() -> argparse.ArgumentParser:
     from jointopt.cli.models import add_models_parser
 
     add_models_parser(sub)
+    from jointopt.cli.certify import add_certify_parser
+
+    add_certify_parser(sub)
+    from jointopt.cli.dashboard import add_dashboard_parser
+    from jointopt.cli.report import add_report_parser
+
+    add_report_parser(sub)
+    add_dashboard_parser(sub)
     cmp = sub.add_parser("compare", help="accuracy-vs-tokens curves of several strategies "
                                          "(the config's compare section)")
     cmp.add_argument("config", help="study YAML file with a `compare` section")
@@ -172,7 +183,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from jointopt.search.config import load_config
@@ -195,31 +205,25 @@ def _run(args: argparse.Namespace) -> int:
                   + (f", {workers} workers" if workers > 1 and not worker else "")
                   + (f" (worker pid {os.getpid()}, storage {safe_url(plan.storage)})"
                      if worker else ""))
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("{task.fields[last]}"), console=console)
-    with progress:
-        bar = progress.add_task("loading engine", total=config.optimizer.n_trials, last="")
+    from jointopt.cli.progress import StudyProgress
 
-        def on_ready() -> None:
-            progress.update(bar, description="trials")
-
-        ran = {"trials": 0, "generated": 0, "cached": 0, "tokens": 0}
+    total = args.n_trials or config.optimizer.n_trials
+    ran = {"trials": 0, "generated": 0, "cached": 0, "tokens": 0}
+    with StudyProgress(console, total, verbose=args.verbose > 0) as progress:
 
         def on_trial(summary: TrialSummary, done: int, total: int) -> None:
             ran["trials"] += 1
             for key, value in (("generated", summary.generated), ("cached", summary.cached),
                                ("tokens", summary.tokens_generated)):
                 ran[key] += int(value or 0)
-            last = (f"#{summary.number} acc={summary.accuracy:.2f} tok={summary.mean_tokens:.0f}"
-                    if summary.accuracy is not None else f"#{summary.number} failed")
-            progress.update(bar, completed=done, total=total, last=last)
+            progress.trial(summary, done, total)
 
         if worker:
             result = join_study(config, n_trials=args.n_trials, on_trial=on_trial,
-                                on_engine_ready=on_ready)
+                                on_engine_ready=progress.engine_ready)
         else:
             result = run_study(config, n_trials=args.n_trials, on_trial=on_trial,
-                               on_engine_ready=on_ready)
+                               on_engine_ready=progress.engine_ready)
     table = Table(title=f"Pareto front of {result.study_name} "
                         f"({len(result.trials)} complete trials)")
     for col in ("trial", "accuracy", "mean tokens", "prompt", "allocation"):
@@ -237,9 +241,9 @@ def _run(args: argparse.Namespace) -> int:
         console.print(f"this worker is done (wall time {result.wall_time:.0f}s); the worker "
                       "that completes the last trial writes the reports (or run `jointopt run "
                       "CONFIG`, which runs nothing more and writes them)")
-    if result.mlflow_run_id:
-        console.print(f"MLflow parent run {result.mlflow_run_id} "
-                      f"(mlflow ui --backend-store-uri sqlite:///{result.out_dir}/mlflow.db)")
+    from jointopt.cli.report import print_study_links
+
+    print_study_links(console, plan, result)
     return 0
 
 
@@ -279,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.export import run_export
 
             return run_export(args)
+        if args.command == "certify":
+            from jointopt.cli.certify import run_certify
+
+            return _stoppable(run_certify, args)
         if args.command == "serve":
             from jointopt.cli.export import run_serve
 
@@ -287,6 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from jointopt.cli.models import run_models
 
             return _stoppable(run_models, args)
+        if args.command == "report":
+            from jointopt.cli.report import run_report
+
+            return run_report(args)
+        if args.command == "dashboard":
+            from jointopt.cli.dashboard import run_dashboard
+
+            return _stoppable(run_dashboard, args)
         return _stoppable(_run, args)
     except JointoptError as exc:
         from jointopt.safety.secrets import redact

@@ -143,6 +143,10 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="do not send per-request seeds upstream")
     parser.add_argument("--token-ids", action="store_true",
                         help="ask the upstream for token ids (vLLM's return_token_ids)")
+    parser.add_argument("--on-violation", choices=("switch", "alert"), default="switch",
+                        help="when feedback shows a certified policy's accuracy target "
+                             "violated with confidence: switch to the next safer certified "
+                             "policy (default) or only alert")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     return parser
@@ -180,6 +184,11 @@ def run_export(args: argparse.Namespace) -> int:
     if result.accuracy is not None and result.mean_tokens is not None:
         console.print(f"  accuracy {result.accuracy} | mean tokens {result.mean_tokens} "
                       "(95% bootstrap CI)")
+    cert = result.policy.metadata.get("certificate")
+    if cert:
+        console.print(f"  certified: accuracy >= {cert.get('target')} at risk {cert['risk']} "
+                      f"({cert['n_calibration']} calibration examples; "
+                      f"{len(cert.get('fallbacks', ()))} safer certified fallback(s))")
     for path in result.files.values():
         console.print(f"  {path}")
     if result.prompt_uri:
@@ -203,5 +212,6 @@ def run_serve(args: argparse.Namespace) -> int:
         api_key_file=args.api_key_file, allow_unauthenticated=args.allow_unauthenticated,
         allow_verifiers=tuple(args.allow_verifier), max_body_bytes=args.max_body_bytes,
         max_input_chars=args.max_input_chars, rate_limit=args.rate_limit,
+        on_violation=args.on_violation,
     )
     return 0

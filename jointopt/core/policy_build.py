@@ -69,6 +69,8 @@ def build_policy(parsed: PolicyFileModel, path: Path) -> Policy:
     if task_spec is not None:
         _check_task_spec(task_spec, prompt, path)
     _check_template_safety(prompt, task_spec, path)
+    if parsed.metadata.certificate is not None:
+        _check_fallbacks(parsed, path)
     dumped = parsed.model_dump(mode="json", exclude_none=False)
     # Metadata as written (no defaults filled in), so a file round-trips unchanged.
     metadata = _drop_empty(parsed.metadata.model_dump(mode="json", exclude_unset=True))
@@ -76,6 +78,18 @@ def build_policy(parsed: PolicyFileModel, path: Path) -> Policy:
         return Policy.from_dict({**dumped, "metadata": metadata})
     except JointoptError as exc:
         raise rewrap(exc, path, exc.where or "policy") from None
+
+
+def _check_fallbacks(parsed: PolicyFileModel, path: Path) -> None:
+    """Every fallback policy of the certificate is checked as a policy of its own (with
+    the file's task section); errors name the fallback."""
+    for i, fallback in enumerate(parsed.metadata.certificate.fallbacks):
+        body = fallback.policy.model_dump(mode="json")
+        inner = PolicyFileModel.model_validate({
+            "schema_version": parsed.schema_version, **body,
+            "metadata": {"task": parsed.metadata.task.model_dump(mode="json")}
+            if parsed.metadata.task is not None else {}})
+        build_policy(inner, Path(f"{path} (metadata.certificate.fallbacks[{i}].policy)"))
 
 
 _SCALARS = (int, float, str, bool, type(None))

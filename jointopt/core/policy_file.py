@@ -31,7 +31,19 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
         jointopt_version, exported_at, pick, budget
       serving:       # names used by the exported serving configs, the proxy's input cap
         served_model_name, model_path, max_input_chars
+      certificate:   # optional, `jointopt export --pick certified` (jointopt certify)
+        target, risk, method, procedure, n_calibration, dataset_hash, chosen_trial,
+        tested: [{trial, mean_tokens, dev_accuracy, calibration_accuracy, p_value,
+                  certified, lower_bound, method?, bin_p_values?}],
+        bin_targets?, calibration_fraction, split_seed, study_name, certified_at,
+        assumption, mlflow_run_id?,
+        fallbacks: [{trial, mean_tokens, dev_accuracy, p_value,
+                     policy: {model, prompt, difficulty, bins}}]   # next safer first
       notes: {}      # free-form
+
+The ``certificate`` section is optional and was added within ``schema_version`` 1: every
+file without it reads as before; a jointopt older than the section refuses a file that
+has it (unknown key), so serve certified policies with a jointopt that wrote them.
 
 Loading validates the whole file with pydantic models that reject unknown keys, then
 checks what only jointopt knows: strategy parameters, template syntax and variables,

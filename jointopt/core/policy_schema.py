@@ -117,11 +117,61 @@ class _ServingModel(_Strict):
     max_input_chars: int | None = Field(None, ge=1)
 
 
+class _TestedModel(_Strict):
+    trial: int
+    mean_tokens: float
+    dev_accuracy: float
+    calibration_accuracy: float
+    p_value: float = Field(ge=0, le=1)
+    certified: bool
+    lower_bound: float
+    method: str | None = None
+    bin_p_values: dict[str, float] = Field(default_factory=dict)
+
+
+class _FallbackPolicyModel(_Strict):
+    model: str = Field(min_length=1)
+    prompt: dict[str, Any]
+    difficulty: dict[str, Any] = Field(default_factory=dict)
+    bins: dict[str, _AllocationModel] = Field(min_length=1)
+
+
+class _FallbackModel(_Strict):
+    trial: int
+    mean_tokens: float
+    dev_accuracy: float
+    p_value: float = Field(ge=0, le=1)
+    policy: _FallbackPolicyModel
+
+
+class _CertificateModel(_Strict):
+    """``jointopt certify``'s evidence (optional; files without it read as before)."""
+
+    target: float | None = Field(None, gt=0, lt=1)
+    risk: float = Field(gt=0, lt=1)
+    method: str
+    procedure: str | None = None
+    n_calibration: int = Field(ge=1)
+    dataset_hash: str | None = None
+    chosen_trial: int | None = None
+    tested: list[_TestedModel] = Field(default_factory=list)
+    bin_targets: dict[str, float] = Field(default_factory=dict)
+    calibration_fraction: float | None = None
+    split_seed: int | None = None
+    study_name: str | None = None
+    certified_at: str | None = None
+    assumption: str | None = None
+    mlflow_run_id: str | None = None
+    #: The other certified policies, the next safer first (the serving monitor's steps).
+    fallbacks: list[_FallbackModel] = Field(default_factory=list)
+
+
 class _MetadataModel(_Strict):
     task: TaskSpecModel | None = None
     metrics: _MetricsModel | None = None
     provenance: _ProvenanceModel | None = None
     serving: _ServingModel | None = None
+    certificate: _CertificateModel | None = None
     notes: dict[str, Any] = Field(default_factory=dict)
 
 

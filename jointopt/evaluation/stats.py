@@ -52,14 +52,16 @@ class Split:
     test: Task | None
 
 
-def split_task(task: Task, test_fraction: float, seed: int = 0) -> Split:
+def split_task(task: Task, test_fraction: float, seed: int | str = 0, *,
+               where: str = "validation.test_fraction") -> Split:
     """Split examples into dev and test, stratified by difficulty label.
 
     Every label keeps at least one dev example; ``test_fraction=0`` means no test split.
+    ``where`` names the config field of the fraction in errors.
     """
     if not 0.0 <= test_fraction < 1.0:
-        raise ConfigError("`test_fraction` must be in [0, 1)", where="validation.test_fraction",
-                          value=test_fraction, fix="use e.g. 0.3, or 0 for no test split")
+        raise ConfigError(f"`{where.rpartition('.')[2]}` must be in [0, 1)", where=where,
+                          value=test_fraction, fix="use e.g. 0.3, or 0 for none")
     if test_fraction == 0.0:
         return Split(task, None)
     rng = random.Random(f"jointopt-split-{seed}")
@@ -72,8 +74,8 @@ def split_task(task: Task, test_fraction: float, seed: int = 0) -> Split:
         test_ids.update(ids[:n_test])
         dev_ids.update(ids[n_test:])
     if not test_ids:
-        raise ConfigError("the test split is empty", where="validation.test_fraction",
-                          value=test_fraction, fix="raise test_fraction or add examples")
+        raise ConfigError("the held-out split is empty", where=where, value=test_fraction,
+                          fix=f"raise {where.rpartition('.')[2]} or add examples")
     return Split(
         dev=task.subset(e for e in task.examples if e.id in dev_ids),
         test=task.subset(e for e in task.examples if e.id in test_ids),

@@ -9,6 +9,8 @@ Pick rules (among feasible complete trials; see :func:`pick_point`):
 * ``max_accuracy``: the most accurate trial (fewest tokens among ties).
 * ``min_tokens``: the cheapest trial (most accurate among ties).
 * ``budget``: the most accurate trial whose mean tokens are <= ``budget``.
+* ``certified``: the trial ``jointopt certify`` certified (read from the study's
+  certificate by :func:`jointopt.export.trials.choose_trial`, not from the points).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from jointopt.search.results import non_dominated
 
 __all__ = ["PICKS", "Point", "pick_point"]
 
-Pick = Literal["knee", "max_accuracy", "min_tokens", "budget"]
-PICKS: tuple[str, ...] = ("knee", "max_accuracy", "min_tokens", "budget")
+Pick = Literal["knee", "max_accuracy", "min_tokens", "budget", "certified"]
+PICKS: tuple[str, ...] = ("knee", "max_accuracy", "min_tokens", "budget", "certified")
 
 class Point(Protocol):
     """What a pick rule reads of a trial (a :class:`~jointopt.search.results.TrialSummary`)."""
@@ -65,6 +67,10 @@ def pick_point(points: Sequence[P], pick: str, budget: float | None = None) -> P
     if pick not in PICKS:
         raise ConfigError("unknown pick rule", where="pick", value=pick,
                           fix=f"{did_you_mean(pick, PICKS)}choose one of: {', '.join(PICKS)}")
+    if pick == "certified":
+        raise ConfigError("pick 'certified' comes from the study's certificate, not from the "
+                          "points", where="pick", value=pick,
+                          fix="use jointopt.export.trials.choose_trial, or export_policy")
     if not points:
         raise ConfigError("the study has no complete (feasible) trial to pick from",
                           where="pick", fix="run the study first: jointopt run CONFIG")

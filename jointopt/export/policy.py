@@ -36,6 +36,7 @@ from jointopt.core.policy_file import jointopt_version
 from jointopt.core.task_spec import task_spec
 from jointopt.errors import ConfigError, JointoptError
 from jointopt.export.base import ExportContext, ExportSkipped
+from jointopt.export.certified import certificate_section, with_certificate
 from jointopt.export.messages import served_name
 from jointopt.export.mlflow_prompt import DEFAULT_ALIAS, register_prompt as _register_prompt
 from jointopt.evaluation.stats import Interval
@@ -121,10 +122,11 @@ def _provenance(plan: "StudyPlan", trial_number: int, dataset_hash: str | None,
 
 
 def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], provenance:
-                   dict[str, Any], served: str, model_path: str) -> Policy:
-    """The policy with the export's metadata (task, metrics, provenance, serving, notes)."""
+                   dict[str, Any], served: str, model_path: str, study: Any) -> Policy:
+    """The policy with the export's metadata (task, metrics, provenance, serving, notes;
+    and the study's certificate with its fallbacks for ``pick="certified"``)."""
     notes = {k: v for k, v in policy.metadata.items()
-             if k not in ("task", "metrics", "provenance", "serving")}
+             if k not in ("task", "metrics", "provenance", "serving", "certificate")}
     metadata = {
         "task": task_spec(plan.task, policy.prompt),
         "metrics": metrics,
@@ -135,9 +137,12 @@ def _with_metadata(policy: Policy, plan: "StudyPlan", metrics: dict[str, Any], p
     if notes:
         metadata["notes"] = {**notes.get("notes", {}), **{k: v for k, v in notes.items()
                                                          if k != "notes"}}
-    return Policy(model=policy.model, prompt=policy.prompt, bins=policy.bins,
-                  difficulty=policy.difficulty, schema_version=policy.schema_version,
-                  metadata=metadata)
+    exported = Policy(model=policy.model, prompt=policy.prompt, bins=policy.bins,
+                      difficulty=policy.difficulty, schema_version=policy.schema_version,
+                      metadata=metadata)
+    if provenance.get("pick") != "certified":
+        return exported
+    return with_certificate(exported, plan, certificate_section(plan, study))
 
 
 def _targets(targets: Sequence[str] | None) -> list[str]:
@@ -226,7 +231,7 @@ def export_policy(
     Args:
         config_or_plan: the study config (path or :class:`StudyConfig`) or its plan.
         trial: export this trial number (overrides ``pick``).
-        pick: ``knee``, ``max_accuracy``, ``min_tokens`` or ``budget``.
+        pick: ``knee``, ``max_accuracy``, ``min_tokens``, ``budget`` or ``certified``.
         budget: mean-token budget per input for ``pick="budget"``.
         out_dir: folder to write into (created).
         mlflow_alias: alias for the registered prompt version (default ``champion``).
@@ -260,7 +265,7 @@ def export_policy(
                                       n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     model_path, served, on_cpu = _serving_names(policy, device, warnings)
     provenance = _provenance(plan, chosen.number, dataset_hash, matches, pick_used, budget)
-    policy = _with_metadata(policy, plan, metrics, provenance, served, model_path)
+    policy = _with_metadata(policy, plan, metrics, provenance, served, model_path, study)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

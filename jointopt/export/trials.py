@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.core.policy import Policy
 from jointopt.errors import ConfigError
 from jointopt.evaluation.stats import Interval, bootstrap
 from jointopt.export.pick import pick_point
+from jointopt.search.plan import as_plan
 from jointopt.search.results import feasible as _feasible, summarize
+from jointopt.search.study import load_study
 
 if TYPE_CHECKING:
     import optuna
@@ -21,41 +22,6 @@ if TYPE_CHECKING:
     from jointopt.search.plan import StudyPlan
 
 __all__ = ["as_plan", "choose_trial", "load_study", "measure", "safe_storage"]
-
-
-def as_plan(config_or_plan: Any) -> "StudyPlan":
-    from jointopt.search.config import StudyConfig, load_config
-    from jointopt.search.plan import StudyPlan, plan_study
-
-    if isinstance(config_or_plan, StudyPlan):
-        return config_or_plan
-    if isinstance(config_or_plan, StudyConfig):
-        return plan_study(config_or_plan)
-    if isinstance(config_or_plan, (str, Path)):
-        return plan_study(load_config(config_or_plan))
-    raise ConfigError("export needs a study config (path or StudyConfig) or a StudyPlan",
-                      where="config_or_plan", value=type(config_or_plan).__name__,
-                      fix="pass the study YAML path")
-
-
-def load_study(plan: "StudyPlan") -> "optuna.Study":
-    import optuna
-
-    storage = plan.storage
-    if storage.startswith("sqlite:///"):
-        db = Path(storage[len("sqlite:///"):])
-        if not db.is_file():
-            raise ConfigError("the study storage does not exist yet", where="optimizer.storage",
-                              value=str(db), fix="run the study first: jointopt run CONFIG")
-    from jointopt.search.study import open_storage
-
-    try:
-        return optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
-    except KeyError:
-        raise ConfigError(f"no study named {plan.study_name!r} in the storage",
-                          where="optimizer.study_name", value=plan.study_name,
-                          fix="run the study first (jointopt run CONFIG), or check "
-                              "optimizer.study_name / --storage") from None
 
 
 def safe_storage(url: str) -> str:
@@ -109,6 +75,10 @@ def choose_trial(plan: "StudyPlan", study: "optuna.Study", trial: int | None, pi
         if not _feasible(chosen):
             warnings.append(f"trial {trial} violates the study's max_mean_tokens constraint")
         return chosen, "trial"
+    if pick == "certified":
+        from jointopt.export.certified import certified_trial
+
+        return certified_trial(plan, study, complete), "certified"
     feasible = [t for t in complete if _feasible(t)]
     point = pick_point([summarize(t) for t in feasible], pick, budget)
     return next(t for t in feasible if t.number == point.number), pick

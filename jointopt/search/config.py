@@ -233,6 +233,10 @@ class ValidationConfig(StrictModel):
     rest (dev). The Pareto policies are re-scored on the test split. 0 = no test split."""
     seed: int = 0
     """Seed of the split."""
+    calibration_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of examples carved out first (stratified by difficulty, before the dev/test
+    split) as the calibration split of ``jointopt certify``: the search and the test
+    scores never see it. 0 = no calibration split (``certify`` then refuses to run)."""
     resamples: int = Field(2000, ge=100)
     """Bootstrap resamples for the confidence intervals."""
     level: float = Field(0.95, gt=0.5, lt=1.0)

@@ -18,7 +18,7 @@ from jointopt.search.space import SearchSpace
 from jointopt.search.space_build import space_from_dict
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
 
-__all__ = ["StudyPlan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
+__all__ = ["StudyPlan", "as_plan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ class StudyPlan:
     test_task: Task | None = None
     #: Samples per sampled pool of a replayed bank (None: not replayed).
     recorded_pool_size: int | None = None
+    #: ``validation.calibration_fraction``: examples only ``jointopt certify`` scores.
+    calibration_task: Task | None = None
 
     @property
     def task_hash(self) -> str:
@@ -103,14 +105,19 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     if not full_task.examples:
         raise ConfigError("the task has no examples", where="task", fix="add data")
     check_limits(config, space, full_task)
-    split = split_task(full_task, config.validation.test_fraction, config.validation.seed)
+    validation = config.validation
+    # The calibration split is carved first, so the search and the test scores never see it.
+    carved = split_task(full_task, validation.calibration_fraction,
+                        f"calibration-{validation.seed}",
+                        where="validation.calibration_fraction")
+    split = split_task(carved.dev, validation.test_fraction, validation.seed)
     task = split.dev
     space = space.with_task(full_task)
     space.validate(task)
     model_name = config.model.model
     recorded = None
     if "bank" in backend_class(config.model.backend).settings_keys:
-        model_name, recorded = check_replay(config, space, task, split.test)
+        model_name, recorded = check_replay(config, space, task, split.test, carved.test)
         model_path = model_name
     else:
         model_path = check_model(config)
@@ -124,7 +131,8 @@ def plan_study(config: StudyConfig) -> StudyPlan:
     log.debug("model %s resolved to %s", config.model.model, model_path)
     return StudyPlan(config=config, task=task, space=space, model=model_name,
                      storage=storage, study_name=config.optimizer.study_name or config.name,
-                     out_dir=out_dir, test_task=split.test, recorded_pool_size=recorded)
+                     out_dir=out_dir, test_task=split.test, calibration_task=carved.test,
+                     recorded_pool_size=recorded)
 
 
 def bank_pool_size(plan: StudyPlan) -> int | None:
@@ -138,3 +146,22 @@ def bank_pool_size(plan: StudyPlan) -> int | None:
     if bank.pool_size is not None:
         return bank.pool_size
     return plan.recorded_pool_size or DEFAULT_POOL_SIZE
+
+
+def as_plan(config_or_plan: "StudyConfig | StudyPlan | str | Path") -> StudyPlan:
+    """The plan of a study config (a path or :class:`StudyConfig`), or the plan itself.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    from jointopt.search.config import load_config
+
+    if isinstance(config_or_plan, StudyPlan):
+        return config_or_plan
+    if isinstance(config_or_plan, StudyConfig):
+        return plan_study(config_or_plan)
+    if isinstance(config_or_plan, (str, Path)):
+        return plan_study(load_config(config_or_plan))
+    raise ConfigError("this needs a study config (path or StudyConfig) or a StudyPlan",
+                      where="config_or_plan", value=type(config_or_plan).__name__,
+                      fix="pass the study YAML path")

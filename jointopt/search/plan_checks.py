@@ -36,7 +36,8 @@ def check_model(config: StudyConfig) -> str:
 
 
 def check_replay(config: StudyConfig, space: SearchSpace, task: Task,
-                 test_task: Task | None) -> tuple[str, int]:
+                 test_task: Task | None,
+                 calibration_task: Task | None = None) -> tuple[str, int]:
     """``backend: replay``: load the bank and check the study can run from it (strategies,
     prompts, temperatures, max_tokens, pool sizes, examples) before any compute.
     Returns the model name the bank was recorded with (the policies name it) and the
@@ -52,7 +53,8 @@ def check_replay(config: StudyConfig, space: SearchSpace, task: Task,
     bank = load_bank(config.resolve(config.model.bank))
     pool_size = replay_pool_size(bank, config.bank.pool_size) if (
         config.bank.enabled and config.cache) else None
-    check_replayable(space, bank, task=task, test_task=test_task, pool_size=pool_size)
+    check_replayable(space, bank, task=task, test_task=test_task, pool_size=pool_size,
+                     calibration_task=calibration_task)
     return bank.model_name, getattr(bank, "samples", None) or int(bank.header["samples"])
 
 

@@ -189,8 +189,8 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
 
     Every prompt of ``plan.space``, every temperature and max_tokens value it can produce
     (``Choice``: all values; ``Fixed``: the value; an integer range: every integer) and
-    every example of ``plan.task`` and of the held-out ``plan.test_task`` (the Pareto
-    front is re-scored on it) gets one pool: ``samples`` samples (one at
+    every example of ``plan.task``, of the held-out ``plan.test_task`` (the Pareto
+    front is re-scored on it) and of ``plan.calibration_task`` gets one pool: ``samples`` samples (one at
     temperature 0, where decoding is greedy). Requests are the evaluator's pool requests
     (same messages, sampling parameters and per-example seeds), grouped into ``generate``
     calls of whole settings (all examples of a setting in one call) of up to
@@ -218,8 +218,10 @@ def record_bank(plan: StudyPlan, backend: Backend, *, samples: int, out: str | P
     start = time.perf_counter()
     out = Path(out)
     task = plan.task
-    # The held-out split is scored on the Pareto front at the end of a study: record it too.
-    examples = list(task.examples) + list(plan.test_task.examples if plan.test_task else ())
+    # The held-out split is scored on the Pareto front at the end of a study, the
+    # calibration split by `jointopt certify`: record them too.
+    examples = list(task.examples) + [e for t in (plan.test_task, plan.calibration_task)
+                                      if t is not None for e in t.examples]
     needed = samples_needed(plan)
     if samples < needed:
         log.warning("recording %d samples per pool; the study draws up to %d, so trials "

@@ -146,6 +146,7 @@ def check_difficulty_replayable(space: "SearchSpace") -> None:
 
 def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
                      task: "Task | None" = None, test_task: "Task | None" = None,
+                     calibration_task: "Task | None" = None,
                      pool_size: int | None = None) -> None:
     """Check, before any compute, that a study on ``space`` can run from ``bank``.
 
@@ -159,6 +160,8 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             temperatures and max_tokens are compared.
         test_task: the held-out split (``StudyPlan.test_task``), checked the same way
             against the bank's ``test_dataset_hash``.
+        calibration_task: the calibration split (``StudyPlan.calibration_task``): its
+            pools must be there too (a version-2 bank's ``examples_hash`` covers all three).
         pool_size: the study's pool size (``bank.pool_size`` when the sample bank is on,
             None when strategies run directly); every sampled pool must hold at least
             ``max(pool_size, largest n)`` samples.
@@ -180,22 +183,24 @@ def check_replayable(space: "SearchSpace", bank: Bank | ReplayBackend, *,
             fix="write the templates the bank was recorded with into the search space")
     check_difficulty_replayable(space)
     if task is not None or test_task is not None:
-        _check_hashes(bank, task, test_task)
+        _check_hashes(bank, task, test_task, calibration_task)
     _check_strategies(space, where)
     temperatures = sampling_values(space.temperature, "temperature", where)
     budgets = sampling_values(space.max_tokens, "max_tokens", where)
     _check_settings(space, bank, temperatures, budgets, where)
-    _check_pool_sizes(space, bank, task, test_task, temperatures, budgets, pool_size)
+    _check_pool_sizes(space, bank, task, test_task, temperatures, budgets, pool_size,
+                      calibration_task)
 
 
-def _check_hashes(bank: Bank, task: "Task | None", test_task: "Task | None") -> None:
+def _check_hashes(bank: Bank, task: "Task | None", test_task: "Task | None",
+                  calibration_task: "Task | None" = None) -> None:
     """The bank was recorded on the same searched and held-out examples as the study's
     (a version-2 bank: on the same examples, however they are split)."""
     from jointopt.search.plan import task_hash
 
     recorded = bank.header.get("examples_hash")
     if recorded is not None:
-        mine = examples_hash([e for t in (task, test_task) if t is not None
+        mine = examples_hash([e for t in (task, test_task, calibration_task) if t is not None
                               for e in t.examples])
         if mine != recorded:
             raise ConfigError(
@@ -269,7 +274,8 @@ def _check_settings(space: "SearchSpace", bank: Bank, temperatures: list[float],
 
 def _check_pool_sizes(space: "SearchSpace", bank: Bank, task: "Task | None",
                       test_task: "Task | None", temperatures: list[float], budgets: list[int],
-                      pool_size: int | None) -> None:
+                      pool_size: int | None,
+                      calibration_task: "Task | None" = None) -> None:
     """Every pool the study samples holds enough samples (and, with a task, exists)."""
     needed = max(pool_size or 0, largest_pool_k(space))
     if task is None and test_task is None:
@@ -277,7 +283,7 @@ def _check_pool_sizes(space: "SearchSpace", bank: Bank, task: "Task | None",
                    if p.temperature in temperatures and p.max_tokens in budgets
                    and p.temperature != 0 and p.samples < needed]
     else:
-        too_few = [pool for t in (task, test_task) if t is not None
+        too_few = [pool for t in (task, test_task, calibration_task) if t is not None
                    for pool in _check_pools(space, bank, t, temperatures, budgets, needed)]
     if too_few:
         pool = min(too_few, key=lambda p: p.samples)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.backends import Backend
@@ -26,12 +27,13 @@ from jointopt.search.plan import StudyPlan, bank_pool_size, plan_study
 from jointopt.search.plan_checks import check_credentials
 from jointopt.search.sampler import make_sampler
 from jointopt.search.results import (
-    TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
+    OBJECTIVES, TEST_ATTR, StudyResult, TrialCallback, pareto_front, summarize, write_reports)
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["run_study", "join_study", "open_study", "open_storage"]
+__all__ = ["run_study", "join_study", "load_study", "open_study", "open_storage",
+           "name_objectives"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,28 @@ def open_storage(plan: StudyPlan) -> Any:
     from jointopt.search.storage import make_storage
 
     return make_storage(plan.storage, plan.config.optimizer)
+
+
+def load_study(plan: StudyPlan) -> "optuna.Study":
+    """The plan's existing Optuna study (what export and certify read).
+
+    Raises:
+        ConfigError: no storage yet, or no study of that name in it.
+    """
+    import optuna
+
+    storage = plan.storage
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
+        raise ConfigError("the study storage does not exist yet", where="optimizer.storage",
+                          value=storage[len("sqlite:///"):],
+                          fix="run the study first: jointopt run CONFIG")
+    try:
+        return optuna.load_study(study_name=plan.study_name, storage=open_storage(plan))
+    except KeyError:
+        raise ConfigError(f"no study named {plan.study_name!r} in the storage",
+                          where="optimizer.study_name", value=plan.study_name,
+                          fix="run the study first (jointopt run CONFIG), or check "
+                              "optimizer.study_name / --storage") from None
 
 
 def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
@@ -82,6 +106,7 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
                                   value=_safe(plan.storage),
                                   fix="check the storage; rerun the same command") from None
             time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
+    name_objectives(study)
     existing = len(study.get_trials(deepcopy=False))
     if worker is None:
         study.sampler = _sampler(plan.config, random.SystemRandom().randrange(2 ** 31))
@@ -89,6 +114,19 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
         study.sampler = _sampler(plan.config,
                                  plan.config.optimizer.seed + 1_000_003 * worker + existing)
     return study
+
+
+def name_objectives(study: "optuna.Study") -> None:
+    """Give the study's objectives their names (``accuracy``, ``mean_tokens``), as
+    optuna-dashboard and ``study.trials_dataframe()`` show them."""
+    import warnings
+
+    import optuna
+
+    if study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))
 
 
 def _safe(text: str) -> str:

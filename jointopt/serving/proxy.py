@@ -30,6 +30,11 @@ Endpoints:
 * ``GET /health`` (no key needed): 200 when the upstream answers ``GET /models``, else
   503; it names no upstream URL.
 * ``GET /v1/models``: the one model this proxy serves (the policy).
+* ``POST /v1/feedback``: whether a response was correct (or its reference answer); a
+  certified policy switches to the next safer certified one when its accuracy target is
+  violated with confidence (:mod:`jointopt.serving.monitor`, :mod:`jointopt.serving.feedback`).
+* ``GET /metrics``: requests, tokens, feedback, accuracy bounds and the active policy in
+  Prometheus' text format (:mod:`jointopt.serving.metrics`).
 
 Security and limits (:class:`ServeSettings`, :mod:`jointopt.serving.security`): with client
 API keys every path but ``/health`` needs ``Authorization: Bearer <key>`` (401 otherwise);
@@ -73,11 +78,13 @@ from jointopt.errors import ConfigError
 from jointopt.safety import secrets as _secrets
 from jointopt.serving.engine_server import ServerThread, create_engine_app
 from jointopt.serving.errors import add_error_handlers
+from jointopt.serving.monitor import MonitorSettings
 from jointopt.serving.routes import add_completion_routes, add_info_routes
 from jointopt.serving.security import ApiKeys, GuardMiddleware, RateLimiter
 
 if TYPE_CHECKING:
     from jointopt.backends.openai import OpenAIBackend
+    from jointopt.serving.monitor import PolicyMonitor
     from jointopt.serving.runtime import PolicyRunner
 
 __all__ = ["DEFAULT_MAX_INPUT_CHARS", "ServeSettings", "ServerThread", "create_app",
@@ -162,6 +169,7 @@ def create_app(
     max_concurrency: int | None = None,
     queue_timeout: float | None = None,
     model_name: str | None = None,
+    monitor: "PolicyMonitor | MonitorSettings | None" = None,
 ) -> FastAPI:
     """The policy proxy as a FastAPI app (serve it with uvicorn).
 
@@ -169,6 +177,8 @@ def create_app(
         runner: answers the inputs (its backend is the upstream).
         settings: timeouts, concurrency, limits, client keys, model name, upstream URLs;
             the keyword arguments override single fields of it.
+        monitor: the feedback monitor, or its settings (default: switch on a confident
+            violation of the policy's certificate, when it has one).
 
     All state (runner, settings, the semaphore and the worker threads) lives on
     ``app.state``; the worker threads stop when the app shuts down. Logs are masked by
@@ -204,6 +214,12 @@ def create_app(
     add_error_handlers(app)
     add_completion_routes(app, runner, settings, served, input_limit)
     add_info_routes(app, runner, served)
+    from jointopt.serving.feedback import add_monitor_routes
+    from jointopt.serving.monitor import PolicyMonitor, monitor_for
+
+    app.state.monitor = monitor if isinstance(monitor, PolicyMonitor) else monitor_for(
+        runner, monitor)
+    add_monitor_routes(app)
     return app
 
 
@@ -247,7 +263,7 @@ def serve(
     allow_verifiers: list[str] | tuple[str, ...] = (),
     max_body_bytes: int = 1_048_576,
     max_input_chars: int | None = None,
-    rate_limit: int = 600,
+    rate_limit: int = 600, on_violation: str = "switch",
 ) -> None:
     """Serve a policy file in front of an OpenAI-compatible upstream (blocks until stopped).
 
@@ -271,7 +287,8 @@ def serve(
         allow_unauthenticated: listen on a non-loopback host without client keys.
         allow_verifiers: modules the policy's verifier may be imported from, besides
             jointopt's own.
-        max_body_bytes, max_input_chars, rate_limit: see :class:`ServeSettings`.
+        max_body_bytes, max_input_chars, rate_limit: see :class:`ServeSettings`;
+            on_violation (``switch`` or ``alert``): see :class:`MonitorSettings`.
 
     Raises:
         ConfigError: the policy file, a limit, the port, the client keys are invalid, or
@@ -295,7 +312,7 @@ def serve(
         policy_path, allow_verifiers, upstream_url, upstream_model, api_key_env=api_key_env,
         timeout=timeout, max_retries=max_retries, max_concurrency=max_concurrency,
         send_seed=send_seed, token_ids=token_ids)
-    app = create_app(runner, settings)
+    app = create_app(runner, settings, monitor=MonitorSettings(on_violation))
     log.info("serving policy %s (%s) on http://%s:%d/v1, upstream %s, %s", policy_path,
              runner.policy.describe(), host, port,
              ", ".join(_secrets.safe_url(u) for u in backend.base_urls),

@@ -53,16 +53,25 @@ async def _slot(state: Any, settings: "ServeSettings") -> None:
         state.waiting -= 1
 
 
+def _active(state: Any) -> "PolicyRunner":
+    """The runner answering now (the monitor's active policy, when there is a monitor)."""
+    monitor = getattr(state, "monitor", None)
+    return monitor.active_runner if monitor is not None else state.runner
+
+
 async def _answer(request: Request, inputs: Mapping[str, Any], difficulty: str | int | None,
-                  settings: "ServeSettings", input_limit: int) -> "Answer":
-    """The policy's answer to ``inputs``, computed in a worker thread within a slot."""
+                  settings: "ServeSettings", input_limit: int
+                  ) -> tuple["Answer", "PolicyRunner"]:
+    """The active policy's answer to ``inputs`` (computed in a worker thread within a
+    slot), and the runner that gave it."""
     check_size(inputs, input_limit)
     state = request.app.state
+    runner = _active(state)
     await _slot(state, settings)
     loop = asyncio.get_running_loop()
     try:
         future = loop.run_in_executor(
-            state.executor, lambda: state.runner.answer(inputs, difficulty=difficulty))
+            state.executor, lambda: runner.answer(inputs, difficulty=difficulty))
     except RuntimeError:  # executor shut down
         state.semaphore.release()
         raise HTTPError(503, "the proxy is shutting down", "server_busy") from None
@@ -70,7 +79,7 @@ async def _answer(request: Request, inputs: Mapping[str, Any], difficulty: str |
     # at most max_concurrency policies ever run at once.
     future.add_done_callback(lambda _: state.semaphore.release())
     try:
-        return await asyncio.wait_for(asyncio.shield(future), settings.timeout)
+        return await asyncio.wait_for(asyncio.shield(future), settings.timeout), runner
     except asyncio.TimeoutError:
         raise HTTPError(504, f"the policy did not finish within {settings.timeout:g}s "
                              "(the proxy's --timeout)", "timeout") from None
@@ -89,9 +98,12 @@ def _headers(body: BaseModel) -> dict[str, str]:
 
 
 def _reply(body: ChatRequest | CompletionRequest, answer: "Answer", usage_chunk: bool,
-           chat: bool, served: str, runner: "PolicyRunner") -> Any:
-    """The OpenAI response (JSON, or server-sent events for ``stream: true``)."""
+           chat: bool, served: str, runner: "PolicyRunner", monitor: Any = None) -> Any:
+    """The OpenAI response (JSON, or server-sent events for ``stream: true``); its id is
+    remembered by the monitor for ``POST /v1/feedback``."""
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+    if monitor is not None:
+        monitor.record(ident, runner, answer)
     created, content = int(time.time()), answer.answer or ""
     extension = answer.to_dict()
     extension["policy"] = runner.policy.prompt.id
@@ -126,9 +138,10 @@ def add_completion_routes(app: FastAPI, runner: "PolicyRunner", settings: "Serve
             if text is None:
                 raise HTTPError(400, "no user message with text content: the input is the "
                                      "content of the last user message", "invalid_request_error")
-            inputs = inputs_from_text(runner, text)
-        answer = await _answer(request, inputs, body.difficulty, settings, input_limit)
-        return _reply(body, answer, usage_chunk, True, served, runner)
+            inputs = inputs_from_text(_active(request.app.state), text)
+        answer, used = await _answer(request, inputs, body.difficulty, settings, input_limit)
+        return _reply(body, answer, usage_chunk, True, served, used,
+                      getattr(request.app.state, "monitor", None))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Any:
@@ -141,9 +154,10 @@ def add_completion_routes(app: FastAPI, runner: "PolicyRunner", settings: "Serve
                 if len(prompt) != 1:
                     raise HTTPError(400, "send one prompt per request", "invalid_request_error")
                 prompt = prompt[0]
-            inputs = inputs_from_text(runner, prompt)
-        answer = await _answer(request, inputs, body.difficulty, settings, input_limit)
-        return _reply(body, answer, usage_chunk, False, served, runner)
+            inputs = inputs_from_text(_active(request.app.state), prompt)
+        answer, used = await _answer(request, inputs, body.difficulty, settings, input_limit)
+        return _reply(body, answer, usage_chunk, False, served, used,
+                      getattr(request.app.state, "monitor", None))
 
 
 def add_info_routes(app: FastAPI, runner: "PolicyRunner", served: str) -> None:
@@ -161,7 +175,7 @@ def add_info_routes(app: FastAPI, runner: "PolicyRunner", served: str) -> None:
         return JSONResponse(status_code=200 if ok else 503, content={
             "status": "ok" if ok else "upstream unavailable",
             "model": served,
-            "policy": runner.policy.prompt.id,
+            "policy": _active(app.state).policy.prompt.id,
             "upstream": states,
         })
 

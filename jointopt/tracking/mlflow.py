@@ -79,10 +79,14 @@ def _retry(what: str, fn: Callable[..., T], *args: Any, attempts: int = 5, **kwa
 class StudyTracker:
     """Logs a study to MLflow. Create with :meth:`open`."""
 
-    def __init__(self, client: Any, experiment_id: str, parent_run_id: str) -> None:
+    def __init__(self, client: Any, experiment_id: str, parent_run_id: str,
+                 plan: "StudyPlan | None" = None, study: "optuna.Study | None" = None) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        #: The study and its plan (for the report :meth:`finish` writes), when known.
+        self.plan = plan
+        self.study = study
 
     @classmethod
     def open(cls, plan: "StudyPlan", study: "optuna.Study | None" = None) -> "StudyTracker":
@@ -103,7 +107,7 @@ class StudyTracker:
             client = _retry("connection", MlflowClient, tracking_uri=uri)
             experiment_id = _retry("experiment", _experiment, client, name,
                                    (out / "mlartifacts").as_uri())
-        tracker = cls(client, experiment_id, "")
+        tracker = cls(client, experiment_id, "", plan, study)
         run_id = None
         if study is not None:
             run_id = tracker._valid_parent(study.user_attrs.get(PARENT_ATTR))
@@ -287,8 +291,11 @@ class StudyTracker:
 
     def finish(self, trials: Sequence["TrialSummary"], front: Sequence["TrialSummary"],
                paths: Mapping[str, Path]) -> str:
-        """Log the Pareto plot, tables and policies to the parent run and close it."""
+        """Log the Pareto plot, tables and policies, the front as a table artifact and the
+        study report (written to the output folder) to the parent run, and close it."""
         from mlflow.entities import Metric
+
+        from jointopt.tracking.mlflow_report import log_report_and_front
 
         plot = paths["pareto_csv"].parent / "pareto.png"
         plot_pareto(trials, front, plot)
@@ -296,6 +303,7 @@ class StudyTracker:
         self.client.log_artifact(self.parent_run_id, str(paths["pareto_csv"]))
         self.client.log_artifact(self.parent_run_id, str(paths["trials_csv"]))
         self.client.log_artifacts(self.parent_run_id, str(paths["policies"]), "policies")
+        log_report_and_front(self.client, self.parent_run_id, self.plan, self.study, front)
         for t in front:
             if t.test:
                 self.client.log_batch(self.parent_run_id, metrics=[

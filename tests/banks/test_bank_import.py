@@ -235,3 +235,13 @@ def test_parquet_table(tmp_path):
     for name in ("sample_answer", "sample_correct", "sample_completion_tokens",
                  "hist_count", "pool_samples"):
         assert a.arrays[name].tolist() == b.arrays[name].tolist()
+
+
+def test_an_imported_bank_replays_with_a_calibration_split(tmp_path):
+    table = _write_jsonl(tmp_path / "s.jsonl", _samples(n_examples=12))
+    result = import_bank(table, tmp_path / "s.bank.npz", ImportOptions(n_trials=3))
+    config = load_config(result.study, {"output_dir": str(tmp_path / "run"),
+                                        "validation": {"calibration_fraction": 0.25}})
+    plan = plan_study(config)
+    assert plan.calibration_task is not None and plan.calibration_task.examples
+    assert len(run_study(config).trials) == 3
