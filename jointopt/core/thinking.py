@@ -48,8 +48,9 @@ class ThinkingSpec:
 
     Attributes:
         budget: thinking tokens at most; 0 answers directly (no thinking phase).
-        min: thinking tokens at least (``forcing`` only): a thought that stops earlier is
-            extended with ``continue_cue``, at most :data:`MAX_EXTENSIONS` times.
+        min: thinking tokens at least (``forcing`` only; at most ``budget`` unless that is
+            0): a thought that stops earlier is extended with ``continue_cue``, at most
+            ``jointopt.strategies.thinking.MAX_EXTENSIONS`` times.
         engine: ``auto``, ``vllm`` or ``forcing`` (see the module docstring).
         start: text that opens the thought (the assistant turn starts with it).
         end: text that closes the thought; its stripped form is the stop string of the
@@ -72,7 +73,7 @@ class ThinkingSpec:
     def __post_init__(self) -> None:
         _check_tokens("thinking.budget", self.budget, 0)
         _check_tokens("thinking.min", self.min, 0)
-        if self.min > self.budget:
+        if self.budget and self.min > self.budget:  # budget 0 answers directly
             raise ConfigError("`min` must not exceed `budget`", where="thinking.min",
                               value=self.min, fix=f"use a min between 0 and {self.budget}")
         if self.engine not in THINKING_ENGINES:
