@@ -22,7 +22,7 @@ from types import MappingProxyType
 from jointopt.errors import ConfigError
 from jointopt.tasks._common import did_you_mean
 from jointopt.tasks.base import Example, Task
-from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_number
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_int
 from jointopt.tasks.family_problems import (
     FamilySpec,
     generate_digit_sum,
@@ -48,13 +48,6 @@ def _words_of(text: str) -> list[str]:
     return _WORD_RE.findall(text.casefold())
 
 
-def _as_int(answer: str) -> int | None:
-    value = parse_number(answer)
-    if value is None or value != int(value):
-        return None
-    return int(value)
-
-
 # --- serve-time verifiers: never read example.target ---------------------------------------
 
 
@@ -72,7 +65,7 @@ def verify_next_term(example: Example, answer: str) -> bool:
     """The answer is an integer that continues the direction of the sequence and lies within
     the span of the shown terms from the last one."""
     terms = [int(t) for t in _INT_RE.findall(example.inputs.get("sequence", ""))]
-    value = _as_int(answer)
+    value = parse_int(answer)
     if value is None or len(terms) < 2:
         return False
     first, last = terms[0], terms[-1]
@@ -89,7 +82,7 @@ def verify_digit_sum(example: Example, answer: str) -> bool:
     """The answer is an integer between the largest operand and the largest possible sum
     (9 per single-digit operand)."""
     operands = [int(t) for t in _INT_RE.findall(example.inputs.get("expression", ""))]
-    value = _as_int(answer)
+    value = parse_int(answer)
     if value is None or not operands or min(operands) < 0:
         return False
     ceiling = sum(10 ** len(str(o)) - 1 for o in operands)
@@ -99,7 +92,7 @@ def verify_digit_sum(example: Example, answer: str) -> bool:
 def verify_max_list(example: Example, answer: str) -> bool:
     """The answer is one of the numbers in the list."""
     numbers = {int(t) for t in _INT_RE.findall(example.inputs.get("numbers", ""))}
-    value = _as_int(answer)
+    value = parse_int(answer)
     return value is not None and value in numbers
 
 

@@ -24,7 +24,7 @@ import re
 from types import MappingProxyType
 
 from jointopt.tasks.base import Example
-from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_number
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_int
 from jointopt.tasks.family_problems import WORDS, FamilySpec
 
 __all__ = [
@@ -46,13 +46,6 @@ _FRIENDS = ("a friend", "a neighbour", "the school", "a cousin", "the library", 
 _ITEMS = ("marbles", "stickers", "apples", "coins", "cards", "stamps", "shells", "pencils",
           "beads", "buttons")
 _LETTER_WORDS = {1: 2, 2: 4, 3: 6}
-
-
-def _as_int(answer: str) -> int | None:
-    value = parse_number(answer)
-    if value is None or value != int(value):
-        return None
-    return int(value)
 
 
 # --- word problems ---------------------------------------------------------------------------
@@ -104,7 +97,7 @@ def verify_word_problem(example: Example, answer: str) -> bool:
     reach (each sentence adds the product of its numbers), and it is none of the numbers
     of the story."""
     text = example.inputs.get("problem", "")
-    value = _as_int(answer)
+    value = parse_int(answer)
     shown = [int(t) for t in _INT_RE.findall(text)]
     if value is None or not shown:
         return False
@@ -135,7 +128,7 @@ def verify_letter_count(example: Example, answer: str) -> bool:
     """The answer is a whole number from 1 (0 when the letter is absent) to the number of
     letters of the quoted words."""
     match = _LETTER_RE.search(example.inputs.get("count_in", ""))
-    value = _as_int(answer)
+    value = parse_int(answer)
     if match is None or value is None:
         return False
     letter, phrase = match.groups()

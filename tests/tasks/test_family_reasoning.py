@@ -8,29 +8,17 @@ import pytest
 
 from jointopt.errors import ConfigError
 from jointopt.tasks import Example, describe_families, make_task
+from jointopt.testing.thinking import solve_story
 
 NEW = ("word_problems", "letter_count")
 FIELD = {"word_problems": "problem", "letter_count": "count_in"}
-_OPS = [
-    (re.compile(r"has (\d+) "), lambda s, a: a),
-    (re.compile(r"finds (\d+) more"), lambda s, a: s + a),
-    (re.compile(r"gives (\d+) "), lambda s, a: s - a),
-    (re.compile(r"buys (\d+) boxes with (\d+) "), lambda s, k, m: s + k * m),
-    (re.compile(r"sells (\d+) bags? of (\d+) "), lambda s, k, m: s - k * m),
-]
 
 
 def _solve_story(text: str) -> tuple[int, int]:
-    """The final stock and the number of steps, read sentence by sentence."""
-    stock, steps = None, -1
-    for sentence in re.split(r"(?<=[.?])\s+", text):
-        for pattern, apply in _OPS:
-            match = pattern.search(sentence)
-            if match:
-                stock = apply(stock, *(int(g) for g in match.groups()))
-                steps += 1
-                assert stock >= 0, text
-                break
+    """The final stock and the number of steps, read sentence by sentence (the solver of
+    the scripted thinking model, independent of the generator)."""
+    stock, steps = solve_story(text)
+    assert stock is not None and stock >= 0, text
     return stock, steps
 
 
