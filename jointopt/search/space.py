@@ -119,6 +119,8 @@ class SearchSpace:
     max_tokens: Param = Fixed(64)
     source: str = "search space"
     difficulty: DifficultySpec = DifficultySpec()
+    #: The searched thinking budget (a ``ThinkingParam``), or None: no thinking phase.
+    thinking: Any = None
     #: The ``prompts:`` entries as written, including ``{propose: ...}`` ones that
     #: :meth:`with_proposals` turns into templates once an engine is available.
     entries: tuple[Mapping[str, Any], ...] = ()
@@ -132,8 +134,6 @@ class SearchSpace:
     #: ``difficulty.source: predictor`` settings (None otherwise); once
     #: :meth:`with_predictor` has fitted the predictor, ``difficulty`` holds it.
     predictor_settings: Mapping[str, Any] | None = None
-    #: The searched thinking budget (a ``ThinkingParam``), or None: no thinking phase.
-    thinking: Any = None
 
     @property
     def needs_probe_fit(self) -> bool:
