@@ -4,7 +4,9 @@ thinking policy needs to match the best uniform one on held-out data.
 Reads experiments/thinking_budget.yaml (model, task) and its search space (prompt, answer
 cap, budgets). Every budget is evaluated with a one-sample policy on the dev and the test
 half of the task, through a sample store in the output folder: the first run records the
-generations (its time is printed), a rerun replays them and generates nothing. Per level
+generations (its time is printed), a rerun replays them and generates nothing (budget
+forcing, the default; the store keeps no thoughts of vLLM's own budget, so ``--engine
+vllm``/``auto`` generate every run). Per level
 it prints accuracy with a 95% bootstrap interval, thinking and total tokens, and whether
 the curve saturates or turns down. The uniform policy is the budget with the best dev
 accuracy; the per-level policy is the cheapest combination of per-level budgets (on dev)
@@ -77,7 +79,9 @@ def _curve(name: str, per_budget: dict[int, object]) -> dict[str, dict[int, list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scripted", action="store_true", help="offline smoke run")
-    parser.add_argument("--engine", choices=["auto", "vllm", "forcing"], default="auto")
+    parser.add_argument("--engine", choices=["auto", "vllm", "forcing"], default="forcing",
+                        help="forcing (default) is replayed from the sample store; the "
+                             "engine's own budget (vllm, auto) is generated every run")
     parser.add_argument("--budgets", default=None, help="comma-separated; default: the space's")
     parser.add_argument("--output-dir", default="runs/thinking_curve")
     parser.add_argument("--family", default=None, help="task family instead of the config's")
