@@ -85,12 +85,6 @@ class Backend(ABC):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Generate completions for a batch of requests."""
 
-    def thinking_markers(self) -> tuple[str, str] | None:
-        """The reasoning start and end strings of the engine's own thinking budget
-        (``GenerationRequest.thinking_budget``), or None when the backend has none and a
-        thinking phase is enforced by two-phase forcing. None by default."""
-        return None
-
     def engine_record(self) -> dict[str, str | int | float]:
         """How the engine runs (device, dtype, threads ...), as flat values the study
         records in Optuna and MLflow, since they change results slightly. Empty by default."""
@@ -98,6 +92,12 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release the engine (no-op by default)."""
+
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """The reasoning start and end strings of the engine's own thinking budget
+        (``GenerationRequest.thinking_budget``), or None when the backend has none and a
+        thinking phase is enforced by two-phase forcing. None by default."""
+        return None
 
     def __enter__(self) -> "Backend":
         return self
