@@ -292,25 +292,6 @@ def _score_from_pool(strategy: Strategy, ctx: StrategyContext, result: Generatio
     )
 
 
-def _run_record(ctx: StrategyContext, bin_name: str, outcome: StrategyOutcome,
-                results: Sequence[GenerationResult]) -> ExampleRecord:
-    """The record of an example answered by running its strategy (every result is cost)."""
-    example = ctx.example
-    return ExampleRecord(
-        example_id=example.id,
-        bin=bin_name,
-        answer=outcome.answer,
-        correct=float(ctx.task.is_correct(example, outcome.answer)),
-        prompt_tokens=sum(r.prompt_tokens for r in results),
-        completion_tokens=sum(r.completion_tokens for r in results),
-        engine_calls=len(results),
-        completions=sum(len(r.completions) for r in results),
-        cached=sum(r.cached for r in results),
-        wall_time=sum(r.wall_time for r in results),
-        thinking_tokens=float(outcome.info.get("thinking_tokens", 0)),
-    )
-
-
 def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
              pool_size: int | None = None) -> EvaluationResult:
     """Answer every example of ``task`` with ``policy`` and score the answers.
@@ -375,3 +356,22 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,
              result.cached, wall)
     return result
+
+
+def _run_record(ctx: StrategyContext, bin_name: str, outcome: StrategyOutcome,
+                results: Sequence[GenerationResult]) -> ExampleRecord:
+    """The record of an example answered by running its strategy (every result is cost)."""
+    example = ctx.example
+    return ExampleRecord(
+        example_id=example.id,
+        bin=bin_name,
+        answer=outcome.answer,
+        correct=float(ctx.task.is_correct(example, outcome.answer)),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        engine_calls=len(results),
+        completions=sum(len(r.completions) for r in results),
+        cached=sum(r.cached for r in results),
+        wall_time=sum(r.wall_time for r in results),
+        thinking_tokens=float(outcome.info.get("thinking_tokens", 0)),
+    )
