@@ -105,6 +105,12 @@ class Backend(ABC):
     def close(self) -> None:
         """Release the engine (no-op by default)."""
 
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """The reasoning start and end strings of the engine's own thinking budget
+        (``GenerationRequest.thinking_budget``), or None when the backend has none and a
+        thinking phase is enforced by two-phase forcing. None by default."""
+        return None
+
     def __enter__(self) -> "Backend":
         return self
 

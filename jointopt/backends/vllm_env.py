@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
+from jointopt.errors import BackendError
 from jointopt.backends.cpu_load import adapt_to_load, busy_machine_warning, other_load
 from jointopt.backends.models import cache_dir
 from jointopt.backends.cpu_engine import (
@@ -24,7 +25,7 @@ from jointopt.backends.cpu_engine import (
     read_cpu_info,
 )
 
-__all__ = ["OWNED_ENV", "cpu_env", "is_cpu_platform", "setup_cpu_engine"]
+__all__ = ["OWNED_ENV", "cpu_env", "import_vllm", "is_cpu_platform", "setup_cpu_engine"]
 
 # the vLLM backend's logger: this environment is set up when it starts
 logger = logging.getLogger("jointopt.backends.vllm")
@@ -139,3 +140,21 @@ def setup_cpu_engine(cpu: CpuEngineSettings | Mapping[str, Any] | None,
     if added:
         logger.debug("CPU engine environment: %s", added)
     return choice
+
+
+def import_vllm(on_cpu: bool) -> Any:
+    """The ``vllm`` package, or a BackendError saying how to install it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        hint = (
+            "bash scripts/setup.sh "
+            "(or: pip install 'jointopt[cpu]' after installing torch==2.13.0)"
+            if on_cpu
+            else "pip install 'jointopt[vllm]'"
+        )
+        raise BackendError(
+            f"the vllm backend needs the vLLM package, which cannot be imported ({exc})",
+            fix=f"install it: {hint}",
+        ) from exc
+    return vllm

@@ -1,14 +1,16 @@
 """Reading a vLLM request output into a :class:`~jointopt.core.generation.Completion`: its
-text, token ids, finish reason and the logprob of each sampled token.
+text, token ids, finish reason and the logprob of each sampled token; under the engine's
+thinking budget, split into thought and answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jointopt.core.generation import Completion
 
-__all__ = ["completion_of"]
+__all__ = ["completion_of", "reasoning_markers", "split_thinking"]
 
 _FINISH_REASONS = {"length": "length"}
 
@@ -47,3 +49,47 @@ def _sampled_logprobs(lps: Any, token_ids: tuple[int, ...]) -> tuple[float, ...]
         entry = position.get(token) if position else None
         values.append(float("nan") if entry is None else entry.logprob)
     return tuple(values)
+
+
+def reasoning_markers(llm: Any, tokenizer: Any) -> tuple[str, str, tuple[int, ...]] | None:
+    """The engine's reasoning start and end strings and the end's token ids, when it has
+    an enabled reasoning config (a reasoning parser or start/end strings), else None."""
+    engine = getattr(llm, "llm_engine", None)
+    config = getattr(getattr(engine, "vllm_config", None), "reasoning_config", None)
+    if config is None or not getattr(config, "enabled", False):
+        return None
+    start_ids, end_ids = config.reasoning_start_token_ids, config.reasoning_end_token_ids
+    if not start_ids or not end_ids:
+        return None
+    return tokenizer.decode(start_ids), tokenizer.decode(end_ids), tuple(end_ids)
+
+
+def _find(ids: tuple[int, ...], part: tuple[int, ...]) -> int:
+    for i in range(len(ids) - len(part) + 1):
+        if ids[i:i + len(part)] == part:
+            return i
+    return -1
+
+
+def split_thinking(completion: Completion, end_ids: tuple[int, ...], end_text: str,
+                   decode: Callable[[Sequence[int]], str]) -> Completion:
+    """A completion generated under a thinking budget, split after the (forced or natural)
+    end marker: the thought with the marker, then the answer. Without a marker the whole
+    completion is thought (it ran out of tokens or stopped while thinking)."""
+    ids, text = completion.token_ids, completion.text
+    at = _find(ids, end_ids)
+    cut = at + len(end_ids) if at >= 0 else -1
+    if cut < 0 and end_text in text:  # the marker tokenised another way: find it by text
+        cut = next(k for k in range(1, len(ids) + 1) if end_text in decode(ids[:k]))
+    if cut < 0:
+        cut = len(ids)
+    position = text.find(end_text)
+    if position >= 0:
+        split = position + len(end_text)
+    else:
+        split = len(text) if cut == len(ids) else len(decode(ids[:cut]))
+    logprobs = completion.logprobs
+    return Completion(
+        text=text[split:], token_ids=ids[cut:], finish_reason=completion.finish_reason,
+        logprobs=logprobs[cut:] if logprobs is not None else None,
+        thinking_text=text[:split], thinking_token_ids=ids[:cut])

@@ -49,6 +49,13 @@ class GenerationRequest:
             voting, repeated DSPy calls) asks for ``offset=<samples drawn so far>`` so it
             gets fresh samples, from the engine or from a sample store. Not part of
             :meth:`sampling_key`.
+        thinking_budget: when set, the engine's own thinking budget (vLLM's
+            ``thinking_token_budget``): ``continuation`` ends with the engine's reasoning
+            start marker, the model thinks for at most this many tokens, the engine then
+            closes the thought with its end marker, and ``max_tokens`` caps the answer that
+            follows. The completion holds the thought (with the end marker) in
+            ``thinking_text``/``thinking_token_ids`` and the answer in ``text``/``token_ids``.
+            Only backends whose ``thinking_markers()`` is not None accept it.
     """
 
     messages: tuple[ChatMessage, ...]
@@ -61,10 +68,11 @@ class GenerationRequest:
     seed: int | None = None
     continuation: str = ""
     offset: int = 0
+    thinking_budget: int | None = None
 
     def sampling_key(self) -> str:
         """Content hash of everything but ``n`` and ``seed`` (the identity of a sample pool)."""
-        payload = {
+        payload: dict[str, Any] = {
             "messages": [[m.role, m.content] for m in self.messages],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -73,6 +81,8 @@ class GenerationRequest:
             "stop": list(self.stop),
             "continuation": self.continuation,
         }
+        if self.thinking_budget is not None:  # absent otherwise: older keys stay valid
+            payload["thinking_budget"] = self.thinking_budget
         raw = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(raw).hexdigest()
 
@@ -81,21 +91,40 @@ class GenerationRequest:
 class Completion:
     """One sampled continuation.
 
+    A completion with a thinking phase keeps its two parts apart: the answer in ``text``
+    and ``token_ids`` (answers are read from it alone) and the thought in
+    ``thinking_text`` and ``thinking_token_ids``. Both count as completion tokens.
+
     Attributes:
-        text: the decoded completion (without the prompt).
-        token_ids: the engine's token ids of the completion.
+        text: the decoded completion (without the prompt); its answer part when it thought.
+        token_ids: the engine's token ids of ``text``.
         finish_reason: ``"stop"`` (end of sequence or stop string) or ``"length"``.
-        logprobs: logprob of each sampled token, when requested.
+        logprobs: logprob of each sampled token of ``text``, when requested.
+        thinking_text: the thought before the answer ("" without a thinking phase).
+        thinking_token_ids: the generated token ids of the thought.
     """
 
     text: str
     token_ids: tuple[int, ...]
     finish_reason: str
     logprobs: tuple[float, ...] | None = None
+    thinking_text: str = ""
+    thinking_token_ids: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:
+        """Generated tokens: the thought's and the answer's."""
+        return len(self.token_ids) + len(self.thinking_token_ids)
+
+    @property
+    def answer_tokens(self) -> int:
+        """Generated tokens of the answer part."""
         return len(self.token_ids)
+
+    @property
+    def thinking_tokens(self) -> int:
+        """Generated tokens of the thought."""
+        return len(self.thinking_token_ids)
 
     @property
     def mean_logprob(self) -> float | None:
@@ -139,6 +168,12 @@ class GenerationResult:
     def completion_tokens(self) -> int:
         unique = self.completions[: len(self.completions) - self.copies]
         return sum(c.num_tokens for c in unique)
+
+    @property
+    def thinking_tokens(self) -> int:
+        """The part of :attr:`completion_tokens` spent thinking (copies excluded)."""
+        unique = self.completions[: len(self.completions) - self.copies]
+        return sum(c.thinking_tokens for c in unique)
 
     @property
     def total_tokens(self) -> int:
@@ -202,3 +237,8 @@ def check_request(request: Any, index: int) -> None:
     if any(not isinstance(s, str) or not s for s in request.stop):
         raise BackendError("stop strings must be non-empty strings", where=f"{where}.stop",
                            value=request.stop)
+    budget = request.thinking_budget
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 0):
+        raise BackendError("`thinking_budget` must be an integer >= 0 or None",
+                           where=f"{where}.thinking_budget", value=budget)

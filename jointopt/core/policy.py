@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from jointopt.errors import ConfigError
 from jointopt.core.prompts import PromptTemplate
+from jointopt.core.thinking import ThinkingSpec
 
 if TYPE_CHECKING:
     from jointopt.difficulty.predictor import DifficultyPredictor
@@ -37,28 +38,43 @@ class Allocation:
         temperature: sampling temperature of every generation the strategy makes.
         max_tokens: completion-token cap per generation.
         params: strategy parameters (``n``, ``scorer``, ...), validated by the strategy.
+        thinking: the thinking phase of every request the strategy makes (a
+            :class:`~jointopt.core.thinking.ThinkingSpec` or its mapping form), or None
+            for none; ``budget: 0`` also answers directly.
     """
 
     strategy: str
     temperature: float = 0.7
     max_tokens: int = 64
     params: Mapping[str, Any] = field(default_factory=dict)
+    thinking: ThinkingSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen(self.params))
+        if self.thinking is not None:
+            object.__setattr__(self, "thinking", ThinkingSpec.coerce(self.thinking))
+
+    @property
+    def thinks(self) -> bool:
+        """Whether requests get a thinking phase (a spec with a budget above 0)."""
+        return self.thinking is not None and self.thinking.budget > 0
 
     def describe(self) -> str:
-        """Short human form, e.g. ``majority(n=4) T=0.4 max_tokens=12``."""
+        """Short human form, e.g. ``majority(n=4) T=0.4 max_tokens=12 thinking=256``."""
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.strategy}({params}) T={self.temperature:g} max_tokens={self.max_tokens}"
+        text = f"{self.strategy}({params}) T={self.temperature:g} max_tokens={self.max_tokens}"
+        return text + (f" thinking={self.thinking.budget}" if self.thinking is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "strategy": self.strategy,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "params": dict(self.params),
         }
+        if self.thinking is not None:  # absent when unset: older files stay as they were
+            out["thinking"] = self.thinking.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Allocation":

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from jointopt.errors import ConfigError, JointoptError
 from jointopt.core.policy import DifficultySpec, Policy
 from jointopt.core.policy_schema import MAX_COMPLETIONS_CAP, PolicyFileModel, TaskSpecModel
+from jointopt.core.thinking import ThinkingSpec
 
 __all__ = ["build_policy", "rewrap"]
 
@@ -43,6 +44,11 @@ def build_policy(parsed: PolicyFileModel, path: Path) -> Policy:
                           where=f"{path}: prompt.{missing[0]}", fix=f"add `{missing[0]}:`")
     prompt = _check_dataclass(PromptTemplate, parsed.prompt, path, "prompt")
     for name, alloc in parsed.bins.items():
+        if alloc.thinking is not None:
+            try:
+                ThinkingSpec(**alloc.thinking.model_dump())
+            except JointoptError as exc:
+                raise rewrap(exc, path, f"bins.{name}") from None
         try:
             strategy = STRATEGIES.create(alloc.strategy, where=f"bins.{name}.strategy",
                                          **dict(alloc.params))

@@ -11,7 +11,9 @@ lives in ``Policy.metadata``, in four known sections (every one optional)::
                  probe_k?, probe_temperature?, probe_max_tokens?, thresholds?,   # probe
                  predictor?: {kind, features, classes, means, scales, weights}}  # predictor
     bins:
-      all: {strategy: majority, temperature: 0.4, max_tokens: 12, params: {n: 3}}
+      all: {strategy: majority, temperature: 0.4, max_tokens: 12, params: {n: 3},
+            thinking?: {budget, min?, engine?: auto | vllm | forcing, start?, end?,
+                        answer_cue?, answer_max_tokens?, continue_cue?}}   # ThinkingSpec
     metadata:
       task:          # answer extraction and inputs: what the runtime needs without data
         name, description,

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jointopt.safety.validation import problems
 from jointopt.errors import ConfigError
+from jointopt.core.thinking import MAX_THINKING_BUDGET
 
 __all__ = [
     "MAX_COMPLETIONS_CAP",
@@ -36,11 +37,24 @@ MAX_COMPLETIONS_CAP = 1_024
 MAX_TEMPERATURE = 10.0
 
 
+class _ThinkingModel(_Strict):
+    budget: int = Field(ge=0, le=MAX_THINKING_BUDGET)
+    min: int = Field(0, ge=0, le=MAX_THINKING_BUDGET)
+    engine: Literal["auto", "vllm", "forcing"] = "auto"
+    start: str = "<think>\n"
+    end: str = Field("\n</think>\n\n", min_length=1)
+    answer_cue: str = "Final answer: "
+    answer_max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CAP)
+    continue_cue: str = "\nWait,"
+
+
 class _AllocationModel(_Strict):
     strategy: str
     temperature: float = Field(0.7, ge=0, le=MAX_TEMPERATURE)
     max_tokens: int = Field(64, ge=1, le=MAX_TOKENS_CAP)
     params: dict[str, Any] = Field(default_factory=dict)
+    #: Optional (schema_version 1 files without it load unchanged); see ThinkingSpec.
+    thinking: _ThinkingModel | None = None
 
 
 class _ExtractorModel(_Strict):
@@ -195,6 +209,11 @@ _FIXES: Mapping[str, str] = {
     "max_tokens": f"use a budget between 1 and {MAX_TOKENS_CAP} tokens (e.g. 512)",
     "temperature": f"use a temperature between 0 and {MAX_TEMPERATURE:g} (e.g. 0.7)",
     "max_input_chars": "use a positive number of characters, e.g. 100000",
+    "budget": f"use a thinking budget between 0 and {MAX_THINKING_BUDGET} tokens (0 = none)",
+    "min": "use a minimum between 0 and the budget",
+    "answer_max_tokens": f"use an answer cap between 1 and {MAX_TOKENS_CAP} tokens, or null",
+    "engine": "use auto, vllm or forcing",
+    "end": "give the text that closes a thought, e.g. '</think>'",
 }
 
 

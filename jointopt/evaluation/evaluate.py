@@ -47,6 +47,8 @@ class ExampleRecord:
     cached: int
     wall_time: float
     pooled: bool = False
+    #: Completion tokens spent thinking (part of ``completion_tokens``).
+    thinking_tokens: float = 0.0
 
     @property
     def tokens(self) -> float:
@@ -69,6 +71,11 @@ class EvaluationResult:
     generated: int
     cached: int
     records: tuple[ExampleRecord, ...]
+
+    @property
+    def mean_thinking_tokens(self) -> float:
+        """Mean completion tokens spent thinking per example."""
+        return sum(r.thinking_tokens for r in self.records) / max(len(self.records), 1)
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -144,14 +151,26 @@ def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, exam
     return strategies[bin_name].run(ctx), bin_name
 
 
-def check_policy(policy: Policy, task: Task) -> dict[str, Strategy]:
-    """Validate a policy against a task before any compute; returns a strategy per bin."""
+def check_policy(policy: Policy, task: Task, backend: Backend | None = None
+                 ) -> dict[str, Strategy]:
+    """Validate a policy against a task before any compute; returns a strategy per bin.
+
+    A bin whose allocation thinks gets its strategy wrapped in a
+    :class:`~jointopt.strategies.thinking.ThinkingStrategy`, with the engine ``backend``
+    offers (its ``thinking_markers()``; forcing without a backend).
+    """
+    from jointopt.strategies.thinking import ThinkingStrategy
+
     validate_template(policy.prompt, task)
-    strategies = {}
+    markers = backend.thinking_markers() if backend is not None else None
+    strategies: dict[str, Strategy] = {}
     for name, allocation in policy.bins.items():
         strategy = make_strategy(allocation.strategy, dict(allocation.params),
                                  where=f"bins.{name}.strategy")
         strategy.check_task(task)
+        if allocation.thinks:
+            strategy = ThinkingStrategy(strategy, allocation.thinking, markers,
+                                        where=f"bins.{name}.thinking.engine")
         strategies[name] = strategy
     return strategies
 
@@ -175,7 +194,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
     """
     from jointopt.evaluation.pooled import pools_for, score_pooled
 
-    strategies = check_policy(policy, task)
+    strategies = check_policy(policy, task, backend)
     start = time.perf_counter()
     bins, contexts = [], []
     for example in task.examples:
@@ -209,19 +228,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         if probed:
             bins[i] = outcome.info["bin"]
         all_results.extend(results)
-        example = contexts[i].example
-        records[i] = ExampleRecord(
-            example_id=example.id,
-            bin=bins[i],
-            answer=outcome.answer,
-            correct=float(task.is_correct(example, outcome.answer)),
-            prompt_tokens=sum(r.prompt_tokens for r in results),
-            completion_tokens=sum(r.completion_tokens for r in results),
-            engine_calls=len(results),
-            completions=sum(len(r.completions) for r in results),
-            cached=sum(r.cached for r in results),
-            wall_time=sum(r.wall_time for r in results),
-        )
+        records[i] = _run_record(contexts[i], bins[i], outcome, results)
     wall = time.perf_counter() - start
     final = [r for r in records if r is not None]
     count = max(len(final), 1)
@@ -241,3 +248,22 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,
              result.cached, wall)
     return result
+
+
+def _run_record(ctx: StrategyContext, bin_name: str, outcome: StrategyOutcome,
+                results: Sequence[GenerationResult]) -> ExampleRecord:
+    """The record of an example answered by running its strategy (every result is cost)."""
+    example = ctx.example
+    return ExampleRecord(
+        example_id=example.id,
+        bin=bin_name,
+        answer=outcome.answer,
+        correct=float(ctx.task.is_correct(example, outcome.answer)),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        engine_calls=len(results),
+        completions=sum(len(r.completions) for r in results),
+        cached=sum(r.cached for r in results),
+        wall_time=sum(r.wall_time for r in results),
+        thinking_tokens=float(outcome.info.get("thinking_tokens", 0)),
+    )

@@ -1,6 +1,8 @@
 """The OpenAI presets export target: ``openai_presets.json`` holds, per difficulty bin, the
 OpenAI request (model, messages with the system turn and few-shot turns rendered,
-temperature, max_tokens, n, logprobs) and how its choices are aggregated."""
+temperature, max_tokens, n, logprobs) and how its choices are aggregated; for a bin that
+thinks, the request under vLLM's ``thinking_token_budget`` and the two requests of budget
+forcing (for servers without it)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from jointopt.export.messages import per_input_demos, placeholder_messages
 if TYPE_CHECKING:
     from jointopt.tasks import Task
 
-__all__ = ["OpenAIPresetsExporter", "presets"]
+__all__ = ["OpenAIPresetsExporter", "presets", "thinking_requests"]
 
 
 class OpenAIPresetsExporter(Exporter):
@@ -58,6 +60,8 @@ def presets(policy: Policy, task: "Task", served: str) -> dict[str, Any]:
                 "top_logprobs": 0,
             },
         }
+        if alloc.thinks:
+            entry["thinking"] = thinking_requests(alloc, entry["request"])
         if k is None:
             entry["note"] = ("this strategy makes several dependent requests (revisions, "
                              "tree search); the request shown is its first one. Run it with "
@@ -89,4 +93,35 @@ def presets(policy: Policy, task: "Task", served: str) -> dict[str, Any]:
             "request of the input's bin to POST {base_url}/chat/completions; extract an answer "
             "from every choice (answer_regex, then the extractor) and aggregate the choices "
             "as the strategy says. `jointopt serve` does all of this for you."),
+    }
+
+
+def thinking_requests(alloc: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """A thinking bin's requests: ``engine`` sends vLLM's ``thinking_token_budget`` (its
+    server needs the reasoning config of ``vllm_serve.yaml``); ``forcing`` is the thought
+    request and then the answer request, for any server that continues an assistant turn.
+    ``extra_body`` holds what the official ``openai`` client sends as extra fields."""
+    spec = alloc.thinking
+    answer_cap = spec.answer_cap(alloc.max_tokens)
+    prefill = {"continue_final_message": True, "add_generation_prompt": False}
+
+    def started(text: str) -> list[dict[str, str]]:
+        return [*request["messages"], {"role": "assistant", "content": text}]
+
+    return {
+        "budget": spec.budget,
+        "spec": spec.to_dict(),
+        "engine": {**request, "messages": started(spec.start.strip()),
+                   "max_tokens": spec.budget + answer_cap + 16,
+                   "extra_body": {"thinking_token_budget": spec.budget, **prefill}},
+        "forcing": {
+            "thought": {**request, "messages": started(spec.start), "max_tokens": spec.budget,
+                        "stop": [spec.stop], "extra_body": prefill},
+            "answer": {**request, "n": 1, "max_tokens": answer_cap, "extra_body": prefill,
+                       "messages": started(spec.start + "{{thought}}" + spec.end
+                                           + spec.answer_cue)},
+            "note": ("send the thought request, then one answer request per thought with "
+                     "{{thought}} replaced by it; the answer is read from the answer only. "
+                     "`jointopt serve` does this for you."),
+        },
     }

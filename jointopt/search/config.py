@@ -112,7 +112,8 @@ class BuiltinTaskConfig(StrictModel):
     """A built-in task family generated from a seed."""
 
     family: str
-    """One of ``reverse_words``, ``next_term``, ``digit_sum``, ``max_list``."""
+    """One of ``reverse_words``, ``next_term``, ``digit_sum``, ``max_list``,
+    ``word_problems`` (levels 1-4), ``letter_count``."""
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3])
     """Difficulty levels to include (1 = easiest)."""
     n_per_level: int = Field(10, ge=1)

@@ -88,16 +88,19 @@ Param = Union[Fixed, Choice, IntRange, FloatRange]
 
 
 def suggest_allocation(trial: Any, strategies: Mapping[str, Mapping[str, Param]],
-                       temperature: Param, max_tokens: Param, prefix: str = "") -> Allocation:
+                       temperature: Param, max_tokens: Param, prefix: str = "",
+                       thinking: Any = None) -> Allocation:
     """One bin's allocation suggested on ``trial``: the strategy, its parameters
-    (``<prefix><strategy>.<param>``), ``<prefix>temperature`` and ``<prefix>max_tokens``."""
+    (``<prefix><strategy>.<param>``), ``<prefix>temperature``, ``<prefix>max_tokens`` and,
+    with a :class:`~jointopt.search.space_thinking.ThinkingParam`, ``<prefix>thinking_budget``."""
     strategy = trial.suggest_categorical(f"{prefix}strategy", list(strategies))
     params = {pname: spec.suggest(trial, f"{prefix}{strategy}.{pname}")
               for pname, spec in strategies[strategy].items()}
     return Allocation(strategy=strategy,
                       temperature=float(temperature.suggest(trial, f"{prefix}temperature")),
                       max_tokens=int(max_tokens.suggest(trial, f"{prefix}max_tokens")),
-                      params=params)
+                      params=params,
+                      thinking=thinking.suggest(trial, prefix) if thinking else None)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,8 @@ class SearchSpace:
     max_tokens: Param = Fixed(64)
     source: str = "search space"
     difficulty: DifficultySpec = DifficultySpec()
+    #: The searched thinking budget (a ``ThinkingParam``), or None: no thinking phase.
+    thinking: Any = None
     #: The ``prompts:`` entries as written, including ``{propose: ...}`` ones that
     #: :meth:`with_proposals` turns into templates once an engine is available.
     entries: tuple[Mapping[str, Any], ...] = ()
@@ -244,7 +249,7 @@ class SearchSpace:
 
     def _allocation(self, trial: Any, prefix: str) -> Allocation:
         return suggest_allocation(trial, self.strategies, self.temperature, self.max_tokens,
-                                  prefix)
+                                  prefix, self.thinking)
 
     def with_task(self, task: Task) -> "SearchSpace":
         """The space with the difficulty spec its source gives for the task's examples

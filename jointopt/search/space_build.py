@@ -10,6 +10,7 @@ from jointopt._registry import DIFFICULTY_SOURCES
 from jointopt.core.prompts import PromptTemplate
 from jointopt.errors import ConfigError, JointoptError
 from jointopt.search.space import SearchSpace
+from jointopt.search.space_thinking import thinking_param
 from jointopt.strategies import get_strategy_class
 
 __all__ = ["space_from_dict"]
@@ -72,4 +73,5 @@ def space_from_dict(data: Mapping[str, Any], source: str) -> SearchSpace:
         max_tokens=SearchSpace.param_from_spec(data.get("max_tokens", 64),
                                                f"{source}: max_tokens"),
         source=source,
+        thinking=thinking_param(data, source),
     )

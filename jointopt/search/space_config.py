@@ -12,7 +12,7 @@ from pydantic import Discriminator, Field, Tag
 from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
 
 __all__ = ["SearchSpaceFile", "PromptConfig", "DifficultyConfig", "ProposeEntry",
-           "load_space_file"]
+           "ThinkingSettings", "load_space_file"]
 
 
 class PromptConfig(StrictModel):
@@ -76,6 +76,27 @@ class DifficultyConfig(StrictModel):
     compared with in the report, and ``predictor`` is trained on them."""
 
 
+class ThinkingSettings(StrictModel):
+    """The fixed part of every bin's thinking phase (the budget is ``thinking_budget``);
+    see :class:`jointopt.core.thinking.ThinkingSpec`."""
+
+    min: int = Field(0, ge=0)
+    """Thinking tokens at least (forcing only): shorter thoughts are extended."""
+    engine: Literal["auto", "vllm", "forcing"] = "auto"
+    """``vllm``: the engine's own budget (needs a reasoning config); ``forcing``: two
+    phases on any backend; ``auto``: vllm when the backend offers it."""
+    start: str = "<think>\n"
+    """Text that opens a thought."""
+    end: str = "\n</think>\n\n"
+    """Text that closes a thought (its stripped form is the thought's stop string)."""
+    answer_cue: str = "Final answer: "
+    """Text between the closed thought and the answer."""
+    answer_max_tokens: int | None = Field(None, ge=1)
+    """Completion-token cap of the answer; default: the bin's max_tokens."""
+    continue_cue: str = "\nWait,"
+    """Text appended to a thought that stopped before ``min`` tokens."""
+
+
 class ProposeEntry(StrictModel):
     """A ``prompts:`` entry asking an LM to propose instruction templates:
     ``{propose: {k, n_examples?, seed?, model?, temperature?, max_tokens?, id_prefix?}}``
@@ -114,7 +135,13 @@ class SearchSpaceFile(StrictModel):
     """Completion-token cap per generation."""
     difficulty: DifficultyConfig = Field(default_factory=DifficultyConfig)
     """Per-difficulty allocation: with a source other than ``none``, every bin gets its own
-    strategy, strategy parameters, temperature and max_tokens (the prompt is shared)."""
+    strategy, strategy parameters, temperature, max_tokens and thinking budget (the
+    prompt is shared)."""
+    thinking_budget: ParamValue = None
+    """Thinking tokens before each answer (0 = answer directly), searched per bin, e.g.
+    ``{choices: [0, 64, 256]}``; unset: no thinking phase."""
+    thinking: ThinkingSettings | None = None
+    """The fixed rest of the thinking phase (engine, markers, answer cue and cap)."""
 
 
 def load_space_file(path: Path) -> SearchSpaceFile:

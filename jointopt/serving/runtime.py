@@ -50,21 +50,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens spent, OpenAI-style (prompt tokens counted once per engine request)."""
+    """Tokens spent, OpenAI-style (prompt tokens counted once per engine request);
+    ``reasoning_tokens``: the part of ``completion_tokens`` spent thinking, reported as
+    ``completion_tokens_details.reasoning_tokens`` when there is any."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    reasoning_tokens: int = 0
 
     @classmethod
-    def of(cls, results: Sequence[GenerationResult]) -> "Usage":
+    def of(cls, results: Sequence[GenerationResult], reasoning_tokens: int | None = None
+           ) -> "Usage":
         prompt = sum(r.prompt_tokens for r in results)
         completion = sum(r.completion_tokens for r in results)
-        return cls(prompt, completion, prompt + completion)
+        if reasoning_tokens is None:
+            reasoning_tokens = sum(r.thinking_tokens for r in results)
+        return cls(prompt, completion, prompt + completion, int(reasoning_tokens))
 
-    def to_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
+    def to_dict(self) -> dict:
+        out: dict = {"prompt_tokens": self.prompt_tokens,
+                     "completion_tokens": self.completion_tokens,
+                     "total_tokens": self.total_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
 
 
 @dataclass(frozen=True)
@@ -155,7 +165,7 @@ class PolicyRunner:
 
     def __init__(self, policy: Policy, backend: Backend, task: Task, *, seed: int = 0,
                  owns_backend: bool = False) -> None:
-        self._strategies = check_policy(policy, task)
+        self._strategies = check_policy(policy, task, backend)
         self._policy = policy
         self._backend = backend
         self._task = task
@@ -262,7 +272,7 @@ class PolicyRunner:
             answers.append(Answer(
                 answer=outcome.answer,
                 text=_chosen(outcome),
-                usage=Usage.of(results),
+                usage=Usage.of(results, outcome.info.get("thinking_tokens")),
                 bin=bin_name,
                 strategy=self._policy.bins[bin_name].strategy,
                 calls=tuple(Usage.of([r]) for r in results),

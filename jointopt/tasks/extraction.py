@@ -19,7 +19,8 @@ from typing import Literal, get_args
 from jointopt.errors import ConfigError
 from jointopt.tasks._common import did_you_mean
 
-__all__ = ["AnswerExtractor", "AnswerMatcher", "ExtractorKind", "MatcherKind", "parse_number"]
+__all__ = ["AnswerExtractor", "AnswerMatcher", "ExtractorKind", "MatcherKind", "parse_int",
+           "parse_number"]
 
 ExtractorKind = Literal["regex", "last_number", "choice_letter", "exact", "first_line"]
 MatcherKind = Literal["exact", "normalized", "numeric", "words"]
@@ -90,6 +91,12 @@ def parse_number(text: str) -> float | None:
         except (ValueError, ZeroDivisionError):
             return None
     return value if math.isfinite(value) else None
+
+
+def parse_int(text: str) -> int | None:
+    """:func:`parse_number` when it is a whole number, else None."""
+    value = parse_number(text)
+    return int(value) if value is not None and value == int(value) else None
 
 
 def _format_number(value: float) -> str:

@@ -1,7 +1,8 @@
 """Built-in task families: generated problems with a difficulty knob and an exact checker.
 
 Every family is generated deterministically from a seed (its own ``random.Random`` per
-family, purpose and level; never the global random state), has difficulty levels 1..3,
+family, purpose and level; never the global random state), has difficulty levels 1..3
+(``word_problems`` 1..4),
 an exact matcher against the generated target, and a serve-time verifier that checks an
 answer's feasibility from the inputs alone. The families are sized so that a very small
 instruction model (SmolLM2-135M-Instruct) solves a fair share of level 1 and little of
@@ -15,25 +16,28 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from jointopt.errors import ConfigError
 from jointopt.tasks._common import did_you_mean
 from jointopt.tasks.base import Example, Task
-from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_number
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher, parse_int
 from jointopt.tasks.family_problems import (
+    FamilySpec,
     generate_digit_sum,
     generate_max_list,
     generate_next_term,
     generate_reverse,
     problem_stream,
 )
+from jointopt.tasks.family_reasoning import REASONING_FAMILIES
 
 __all__ = ["FAMILIES", "LEVELS", "make_task", "describe_families"]
 
-#: The difficulty levels every built-in family has.
+#: The difficulty levels of the first four families (``reverse_words``, ``next_term``,
+#: ``digit_sum``, ``max_list``); each family lists its own in ``describe_families()``
+#: (``word_problems`` has 1-4).
 LEVELS: tuple[int, ...] = (1, 2, 3)
 
 _INT_RE = re.compile(r"-?\d+")
@@ -42,13 +46,6 @@ _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 def _words_of(text: str) -> list[str]:
     return _WORD_RE.findall(text.casefold())
-
-
-def _as_int(answer: str) -> int | None:
-    value = parse_number(answer)
-    if value is None or value != int(value):
-        return None
-    return int(value)
 
 
 # --- serve-time verifiers: never read example.target ---------------------------------------
@@ -68,7 +65,7 @@ def verify_next_term(example: Example, answer: str) -> bool:
     """The answer is an integer that continues the direction of the sequence and lies within
     the span of the shown terms from the last one."""
     terms = [int(t) for t in _INT_RE.findall(example.inputs.get("sequence", ""))]
-    value = _as_int(answer)
+    value = parse_int(answer)
     if value is None or len(terms) < 2:
         return False
     first, last = terms[0], terms[-1]
@@ -85,7 +82,7 @@ def verify_digit_sum(example: Example, answer: str) -> bool:
     """The answer is an integer between the largest operand and the largest possible sum
     (9 per single-digit operand)."""
     operands = [int(t) for t in _INT_RE.findall(example.inputs.get("expression", ""))]
-    value = _as_int(answer)
+    value = parse_int(answer)
     if value is None or not operands or min(operands) < 0:
         return False
     ceiling = sum(10 ** len(str(o)) - 1 for o in operands)
@@ -95,32 +92,19 @@ def verify_digit_sum(example: Example, answer: str) -> bool:
 def verify_max_list(example: Example, answer: str) -> bool:
     """The answer is one of the numbers in the list."""
     numbers = {int(t) for t in _INT_RE.findall(example.inputs.get("numbers", ""))}
-    value = _as_int(answer)
+    value = parse_int(answer)
     return value is not None and value in numbers
 
 
 # --- the registry (immutable) --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Family:
-    name: str
-    field: str
-    description: str
-    levels: Mapping[int, str]
-    generate: Callable[[int, random.Random], tuple[str, str]]
-    question: Callable[[str], str]
-    extractor: AnswerExtractor
-    matcher: AnswerMatcher
-    verifier: Callable[[Example, str], bool]
-
-
 _NUMBER = AnswerExtractor("last_number")
 _NUMERIC = AnswerMatcher("numeric")
 
-_REGISTRY: Mapping[str, _Family] = MappingProxyType(
+_REGISTRY: Mapping[str, FamilySpec] = MappingProxyType(
     {
-        "reverse_words": _Family(
+        "reverse_words": FamilySpec(
             name="reverse_words",
             field="words",
             description=(
@@ -136,7 +120,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
             matcher=AnswerMatcher("words"),
             verifier=verify_reverse_words,
         ),
-        "next_term": _Family(
+        "next_term": FamilySpec(
             name="next_term",
             field="sequence",
             description=(
@@ -151,7 +135,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
             matcher=_NUMERIC,
             verifier=verify_next_term,
         ),
-        "digit_sum": _Family(
+        "digit_sum": FamilySpec(
             name="digit_sum",
             field="expression",
             description=(
@@ -165,7 +149,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
             matcher=_NUMERIC,
             verifier=verify_digit_sum,
         ),
-        "max_list": _Family(
+        "max_list": FamilySpec(
             name="max_list",
             field="numbers",
             description=(
@@ -181,6 +165,7 @@ _REGISTRY: Mapping[str, _Family] = MappingProxyType(
             matcher=_NUMERIC,
             verifier=verify_max_list,
         ),
+        **REASONING_FAMILIES,
     }
 )
 
@@ -212,13 +197,14 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _check_levels(levels: object) -> tuple[int, ...]:
+def _check_levels(levels: object, fam: FamilySpec) -> tuple[int, ...]:
+    known = tuple(fam.levels)
     if isinstance(levels, (int, str)) or not isinstance(levels, Iterable):
         raise ConfigError(
             "levels must be a sequence of difficulty levels",
             where="levels",
             value=levels,
-            fix=f"pass e.g. levels=(1,) or levels={LEVELS}",
+            fix=f"pass e.g. levels=(1,) or levels={known}",
         )
     out = tuple(levels)
     if not out:
@@ -226,15 +212,15 @@ def _check_levels(levels: object) -> tuple[int, ...]:
             "levels must not be empty",
             where="levels",
             value=levels,
-            fix=f"pass one or more of {LEVELS}",
+            fix=f"pass one or more of {known}",
         )
     for level in out:
-        if isinstance(level, bool) or not isinstance(level, int) or level not in LEVELS:
+        if isinstance(level, bool) or not isinstance(level, int) or level not in known:
             raise ConfigError(
-                f"difficulty level must be one of {LEVELS}",
+                f"difficulty level of family {fam.name!r} must be one of {known}",
                 where="levels",
                 value=level,
-                fix=f"pass levels among {LEVELS}",
+                fix=f"pass levels among {known}",
             )
     if len(set(out)) != len(out):
         raise ConfigError(
@@ -247,7 +233,7 @@ def _check_levels(levels: object) -> tuple[int, ...]:
 
 
 def _draw(
-    fam: _Family,
+    fam: FamilySpec,
     level: int,
     rng: random.Random,
     count: int,
@@ -276,7 +262,7 @@ def _draw(
     return out
 
 
-def _example(fam: _Family, ident: str, level: int, value: str, target: str) -> Example:
+def _example(fam: FamilySpec, ident: str, level: int, value: str, target: str) -> Example:
     """One generated problem as an Example: the family's field and its question."""
     return Example(
         id=ident,
@@ -286,7 +272,7 @@ def _example(fam: _Family, ident: str, level: int, value: str, target: str) -> E
     )
 
 
-def _demos(fam: _Family, level_list: tuple[int, ...], n_demos: int, seed: int,
+def _demos(fam: FamilySpec, level_list: tuple[int, ...], n_demos: int, seed: int,
            taken: set[str]) -> list[Example]:
     """``n_demos`` demonstrations drawn round-robin over the levels, none in ``taken``."""
     family = fam.name
@@ -310,7 +296,7 @@ def _demos(fam: _Family, level_list: tuple[int, ...], n_demos: int, seed: int,
 def make_task(
     family: str,
     *,
-    levels: Iterable[int] = LEVELS,
+    levels: Iterable[int] | None = None,
     n_per_level: int = 10,
     seed: int = 0,
     n_demos: int = 8,
@@ -319,7 +305,8 @@ def make_task(
 
     Args:
         family: one of :data:`FAMILIES`.
-        levels: difficulty levels to include, each in 1..3.
+        levels: difficulty levels to include (1..3; ``word_problems`` 1..4); None: all
+            levels of the family.
         n_per_level: evaluation examples per level (distinct problems).
         seed: the seed; the same arguments always give the same task. Each level has its
             own random stream, so level 1 is the same whichever other levels are asked for,
@@ -342,14 +329,14 @@ def make_task(
             value=family,
             fix=f"use one of {list(FAMILIES)}",
         )
-    level_list = _check_levels(levels)
+    fam = _REGISTRY[family]
+    level_list = _check_levels(tuple(fam.levels) if levels is None else levels, fam)
     n_per_level = _check_int("n_per_level", n_per_level, 1)
     n_demos = _check_int("n_demos", n_demos, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(
             "seed must be an integer", where="seed", value=seed, fix="pass e.g. seed=0"
         )
-    fam = _REGISTRY[family]
     taken: set[str] = set()
     examples: list[Example] = []
     for level in level_list:

@@ -5,8 +5,15 @@ difficulty level (its input value and target) from a seeded random stream.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from jointopt.tasks.base import Example
+from jointopt.tasks.extraction import AnswerExtractor, AnswerMatcher
 
 __all__ = [
+    "FamilySpec",
+    "WORDS",
     "generate_digit_sum",
     "generate_max_list",
     "generate_next_term",
@@ -14,8 +21,36 @@ __all__ = [
     "problem_stream",
 ]
 
-# Common short English words (3-6 letters), distinct, lower case.
-_WORDS: tuple[str, ...] = (
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One built-in family: its input field, levels, generator, question and checkers.
+
+    Attributes:
+        name: the family's name in :data:`jointopt.tasks.FAMILIES`.
+        field: the input field holding the generated value.
+        description: what the task asks (for listings and instruction proposals).
+        levels: ``{level: what it means}``, level 1 the easiest.
+        generate: ``(level, rng) -> (field value, target)``.
+        question: the natural-language question of a field value.
+        extractor: reads the answer out of a completion.
+        matcher: compares an answer with the target.
+        verifier: the serve-time verifier (never reads the target).
+    """
+
+    name: str
+    field: str
+    description: str
+    levels: Mapping[int, str]
+    generate: Callable[[int, random.Random], tuple[str, str]]
+    question: Callable[[str], str]
+    extractor: AnswerExtractor
+    matcher: AnswerMatcher
+    verifier: Callable[[Example, str], bool]
+
+
+#: Common short English words (3-6 letters), distinct, lower case.
+WORDS: tuple[str, ...] = (
     "apple", "river", "blue", "house", "green", "chair", "table", "bread", "water", "stone",
     "cloud", "light", "music", "paper", "plant", "horse", "train", "clock", "grass", "beach",
     "dog", "cat", "sun", "moon", "star", "tree", "bird", "fish", "book", "door",
@@ -40,7 +75,7 @@ _MAX_SHAPE = {1: (3, 1, 9), 2: (5, 10, 99), 3: (8, 10, 99)}  # (count, low, high
 
 
 def generate_reverse(level: int, rng: random.Random) -> tuple[str, str]:
-    words = rng.sample(_WORDS, _REVERSE_LEN[level])
+    words = rng.sample(WORDS, _REVERSE_LEN[level])
     return ", ".join(words), ", ".join(reversed(words))
 
 

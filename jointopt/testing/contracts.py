@@ -101,7 +101,8 @@ def reverse_words_responder(request: GenerationRequest, index: int, rng: random.
     return ", ".join(rng.sample(words, len(words)))
 
 
-_RESPONDERS = {"echo": None, "reverse_words": reverse_words_responder}
+_RESPONDERS = {"echo": None, "reverse_words": reverse_words_responder,
+               "thinking": "jointopt.testing.thinking:thinking_responder"}
 
 
 class _InstrumentedScripted(ScriptedBackend):
@@ -154,7 +155,8 @@ def scripted_backend(*, model: str | None = None, seed: int | None = None,
 
     Options (``model.engine``):
         responder: ``echo`` (default), ``noisy`` (:func:`noisy_responder`, with
-            ``p_correct``), ``reverse_words`` (:func:`reverse_words_responder`) or a
+            ``p_correct``), ``reverse_words`` (:func:`reverse_words_responder`),
+            ``thinking`` (:func:`jointopt.testing.thinking.thinking_responder`) or a
             ``package.module:function`` path to a responder.
         p_correct: probability of a right answer for ``noisy``.
         model_id: identifier in cache keys (default ``scripted``).
@@ -176,9 +178,10 @@ def scripted_backend(*, model: str | None = None, seed: int | None = None,
     name = options.get("responder", "echo")
     if name == "noisy":
         responder = noisy_responder(float(options.get("p_correct", 0.6)))
-    elif name in _RESPONDERS:
+    elif name in _RESPONDERS and not isinstance(_RESPONDERS[name], str):
         responder = _RESPONDERS[name]
     else:
+        name = _RESPONDERS.get(name, name)
         module, _, attr = str(name).partition(":")
         responder = getattr(importlib.import_module(module), attr)
     return _InstrumentedScripted(responder, str(options.get("model_id", "scripted")),
