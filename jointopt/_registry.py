@@ -110,6 +110,7 @@ STRATEGIES = Registry("strategy", "jointopt.strategies.base:Strategy", {
     "revision": "jointopt.strategies.sequential:RevisionChain",
     "parallel_revision": "jointopt.strategies.hybrid:ParallelRevision",
     "mcts": "jointopt.strategies.mcts:MCTS",
+    "cascade": "jointopt.strategies.cascade:Cascade",
 }, error=StrategyError)
 
 SCORERS = Registry("scorer", "jointopt.strategies.scorers:Scorer", {

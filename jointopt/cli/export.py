@@ -103,7 +103,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True, help="policy file (policy.yaml)")
     parser.add_argument("--upstream", required=True, action="append",
                         help="upstream API root, e.g. http://127.0.0.1:8000/v1 (repeat to "
-                             "spread requests over several servers)")
+                             "spread requests over several servers); MODEL=URL for a "
+                             "policy calling several models (one upstream per model)")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8100,
                         help="port, 1..65535 or 0 for any free one (default 8100)")
@@ -198,11 +199,28 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def upstream_arg(values: list[str]) -> "str | list[str] | dict[str, list[str]]":
+    """``--upstream`` values: URL(s), or ``MODEL=URL`` entries (a model's URLs grouped)."""
+    named = [v.partition("=") for v in values]
+    if not any(sep and "/" not in name and ":" not in name for name, sep, _ in named):
+        return values if len(values) > 1 else values[0]
+    out: dict[str, list[str]] = {}
+    for value, (name, sep, url) in zip(values, named):
+        if not sep or not name or "/" in name or ":" in name:
+            from jointopt.errors import ConfigError
+
+            raise ConfigError("give every --upstream as MODEL=URL when one is",
+                              where="--upstream", value=value,
+                              fix="write e.g. --upstream small=http://127.0.0.1:8000/v1")
+        out.setdefault(name, []).append(url)
+    return out
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Handle ``jointopt serve`` (blocks until interrupted)."""
     from jointopt.serving.proxy import serve
 
-    upstream = args.upstream if len(args.upstream) > 1 else args.upstream[0]
+    upstream = upstream_arg(args.upstream)
     serve(
         args.policy, upstream, host=args.host, port=args.port, timeout=args.timeout,
         max_concurrency=args.max_concurrency, queue_timeout=args.queue_timeout,

@@ -69,6 +69,7 @@ class GenerationRequest:
     continuation: str = ""
     offset: int = 0
     thinking_budget: int | None = None
+    model: str | None = None
 
     def sampling_key(self) -> str:
         """Content hash of everything but ``n`` and ``seed`` (the identity of a sample pool)."""
@@ -83,6 +84,8 @@ class GenerationRequest:
         }
         if self.thinking_budget is not None:  # absent otherwise: older keys stay valid
             payload["thinking_budget"] = self.thinking_budget
+        if self.model is not None:
+            payload["model"] = self.model
         raw = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()
         return hashlib.sha256(raw).hexdigest()
 

@@ -41,6 +41,8 @@ class Allocation:
         thinking: the thinking phase of every request the strategy makes (a
             :class:`~jointopt.core.thinking.ThinkingSpec` or its mapping form), or None
             for none; ``budget: 0`` also answers directly.
+        model: the model that answers this bin, by its name in the study's ``models:``;
+            None (and absent from policy files) is the policy's own ``model``.
     """
 
     strategy: str
@@ -48,6 +50,7 @@ class Allocation:
     max_tokens: int = 64
     params: Mapping[str, Any] = field(default_factory=dict)
     thinking: ThinkingSpec | None = None
+    model: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen(self.params))
@@ -63,7 +66,8 @@ class Allocation:
         """Short human form, e.g. ``majority(n=4) T=0.4 max_tokens=12 thinking=256``."""
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         text = f"{self.strategy}({params}) T={self.temperature:g} max_tokens={self.max_tokens}"
-        return text + (f" thinking={self.thinking.budget}" if self.thinking is not None else "")
+        text += f" thinking={self.thinking.budget}" if self.thinking is not None else ""
+        return text if self.model is None else f"{text} model={self.model}"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -74,6 +78,8 @@ class Allocation:
         }
         if self.thinking is not None:  # absent when unset: older files stay as they were
             out["thinking"] = self.thinking.to_dict()
+        if self.model is not None:
+            out["model"] = self.model
         return out
 
     @classmethod
@@ -193,6 +199,17 @@ class Policy:
         if len(self.bins) == 1:
             return next(iter(self.bins.values())).describe()
         return "; ".join(f"[{name}] {a.describe()}" for name, a in self.bins.items())
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the policy may call: its own first, then the bins' others."""
+        names = [self.model] + [a.model for a in self.bins.values() if a.model]
+        return tuple(dict.fromkeys(names))
+
+    def model_of(self, allocation: Allocation) -> str | None:
+        """The model a bin's requests name: None for the policy's own model (so
+        requests, sample keys and probe reuse are those of a one-model policy)."""
+        return None if allocation.model in (None, self.model) else allocation.model
 
     def allocation_for(self, example: "Example") -> tuple[str, Allocation]:
         """The bin of an example and the allocation that answers it."""

@@ -55,6 +55,7 @@ class _AllocationModel(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     #: Optional (schema_version 1 files without it load unchanged); see ThinkingSpec.
     thinking: _ThinkingModel | None = None
+    model: str | None = Field(None, min_length=1)  # the policy's own model when absent
 
 
 class _ExtractorModel(_Strict):
@@ -95,6 +96,7 @@ class _BinMetricsModel(_Strict):
     n_examples: int = Field(ge=0)
     accuracy: _IntervalModel
     mean_tokens: _IntervalModel
+    mean_cost: _IntervalModel | None = None  # studies with optimizer.cost: flops | price
 
 
 class _MetricsModel(_Strict):
@@ -106,6 +108,10 @@ class _MetricsModel(_Strict):
     mean_tokens: _IntervalModel | None = None
     mean_prompt_tokens: float | None = None
     mean_completion_tokens: float | None = None
+    #: Mean cost per example (``cost_objective``: ``flops`` or ``price``), when the study
+    #: optimised a cost instead of tokens.
+    mean_cost: _IntervalModel | None = None
+    cost_objective: str | None = None
     per_bin: dict[str, _BinMetricsModel] = Field(default_factory=dict)
     #: Scores on the study's held-out test split (when it had one).
     test: _BinMetricsModel | None = None

@@ -140,14 +140,15 @@ class ProbeSource(DifficultySource):
         """
         spec = policy.difficulty
         probe_ctx = dataclasses.replace(ctx, temperature=spec.probe_temperature,
-                                        max_tokens=spec.probe_max_tokens)
+                                        max_tokens=spec.probe_max_tokens, model=None)
         probe_request = probe_ctx.request(n=spec.probe_k)
         (probe,) = yield [probe_request]
         signal = probe_signal_of(probe_ctx, probe)
         bin_name = bin_of(signal, spec.thresholds, spec.bins)
         allocation = policy.bins[bin_name]
         inner_ctx = dataclasses.replace(ctx, temperature=allocation.temperature,
-                                        max_tokens=allocation.max_tokens)
+                                        max_tokens=allocation.max_tokens,
+                                        model=policy.model_of(allocation))
         outcome = yield from _reusing(strategies[bin_name].run(inner_ctx), probe_request, probe)
         return dataclasses.replace(outcome, info={**dict(outcome.info), "bin": bin_name,
                                                   "probe_signal": signal})

@@ -6,13 +6,15 @@ go to the backend as one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from jointopt.backends.base import Backend
 from jointopt.errors import StrategyError
+from jointopt.core.cost import TokenCost
 from jointopt.core.generation import GenerationRequest, GenerationResult
 from jointopt.core.policy import Policy
 from jointopt.core.prompts import validate_template
@@ -49,6 +51,8 @@ class ExampleRecord:
     pooled: bool = False
     #: Completion tokens spent thinking (part of ``completion_tokens``).
     thinking_tokens: float = 0.0
+    #: What answering cost in the study's cost unit (None: no cost model given).
+    cost: float | None = None
 
     @property
     def tokens(self) -> float:
@@ -71,6 +75,8 @@ class EvaluationResult:
     generated: int
     cached: int
     records: tuple[ExampleRecord, ...]
+    #: Mean cost per example in the cost model's unit (None: no cost model given).
+    mean_cost: float | None = None
 
     @property
     def mean_thinking_tokens(self) -> float:
@@ -78,7 +84,8 @@ class EvaluationResult:
         return sum(r.thinking_tokens for r in self.records) / max(len(self.records), 1)
 
     def metrics(self) -> dict[str, float]:
-        return {
+        extra = {} if self.mean_cost is None else {"mean_cost": self.mean_cost}
+        return {**extra,
             "accuracy": self.accuracy,
             "mean_tokens": self.mean_tokens,
             "mean_prompt_tokens": self.mean_prompt_tokens,
@@ -145,7 +152,8 @@ def policy_run(policy: Policy, strategies: dict[str, Strategy], task: Task, exam
     else:
         bin_name, allocation = policy.allocation_for(example)
     ctx = example_context(policy.prompt, task, example, temperature=allocation.temperature,
-                          max_tokens=allocation.max_tokens, seed=seed)
+                          max_tokens=allocation.max_tokens, seed=seed,
+                          model=policy.model_of(allocation))
     if bin_name is None:
         return source.run(policy, strategies, ctx), None
     return strategies[bin_name].run(ctx), bin_name
@@ -180,8 +188,18 @@ def _pool_size(ctx: StrategyContext, k: int, pool_size: int) -> int:
     return 1 if ctx.temperature == 0 else max(pool_size, k)
 
 
+def _cost(costs: Mapping[str, TokenCost] | None, default: str,
+          results: Sequence[GenerationResult]) -> float | None:
+    """What ``results`` cost, each at the price of the model its request names."""
+    if costs is None:
+        return None
+    return sum(costs[r.request.model or default].of(r.prompt_tokens, r.completion_tokens)
+               for r in results)
+
+
 def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
-             pool_size: int | None = None) -> EvaluationResult:
+             pool_size: int | None = None,
+             costs: Mapping[str, TokenCost] | None = None) -> EvaluationResult:
     """Answer every example of ``task`` with ``policy`` and score the answers.
 
     Args:
@@ -191,6 +209,9 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
             With a :class:`~jointopt.backends.CachedBackend`, pools are shared by every
             trial with the same prompt, temperature and max_tokens, so most trials
             generate nothing. None runs every strategy as it would run in serving.
+        costs: model name -> its :class:`~jointopt.core.cost.TokenCost`, for every model
+            the policy calls (``policy.models``); each record then carries its ``cost``
+            and the result the ``mean_cost``. None: no costs.
     """
     from jointopt.evaluation.pooled import pools_for, score_pooled
 
@@ -201,7 +222,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         bin_name, allocation = policy.allocation_for(example)
         contexts.append(example_context(policy.prompt, task, example,
                                         temperature=allocation.temperature,
-                                        max_tokens=allocation.max_tokens, seed=seed))
+                                        max_tokens=allocation.max_tokens, seed=seed,
+                                        model=policy.model_of(allocation)))
         bins.append(bin_name)
 
     source = policy.difficulty.source_class()
@@ -220,6 +242,11 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         pool_cached = sum(p.cached for p in pools)
         for i, record in score_pooled(strategies, bins, contexts, pooled, ks, pools).items():
             records[i] = record
+        if costs is not None:
+            for i in pooled:
+                rate = costs[contexts[i].model or policy.model]
+                records[i] = dataclasses.replace(records[i], cost=rate.of(
+                    records[i].prompt_tokens, records[i].completion_tokens))
     direct = [i for i in range(len(contexts)) if records[i] is None]
     driven = drive(backend, [
         source.run(policy, strategies, contexts[i]) if probed
@@ -228,7 +255,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         if probed:
             bins[i] = outcome.info["bin"]
         all_results.extend(results)
-        records[i] = _run_record(contexts[i], bins[i], outcome, results)
+        records[i] = dataclasses.replace(_run_record(contexts[i], bins[i], outcome, results),
+                                         cost=_cost(costs, policy.model, results))
     wall = time.perf_counter() - start
     final = [r for r in records if r is not None]
     count = max(len(final), 1)
@@ -243,6 +271,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         generated=generated,
         cached=cached,
         records=tuple(final),
+        mean_cost=None if costs is None else sum(r.cost or 0.0 for r in final) / count,
     )
     log.info("evaluated %s: accuracy=%.3f tokens=%.1f (%d generated, %d cached) in %.1fs",
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,

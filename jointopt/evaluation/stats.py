@@ -116,5 +116,9 @@ def objective_intervals(records: Sequence, settings: object) -> dict[str, Interv
     records (``.correct``, ``.tokens``), with a :class:`~jointopt.search.config.ValidationConfig`'s
     ``resamples``, ``level`` and ``seed``."""
     options = dict(resamples=settings.resamples, level=settings.level, seed=settings.seed)
-    return {"accuracy": bootstrap([r.correct for r in records], **options),
-            "mean_tokens": bootstrap([r.tokens for r in records], **options)}
+    out = {"accuracy": bootstrap([r.correct for r in records], **options),
+           "mean_tokens": bootstrap([r.tokens for r in records], **options)}
+    costs = [getattr(r, "cost", None) for r in records]
+    if records and None not in costs:  # a cost model priced every example: its mean too
+        out["mean_cost"] = bootstrap(costs, **options)
+    return out

@@ -97,8 +97,8 @@ def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.Froz
         warnings.append("the trial has no per-example records: no confidence intervals")
         metrics.update(accuracy={"estimate": float(chosen.values[0]), "low": None,
                                  "high": None},
-                       mean_tokens={"estimate": float(chosen.values[1]), "low": None,
-                                    "high": None})
+                       mean_tokens={"estimate": float(chosen.user_attrs.get(
+                           "mean_tokens", chosen.values[1])), "low": None, "high": None})
     else:
         correct, tokens = per_example
         acc_ci = bootstrap(correct, resamples=n_bootstrap, level=confidence, seed=seed)
@@ -106,6 +106,11 @@ def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.Froz
         metrics.update(n_examples=len(correct), confidence=confidence, n_bootstrap=n_bootstrap,
                        bootstrap_seed=seed, accuracy=acc_ci.to_metric(),
                        mean_tokens=tok_ci.to_metric())
+        costs = chosen.user_attrs.get("costs")
+        if costs and None not in costs:  # the study's second objective was a cost
+            metrics.update(cost_objective=chosen.user_attrs.get("cost_objective"),
+                           mean_cost=bootstrap(costs, resamples=n_bootstrap, level=confidence,
+                                               seed=seed).to_metric())
         for key in ("mean_prompt_tokens", "mean_completion_tokens"):
             if chosen.user_attrs.get(key) is not None:
                 metrics[key] = round(float(chosen.user_attrs[key]), 6)
@@ -119,6 +124,8 @@ def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.Froz
         metrics["test"] = {"n_examples": len(plan.test_task.examples),
                            "accuracy": _metric(held_out["accuracy"]),
                            "mean_tokens": _metric(held_out["mean_tokens"])}
+        if "mean_cost" in held_out:
+            metrics["test"]["mean_cost"] = _metric(held_out["mean_cost"])
     return metrics, acc_ci, tok_ci
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from jointopt.errors import ConfigError
 from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
@@ -20,6 +20,8 @@ from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
 __all__ = [
     "StudyConfig",
     "ModelConfig",
+    "ModelEntry",
+    "PricesConfig",
     "TaskConfig",
     "BuiltinTaskConfig",
     "DatasetConfig",
@@ -50,6 +52,14 @@ class CpuConfig(StrictModel):
     over ``threads``."""
     kv_cache_gib: int | None = Field(None, ge=1)
     """KV-cache size in whole GiB. Default: a tenth of RAM, between 1 and 8 GiB."""
+
+
+class PricesConfig(StrictModel):
+    """What a model's tokens cost in US dollars (a remote endpoint's price list)."""
+    prompt: float = Field(ge=0)
+    """Dollars per million prompt (input) tokens."""
+    completion: float = Field(ge=0)
+    """Dollars per million completion (generated) tokens."""
 
 
 class ModelConfig(StrictModel):
@@ -88,6 +98,26 @@ class ModelConfig(StrictModel):
     ``docs/bank_format.md``), relative to the config file. The study runs offline from it,
     with no engine and no model files: only the parallel strategies (single, majority,
     best_of_n, weighted_vote) with the recorded prompts, temperatures and max_tokens."""
+    params: int | None = Field(None, ge=1)
+    """Parameter count for ``optimizer.cost: flops`` (default: registry entry or folder)."""
+    prices: PricesConfig | None = None
+    """Dollars per million prompt and completion tokens, for ``optimizer.cost: price``."""
+
+
+class ModelEntry(ModelConfig):
+    """One model of a study that searches over several (``models:``)."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:/-]+$")
+    """The model's (unique) name in policies and trials (``<bin>.model``); default: model."""
+
+    @property
+    def label(self) -> str:
+        """The model's name in policies and trial parameters."""
+        return self.name or self.model
+
+    def engine_config(self) -> ModelConfig:
+        """The entry as a ``model:`` section (without its name)."""
+        return ModelConfig(**self.model_dump(exclude={"name"}, exclude_unset=True))
 
 
 class ExtractorConfig(StrictModel):
@@ -179,6 +209,9 @@ class OptimizerConfig(StrictModel):
     max_mean_tokens: float | None = Field(None, gt=0)
     """Optional constraint: trials spending more mean tokens per example are infeasible
     (Optuna constraints; they never enter the Pareto front)."""
+    cost: Literal["tokens", "flops", "price"] = "tokens"
+    """Second objective per example: ``tokens``, ``flops`` (2 x params of the model that ran
+    each token) or ``price`` (each model's ``prices``); mean tokens are always reported."""
     workers: int = Field(1, ge=1)
     """Worker processes ``jointopt run`` starts on this machine (``--workers`` wins). Each
     builds its own backend, so more than one suits remote engines (``backend: openai``);
@@ -279,6 +312,11 @@ class StudyConfig(StrictModel):
     """Where storage, cache and reports go; default ``runs/<name>`` (relative to the working directory)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     """The model and engine."""
+    models: list[ModelEntry] = Field(default_factory=list)
+    """Several models (instead of ``model:``): each bin's model is searched (``<bin>.model``),
+    cascades escalate between them; the first is the policies' own (``model``)."""
+    max_engines_loaded: int | None = Field(None, ge=1)
+    """Engines of ``models`` kept loaded at once (least recently used closed first); all."""
     task: TaskConfig
     """The task."""
     search_space: str
@@ -299,6 +337,25 @@ class StudyConfig(StrictModel):
     """Seed of request seeds (evaluation)."""
     #: Directory of the config file (set by :func:`load_config`, not a YAML key).
     base_dir: str = Field(".", exclude=True)
+
+    @model_validator(mode="after")
+    def _first_model(self) -> "StudyConfig":
+        """With ``models:``, ``model`` is the first entry; names are unique."""
+        if not self.models:
+            return self
+        if "model" in self.model_fields_set:
+            raise ConfigError("give either `model:` or `models:`, not both", where="model",
+                              fix="move the model into the `models:` list")
+        labels = [m.label for m in self.models]
+        if len(set(labels)) < len(labels):
+            raise ConfigError("two entries of `models` have the same name", where="models",
+                              value=labels, fix="give each entry a distinct `name:`")
+        object.__setattr__(self, "model", self.models[0].engine_config())
+        return self
+
+    def model_entries(self) -> list[ModelEntry]:
+        """The study's models: ``models``, or the one ``model`` as an entry."""
+        return list(self.models) or [ModelEntry(**self.model.model_dump(exclude_unset=True))]
 
     def resolve(self, path: str) -> Path:
         """A path from the config file, relative to the config file's directory."""

@@ -13,6 +13,7 @@ from jointopt.errors import JointoptError
 from jointopt.evaluation.evaluate import EvaluationResult, evaluate
 from jointopt.evaluation.stats import objective_intervals
 from jointopt.search.config import StudyConfig
+from jointopt.search.multi_model import engine_factories, model_labels, study_costs
 from jointopt.search.plan import StudyPlan, bank_pool_size
 from jointopt.search.results import TrialCallback, summarize
 from jointopt.tasks import Task
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Study user attribute: how the engine runs (dtype, threads, KV cache, CPU).
 ENGINE_ATTR = "engine"
+#: Trial user attribute: the cost objective (``flops`` / ``price``) of a trial whose second
+#: value is its mean cost per example (absent: mean tokens).
+COST_ATTR = "cost_objective"
 
 
 def backend_settings(config: StudyConfig) -> BackendSettings:
@@ -65,8 +69,13 @@ class TrialRunner:
         self.on_engine_ready = on_engine_ready
         self.engine: Backend | None = None
         self._labelled = False
+        self._store: SampleStore | None = None  # the router's store (several models)
+        #: Model name -> cost per token under ``optimizer.cost`` (None: mean tokens).
+        self.costs = study_costs(plan.config)
 
     def ready(self) -> Backend:
+        if self.engine is None and self.backend is None and self.plan.config.models:
+            self.engine = self._router()
         if self.engine is None:
             engine = self.backend or build_backend(self.plan.config)
             if self.on_engine_ready:
@@ -76,6 +85,19 @@ class TrialRunner:
             self.engine = engine
             self._record_engine(engine.engine_record())
         return self.engine
+
+    def _router(self) -> Backend:
+        """Several models: one engine per model, each built on its first request."""
+        from jointopt.backends.router import ModelRouter
+
+        config = self.plan.config
+        if config.cache:
+            self._store = SampleStore(self.plan.out_dir / "samples.sqlite")
+        if self.on_engine_ready:
+            self.on_engine_ready()
+        return ModelRouter(engine_factories(config, build_backend, self._store),
+                           default=model_labels(config)[0],
+                           max_loaded=config.max_engines_loaded)
 
     def _record_engine(self, record: dict[str, str | int | float]) -> None:
         """Keep how the engine runs in the study's attributes and the MLflow parent run:
@@ -172,7 +194,12 @@ class TrialRunner:
     def close(self) -> None:
         if self.engine is None:
             return
-        if self.backend is None:
+        if self._store is not None:
+            self._record_engine(self.engine.engine_record())
+            self.engine.close()
+            self._store.close()
+            self._store = None
+        elif self.backend is None:
             self.engine.close()
         elif isinstance(self.engine, CachedBackend):
             self.engine.store.close()
@@ -201,7 +228,8 @@ class TrialRunner:
             engine_tokens = getattr(engine, "engine_tokens", None)
             result: EvaluationResult = evaluate(policy, plan.task, engine,
                                                 seed=plan.config.seed,
-                                                pool_size=bank_pool_size(plan))
+                                                pool_size=bank_pool_size(plan),
+                                                costs=self.costs)
         except JointoptError as exc:
             trial.set_user_attr(FAIL_ATTR, redact(str(exc)))
             log.warning("trial %d failed: %s", trial.number, exc)
@@ -221,6 +249,9 @@ class TrialRunner:
         # Per-example outcomes, in task order, so intervals can be computed later.
         trial.set_user_attr("correct", [round(r.correct, 6) for r in result.records])
         trial.set_user_attr("tokens", [round(r.tokens, 3) for r in result.records])
+        if self.costs is not None:
+            trial.set_user_attr(COST_ATTR, plan.config.optimizer.cost)
+            trial.set_user_attr("costs", [r.cost for r in result.records])
         trial.set_user_attr("dataset_hash", plan.task_hash)
         trial.set_user_attr("dev_intervals", {
             k: v.to_dict()
@@ -228,6 +259,8 @@ class TrialRunner:
         limit = plan.config.optimizer.max_mean_tokens
         if limit is not None:
             trial.set_user_attr("constraint", [result.mean_tokens - limit])
+        if result.mean_cost is not None:
+            return [result.accuracy, result.mean_cost]
         return [result.accuracy, result.mean_tokens]
 
     def after(self, frozen: "optuna.trial.FrozenTrial", complete: int) -> None:

@@ -15,6 +15,7 @@ from jointopt.search.space_config import load_space_file
 from jointopt.search.plan_checks import (
     check_backend, check_limits, check_model, check_replay, check_tracking)
 from jointopt.search.space import SearchSpace
+from jointopt.search.multi_model import for_each_model, study_costs, with_models
 from jointopt.search.space_build import space_from_dict
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
 
@@ -98,6 +99,7 @@ def build_task(config: StudyConfig) -> Task:
 def plan_study(config: StudyConfig) -> StudyPlan:
     """Validate everything a study needs, spending no compute."""
     check_backend(config)
+    for_each_model(config, check_backend)
     space_path = config.resolve(config.search_space)
     space_file = load_space_file(space_path)
     space = space_from_dict(space_file.model_dump(exclude_unset=False), str(space_path))
@@ -121,6 +123,11 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         model_path = model_name
     else:
         model_path = check_model(config)
+    if config.models:
+        model_name = config.models[0].label
+        for_each_model(config, check_model)
+    space = with_models(space, config)
+    study_costs(config)
     check_tracking(config)
     out_dir = config.out_dir
     storage = config.optimizer.storage or f"sqlite:///{(out_dir / 'optuna.db').as_posix()}"

@@ -303,6 +303,14 @@ def preflight(plan: "StudyPlan", *, sources: Mapping[str, str] | None = None,
         check_tracking_uri(config.tracking.tracking_uri, where("tracking.tracking_uri"))
     if not model:
         return
+    from jointopt.search.multi_model import entry_config
+
+    for entry in config.model_entries():  # every model of models:, or the one model:
+        _check_one_model(entry_config(config, entry))
+
+
+def _check_one_model(config: "StudyConfig") -> None:
+    """The model can be loaded and the backend's servers answer."""
     check_model_available(config)
     from jointopt.backends import backend_class
     from jointopt.search.objective import backend_settings

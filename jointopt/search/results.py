@@ -50,6 +50,10 @@ class TrialSummary:
     tokens_generated: int | None = None
     dev: dict[str, Interval] | None = None
     test: dict[str, Interval] | None = None
+    #: Mean cost per example when the study's second objective is a cost
+    #: (``optimizer.cost``: ``flops`` or ``price``; its name in ``cost_objective``).
+    mean_cost: float | None = None
+    cost_objective: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,13 +90,17 @@ def summarize(trial: "optuna.trial.FrozenTrial",
               tests: dict[str, Any] | None = None) -> TrialSummary:
     policy_data = trial.user_attrs.get("policy")
     values = trial.values or [None, None]
+    cost = trial.user_attrs.get("cost_objective")  # the second value is a mean cost
+    tokens = trial.user_attrs.get("mean_tokens") if cost else values[1]
     return TrialSummary(
         dev=_intervals(trial.user_attrs.get("dev_intervals")),
         test=_intervals((tests or {}).get(str(trial.number))),
         number=trial.number,
         state=trial.state.name,
         accuracy=values[0],
-        mean_tokens=values[1],
+        mean_tokens=tokens,
+        mean_cost=values[1] if cost else None,
+        cost_objective=cost,
         params=dict(trial.params),
         policy=Policy.from_dict(policy_data) if policy_data else None,
         wall_time=trial.user_attrs.get("wall_time_s"),
@@ -161,7 +169,7 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
                              "allocation", "dev_accuracy_ci", "test_accuracy",
                              "test_accuracy_ci", "test_mean_tokens", "completions_generated",
-                             "completions_cached", "tokens_generated"])
+                             "completions_cached", "tokens_generated", "mean_cost"])
             for t in rows:
                 dev = (t.dev or {}).get("accuracy")
                 test = t.test or {}
@@ -176,6 +184,7 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
                     f"{test['mean_tokens'].value:.2f}" if test else "",
                     *("" if v is None else int(v)
                       for v in (t.generated, t.cached, t.tokens_generated)),
+                    "" if t.mean_cost is None else f"{t.mean_cost:.6g}",
                 ])
     policy_dir = result_dir / "policies"
     policy_dir.mkdir(exist_ok=True)

@@ -132,6 +132,9 @@ class SearchSpace:
     #: Once a source that needs a fit is fitted (:meth:`fit_difficulty`), the spec of
     #: each prompt id.
     fitted: Mapping[str, DifficultySpec] = dataclasses.field(default_factory=dict)
+    #: The study's model names when it has several: each bin's ``model`` is searched
+    #: (``<bin>.model``); empty: the policy's own model answers every bin.
+    models: tuple[str, ...] = ()
 
     def bin_source(self) -> DifficultySource:
         """The :class:`~jointopt.difficulty.base.DifficultySource` of this space."""
@@ -248,8 +251,12 @@ class SearchSpace:
         return Policy(model=model, prompt=self.prompt(prompt_id), bins=bins, difficulty=spec)
 
     def _allocation(self, trial: Any, prefix: str) -> Allocation:
-        return suggest_allocation(trial, self.strategies, self.temperature, self.max_tokens,
-                                  prefix, self.thinking)
+        allocation = suggest_allocation(trial, self.strategies, self.temperature,
+                                        self.max_tokens, prefix, self.thinking)
+        if len(self.models) < 2:
+            return allocation
+        model = trial.suggest_categorical(f"{prefix}model", list(self.models))
+        return dataclasses.replace(allocation, model=model)
 
     def with_task(self, task: Task) -> "SearchSpace":
         """The space with the difficulty spec its source gives for the task's examples

@@ -106,7 +106,7 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
                                   value=_safe(plan.storage),
                                   fix="check the storage; rerun the same command") from None
             time.sleep(0.2 * (attempt + 1) * (0.5 + random.random()))
-    name_objectives(study)
+    name_objectives(study, plan.config.optimizer.cost)
     existing = len(study.get_trials(deepcopy=False))
     if worker is None:
         study.sampler = _sampler(plan.config, random.SystemRandom().randrange(2 ** 31))
@@ -116,9 +116,10 @@ def open_study(plan: StudyPlan, *, worker: int | None = 0) -> "optuna.Study":
     return study
 
 
-def name_objectives(study: "optuna.Study") -> None:
-    """Give the study's objectives their names (``accuracy``, ``mean_tokens``), as
-    optuna-dashboard and ``study.trials_dataframe()`` show them."""
+def name_objectives(study: "optuna.Study", cost: str = "tokens") -> None:
+    """Give the study's objectives their names (``accuracy``, ``mean_tokens``; with an
+    ``optimizer.cost`` of ``flops`` or ``price``: ``mean_cost``), as optuna-dashboard and
+    ``study.trials_dataframe()`` show them."""
     import warnings
 
     import optuna
@@ -126,7 +127,8 @@ def name_objectives(study: "optuna.Study") -> None:
     if study.metric_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVES))
+            study.set_metric_names(list(OBJECTIVES) if cost == "tokens"
+                                   else [OBJECTIVES[0], "mean_cost"])
 
 
 def _safe(text: str) -> str:
@@ -311,7 +313,7 @@ def _score_front_on_test(study: "optuna.Study", plan: StudyPlan, trials: TrialRu
     engine = trials.ready()
     for t in todo:
         result = evaluate(t.policy, test_task, engine, seed=plan.config.seed,
-                          pool_size=bank_pool_size(plan))
+                          pool_size=bank_pool_size(plan), costs=trials.costs)
         tests[str(t.number)] = {
             k: v.to_dict()
             for k, v in objective_intervals(result.records, plan.config.validation).items()}

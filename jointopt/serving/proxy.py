@@ -227,13 +227,26 @@ def create_app(
 
 
 def _upstream_runner(policy_path: str | Path, allow_verifiers: list[str] | tuple[str, ...],
-                     *args: Any, **kwargs: Any) -> tuple["PolicyRunner", "OpenAIBackend"]:
-    """The policy file's runner on an :class:`OpenAIBackend` built from ``args`` /
-    ``kwargs`` (closed when the policy does not load), and that backend."""
+                     upstream: Any, *args: Any, **kwargs: Any) -> tuple["PolicyRunner", Any]:
+    """The policy file's runner on an :class:`OpenAIBackend` built from ``upstream``,
+    ``args`` and ``kwargs`` (closed when the policy does not load), and that backend. A
+    mapping ``upstream`` (model name -> URL(s)) gives one upstream per model the policy
+    calls, behind a :class:`~jointopt.backends.router.ModelRouter`."""
     from jointopt.backends.openai import OpenAIBackend
     from jointopt.serving.runtime import load_policy
 
-    backend = OpenAIBackend(*args, **kwargs)
+    if isinstance(upstream, Mapping):
+        ups: dict[str, OpenAIBackend] = {}
+        try:
+            for name, urls in upstream.items():
+                ups[name] = OpenAIBackend(urls, *args, **kwargs)
+            runner = load_policy(policy_path, backend=ups, allow_verifiers=allow_verifiers)
+        except BaseException:
+            for backend in ups.values():
+                backend.close()
+            raise
+        return runner, runner.backend
+    backend = OpenAIBackend(upstream, *args, **kwargs)
     try:
         return load_policy(policy_path, backend=backend, allow_verifiers=allow_verifiers), backend
     except BaseException:
@@ -243,7 +256,7 @@ def _upstream_runner(policy_path: str | Path, allow_verifiers: list[str] | tuple
 
 def serve(
     policy_path: str | Path,
-    upstream_url: str | list[str],
+    upstream_url: str | list[str] | Mapping[str, str | list[str]],
     host: str = "127.0.0.1",
     port: int = 8100,
     *,
@@ -269,7 +282,7 @@ def serve(
 
     Args:
         policy_path: the policy file (``jointopt export`` writes ``policy.yaml``).
-        upstream_url: the upstream API root(s), e.g. ``http://127.0.0.1:8000/v1``.
+        upstream_url: upstream API root(s) (``http://127.0.0.1:8000/v1``), or model -> root(s).
         host, port: where the proxy listens (port 0: any free port).
         timeout: seconds per request (also the upstream read timeout).
         max_concurrency: requests answered at once (also upstream connections).

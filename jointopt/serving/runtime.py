@@ -322,7 +322,7 @@ class PolicyRunner:
 
 def load_policy(
     path: str | Path | Policy,
-    backend: Backend | str | None = None,
+    backend: Backend | str | Mapping[str, Backend] | None = None,
     task: Task | None = None,
     *,
     seed: int = 0,
@@ -337,6 +337,8 @@ def load_policy(
         backend: a :class:`Backend`; or a registry name (``"openai"``, ``"vllm"``, ...)
             created with ``backend_kwargs``; or None for the in-process vLLM engine on the
             policy's model. A backend created here is closed by :meth:`PolicyRunner.close`.
+            A policy calling several models (per bin, cascades) takes a mapping model name
+            -> Backend (one upstream each), or a name / None (one engine per model, lazily).
         task: reads the answers; default: built from the file's ``metadata.task``.
         seed: base of the per-input request seeds.
         backend_kwargs: constructor arguments when ``backend`` is a name or None.
@@ -364,8 +366,14 @@ def load_policy(
             )
         task = task_from_spec(spec, where=f"{where}: metadata.task",
                               allow_verifiers=allow_verifiers)
-    owns = not isinstance(backend, Backend)
-    if not isinstance(backend, Backend):
+    owns = not isinstance(backend, (Backend, Mapping))
+    models = tuple(dict.fromkeys(policy.models + tuple(
+        m for s in check_policy(policy, task).values() for m in s.models())))
+    if isinstance(backend, Mapping) or (owns and len(models) > 1):
+        from jointopt.serving.model_backends import model_router
+
+        backend = model_router(policy, models, backend, dict(backend_kwargs or {}), where)
+    elif not isinstance(backend, Backend):
         kwargs = dict(backend_kwargs or {})
         name = backend or "vllm"
         if backend_class(name).loads_model:
@@ -377,3 +385,4 @@ def load_policy(
         if owns:
             backend.close()
         raise
+

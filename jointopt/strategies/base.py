@@ -58,6 +58,7 @@ class StrategyContext:
         max_tokens: completion-token cap per generation.
         seed: base seed for this example; strategies derive request seeds from it.
         answer_regex: template-specific answer pattern tried before task extraction.
+        model: the model that answers (the bin's ``model``); None is the policy's own.
     """
 
     example: "Example"
@@ -67,6 +68,7 @@ class StrategyContext:
     max_tokens: int
     seed: int = 0
     answer_regex: str | None = None
+    model: str | None = None
 
     def request(self, n: int = 1, **overrides: Any) -> GenerationRequest:
         """A request for this prompt with the allocation's sampling parameters."""
@@ -77,6 +79,7 @@ class StrategyContext:
             max_tokens=self.max_tokens,
             logprobs=True,
             seed=self.seed,
+            model=self.model,
         )
         params.update(overrides)
         return GenerationRequest(**params)
@@ -106,15 +109,17 @@ def example_seed(base: int, example_id: str) -> int:
 
 
 def example_context(template: "PromptTemplate", task: "Task", example: "Example", *,
-                    temperature: float, max_tokens: int, seed: int = 0) -> StrategyContext:
+                    temperature: float, max_tokens: int, seed: int = 0,
+                    model: str | None = None) -> StrategyContext:
     """The context in which a strategy answers ``example`` with ``template`` (the example's
-    seed is derived from ``seed`` and its id, as in every evaluation)."""
+    seed is derived from ``seed`` and its id, as in every evaluation; ``model``: the
+    model that answers, None for the policy's own)."""
     from jointopt.core.prompts import render_messages
 
     return StrategyContext(
         example=example, task=task, messages=render_messages(template, task, example),
         temperature=temperature, max_tokens=max_tokens, seed=example_seed(seed, example.id),
-        answer_regex=template.answer_regex,
+        answer_regex=template.answer_regex, model=model,
     )
 
 
@@ -220,6 +225,11 @@ class Strategy(ABC):
     @abstractmethod
     def max_completions(self) -> int:
         """Upper bound on the completions one example may cost (the budget cap)."""
+
+    def models(self) -> tuple[str, ...]:
+        """Models the strategy calls by name besides the bin's own (a cascade's
+        ``escalate_to``); a runtime needs a backend for each. None by default."""
+        return ()
 
     def pool_k(self) -> int | None:
         """Samples used, if the strategy is a function of i.i.d. samples of one prompt.

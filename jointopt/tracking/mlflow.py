@@ -378,7 +378,8 @@ def _quote(value: str) -> str:
 
 
 _METRICS = ("accuracy", "mean_tokens", "mean_prompt_tokens", "mean_completion_tokens",
-            "wall_time_s", "completions_generated", "completions_cached", "tokens_generated")
+            "wall_time_s", "completions_generated", "completions_cached", "tokens_generated",
+            "mean_cost")
 
 
 def _params(values: Mapping[str, Any]) -> list[Any]:

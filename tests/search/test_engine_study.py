@@ -65,6 +65,7 @@ STRATEGY_PARAMS = {
     "revision": {"rounds": 2},
     "parallel_revision": {"chains": 2, "rounds": 2},
     "mcts": {"iterations": 2, "branching": 2, "rollouts": 2, "max_depth": 2},
+    "cascade": {"n": 2, "threshold": 1.0, "escalate_n": 2},
 }
 
 
