@@ -46,6 +46,9 @@ def add_record_parser(subparsers: Any) -> argparse.ArgumentParser:
     record.add_argument("--output-dir",
                         help="the study's output dir, whose samples.sqlite is reused "
                              "(default: the config's output_dir or runs/<name>)")
+    record.add_argument("--model", metavar="NAME",
+                        help="with `models:` in the config, the model to record (one bank per "
+                             "model; replay them with one `backend: replay` entry each)")
     record.add_argument("--batch-samples", type=int, default=None, metavar="M",
                         help="samples per engine call, at most (whole settings are batched)")
     return record
@@ -57,6 +60,28 @@ def build_backend(config: "StudyConfig") -> "Backend":
     from jointopt.search.objective import build_backend as study_backend
 
     return study_backend(config)
+
+
+def _one_model(config: "StudyConfig", name: str | None) -> "StudyConfig":
+    """The config reduced to the model a bank is recorded for (``--model`` among
+    ``models:``)."""
+    from jointopt.errors import ConfigError
+    from jointopt.search.multi_model import entry_config
+
+    labels = [m.label for m in config.models]
+    if name is None:
+        if len(labels) > 1:
+            raise ConfigError("the study has several models; a bank holds one",
+                              where="--model", value=labels,
+                              fix=f"record one bank per model: --model {labels[0]} ...")
+        return config
+    if name not in labels:
+        from jointopt._registry import did_you_mean
+
+        raise ConfigError("no such model in the study's `models:`", where="--model", value=name,
+                          fix=f"{did_you_mean(name, labels)}choose one of: "
+                              f"{', '.join(labels) or '(the config has no models: list)'}")
+    return entry_config(config, config.models[labels.index(name)])
 
 
 def run_record(args: argparse.Namespace) -> int:
@@ -80,7 +105,7 @@ def run_record(args: argparse.Namespace) -> int:
     if getattr(args, "output_dir", None):
         overrides["output_dir"] = args.output_dir
     console = Console()
-    config = load_config(args.config, overrides)
+    config = _one_model(load_config(args.config, overrides), getattr(args, "model", None))
     plan = plan_study(config)  # every check before the engine loads
     needed = samples_needed(plan)
     samples = args.samples if args.samples is not None else needed

@@ -161,3 +161,35 @@ def test_one_engine_at_a_time_gives_the_same_trials(tmp_path, monkeypatch):
     # With the limit, every build leaves one engine up, and swapping builds more often.
     assert all(loaded == 1 for limit, _, loaded in built if limit == 1)
     assert len([b for b in built if b[0] == 1]) > len([b for b in built if b[0] is None])
+
+
+def test_one_bank_per_model_replays_a_two_model_study_exactly(tmp_path):
+    """`jointopt record --model NAME` writes one bank per model; a study whose models are
+    `backend: replay` entries over those banks gives the live study's values."""
+    from jointopt.cli.app import main
+
+    space = {**SPACE, "strategies": {"single": {}, "majority": {"n": {"low": 1, "high": 5}}}}
+    live = write(tmp_path, name="live", space=space, models=[SMALL, LARGE],
+                 bank={"pool_size": 5}, validation={"test_fraction": 0.25, "resamples": 200})
+    # several models and no --model: refused before any work
+    assert main(["record", str(tmp_path / "live.yaml"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert not (tmp_path / "x.npz").exists()
+    for name in ("small", "large"):
+        assert main(["record", str(tmp_path / "live.yaml"), "--model", name, "--samples", "5",
+                     "--out", str(tmp_path / f"{name}.npz"),
+                     "--output-dir", str(tmp_path / f"rec-{name}")]) == 0
+    replayed = write(tmp_path, name="replayed", space=space, bank={"pool_size": 5},
+                     validation={"test_fraction": 0.25, "resamples": 200},
+                     models=[{"backend": "replay", "name": "small", "model": "org/small",
+                              "params": 100, "bank": str(tmp_path / "small.npz")},
+                             {"backend": "replay", "name": "large", "model": "org/large",
+                              "params": 400, "bank": str(tmp_path / "large.npz")}])
+    want = {tuple(sorted(t.params.items())): (t.accuracy, t.mean_tokens)
+            for t in run_study(live).trials}
+    got = run_study(replayed).trials
+    assert {a.model for t in got for a in t.policy.bins.values()} == {"small", "large"}
+    for t in got:
+        key = tuple(sorted(t.params.items()))
+        if key in want:
+            assert (t.accuracy, t.mean_tokens) == pytest.approx(want[key], abs=1e-12)
+    assert sum(tuple(sorted(t.params.items())) in want for t in got) >= 12
