@@ -15,7 +15,7 @@ whose dev accuracy is at least the uniform one's; the ratio is their test tokens
 
     .venv/bin/python benchmarks/thinking_curve.py [--scripted] [--engine auto|vllm|forcing]
         [--budgets 0,32,64,128] [--family letter_count --levels 1,2,3]
-        [--output-dir runs/thinking_curve]
+        [--output-dir runs/thinking_curve] [--model qwen2.5-coder-0.5b-instruct]
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def main() -> int:
                              "engine's own budget (vllm, auto) is generated every run")
     parser.add_argument("--budgets", default=None, help="comma-separated; default: the space's")
     parser.add_argument("--output-dir", default="runs/thinking_curve")
+    parser.add_argument("--model", default=None,
+                        help="model instead of the config's (e.g. qwen2.5-coder-0.5b-instruct)")
     parser.add_argument("--family", default=None, help="task family instead of the config's")
     parser.add_argument("--levels", default=None, help="comma-separated levels (with --family)")
     args = parser.parse_args()
@@ -100,7 +102,10 @@ def main() -> int:
     from jointopt.tasks import make_task
 
     config_path = ROOT / "experiments/thinking_budget.yaml"
-    config = load_config(config_path, {"output_dir": args.output_dir})
+    overrides: dict = {"output_dir": args.output_dir}
+    if args.model:
+        overrides["model"] = {"model": args.model}
+    config = load_config(config_path, overrides)
     space = load_space_file(config_path.parent / config.search_space)
     builtin = config.task.builtin
     family = args.family or builtin.family
