@@ -28,6 +28,7 @@ __all__ = [
     "OptimizerConfig",
     "TrackingConfig",
     "BankConfig",
+    "RacingConfig",
     "CompareConfig",
     "ValidationConfig",
     "load_config",
@@ -159,6 +160,24 @@ class TaskConfig(StrictModel):
     """Your own data."""
 
 
+class RacingConfig(StrictModel):
+    """Racing over dev examples (successive halving; see :mod:`jointopt.search.racing`):
+    a new setting is scored on growing prefixes of the shuffled, stratified dev examples,
+    and stops drawing samples once every one of its free variants is dominated with
+    confidence by the current Pareto front."""
+
+    enabled: bool = False
+    """Race new settings (needs free-variant expansion, ``optimizer.expand_variants``)."""
+    rungs: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5])
+    """Prefix sizes checked before the full dev set: fractions of the dev examples (< 1),
+    increasing. After each rung a setting whose every variant is dominated stops."""
+    min_examples: int = Field(16, ge=2)
+    """Smallest prefix a decision is taken on (smaller rungs are raised to it)."""
+    confidence: float = Field(0.99, gt=0.5, lt=1.0)
+    """Confidence of each paired comparison (variant against a front trial, on the same
+    examples) that declares a variant dominated."""
+
+
 class OptimizerConfig(StrictModel):
     """The Optuna study."""
 
@@ -206,6 +225,18 @@ class OptimizerConfig(StrictModel):
     max_tokens_cap: int = Field(8192, ge=1)
     """Cap on the search space's ``max_tokens`` values; larger values are refused when the
     study is validated."""
+    expand_variants: bool | None = None
+    """Score every free variant of a setting once its pools are filled (every pool-scored
+    strategy, ``n`` and aggregation on the same prompt, model, temperature and
+    max_tokens) and record them as derived trials (see :mod:`jointopt.search.variants`).
+    Default: on when the search space has pool-scored strategies and ``bank`` is on;
+    ``n_trials`` counts the trials the sampler proposes, not derived ones."""
+    max_generated_tokens: int | None = Field(None, ge=1)
+    """Generation budget: the study stops once its trials made the engine process this
+    many tokens (prompt + completion; samples served by the store cost nothing). With a
+    budget, ``n_trials`` is an upper bound on proposed trials."""
+    racing: RacingConfig = Field(default_factory=RacingConfig)
+    """Racing of new settings over growing prefixes of the dev examples."""
 
 
 class BankConfig(StrictModel):
