@@ -213,6 +213,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--trials", type=int, default=100,
                         help="trials of the tpe and random baselines per seed")
+    parser.add_argument("--other-banks", type=int, default=4,
+                        help="also report the 0.30 column on this many other bank seeds")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.simplefilter("ignore")
@@ -242,6 +244,18 @@ def main() -> None:
     print(f"{'method':>10} " + " ".join(f"{f:>7.2f}" for f in FRACTIONS))
     for name, row in table.items():
         print(f"{name:>10} " + " ".join(f"{v:>7.4f}" for v in row))
+    if args.other_banks:
+        print(f"other banks (seeds 1..{args.other_banks}), median HV ratio at <= 0.30 over "
+              f"{args.seeds} seeds:")
+        for bank_seed in range(1, args.other_banks + 1):
+            other = Bank(bank_seed)
+            row = {name: np.median([at_fraction(run(s), 0.3 * other.exhaustive)
+                                    for s in range(args.seeds)])
+                   for name, run in (("jointopt", lambda s: run_jointopt(other, s)),
+                                     ("tpe", lambda s: run_plain(other, s, "tpe", args.trials)),
+                                     ("random", lambda s: run_plain(other, s, "random",
+                                                                    args.trials)))}
+            print(f"  bank {bank_seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
     print(f"ratio={table['jointopt'][FRACTIONS.index(0.3)]:.4f}")
 
 

@@ -7,7 +7,8 @@ their sum over every trial (failed and raced-out ones included), and
 ``optimizer.max_generated_tokens`` stops the study once it is reached.
 
 **Cheap first when equally promising.** Before the study has scored anything, every
-setting is equally promising; so a fresh study whose settings form a small finite grid
+setting is equally promising; so a fresh study that races settings or has a generation
+budget, and whose settings form a small finite grid
 (prompts x temperature choices x max_tokens choices, at most :data:`MAX_SEEDED`) queues
 each setting once, cheapest to complete first, before the sampler proposes anything. The
 cost to complete a setting is estimated from what is known before generating: the

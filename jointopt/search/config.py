@@ -248,6 +248,12 @@ class BankConfig(StrictModel):
     pool_size: int = Field(8, ge=1)
     """Samples per (prompt, temperature, max_tokens, example) pool; a trial that needs
     more grows the pool."""
+    cut_max_tokens: bool = False
+    """One pool per (prompt, temperature, example), drawn at the search space's largest
+    ``max_tokens``: a smaller cap is served by cutting each sample after its first
+    ``max_tokens`` tokens (finish reason ``length``; the answer is read from the cut
+    text). Exact in distribution; needs a backend that can cut its samples (the scripted
+    backend can; others draw a pool per cap)."""
 
 
 class ValidationConfig(StrictModel):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -104,12 +103,13 @@ def variant_params(params: Mapping[str, Any], distributions: Mapping[str, Any],
 
 
 def _metrics(records: Sequence[Any]) -> dict[str, float]:
+    # Summed as evaluate() sums them, so a derived trial equals its policy's evaluation.
     count = max(len(records), 1)
     return {
-        "accuracy": math.fsum(r.correct for r in records) / count,
-        "mean_tokens": math.fsum(r.tokens for r in records) / count,
-        "mean_prompt_tokens": math.fsum(r.prompt_tokens for r in records) / count,
-        "mean_completion_tokens": math.fsum(r.completion_tokens for r in records) / count,
+        "accuracy": sum(r.correct for r in records) / count,
+        "mean_tokens": sum(r.tokens for r in records) / count,
+        "mean_prompt_tokens": sum(r.prompt_tokens for r in records) / count,
+        "mean_completion_tokens": sum(r.completion_tokens for r in records) / count,
         "wall_time_s": 0.0, "completions_generated": 0.0,
         "completions_cached": float(sum(r.completions for r in records)),
     }

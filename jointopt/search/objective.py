@@ -72,7 +72,11 @@ class TrialRunner:
             if self.on_engine_ready:
                 self.on_engine_ready()
             if self.plan.config.cache:
-                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
+                cap = None
+                if self.plan.config.bank.cut_max_tokens:
+                    cap = max(int(v) for v in self.plan.space.max_tokens.extremes())
+                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"),
+                                       draw_max_tokens=cap)
             self.engine = engine
             self._record_engine(engine.engine_record())
         return self.engine

@@ -278,13 +278,14 @@ def _run(config: StudyConfig, *, backend: Backend | None = None, n_trials: int |
 
 
 def _seed_settings(study: "optuna.Study", plan: StudyPlan) -> None:
-    """A fresh study with free-variant expansion queues its settings cheapest first
-    (:func:`jointopt.search.budget.seed_settings`)."""
+    """A fresh study with free-variant expansion that races settings or has a generation
+    budget queues its settings cheapest first (:func:`jointopt.search.budget.seed_settings`)."""
     from jointopt.search.budget import seed_settings
     from jointopt.search.expansion import SettingExpansion
 
     expansion = SettingExpansion.for_plan(plan)
-    if expansion is not None:
+    opt = plan.config.optimizer
+    if expansion is not None and (opt.racing.enabled or opt.max_generated_tokens is not None):
         seed_settings(study, plan, expansion.variants,
                       expansion.pool_size(plan.config.bank.pool_size))
 

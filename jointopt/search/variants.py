@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from jointopt.backends.base import Backend
 from jointopt.core.policy import Policy
 from jointopt.errors import StrategyError
-from jointopt.evaluation.evaluate import ExampleRecord, example_context
+from jointopt.evaluation.evaluate import ExampleRecord, policy_contexts
 from jointopt.strategies import Strategy, get_strategy_class, make_strategy
 from jointopt.strategies.pool import pool_samples
 from jointopt.tasks import Task
@@ -130,13 +130,7 @@ def score_variants(policy: Policy, variants: Sequence[Variant], task: Task, back
     strategies = [v.make() for v in variants]
     ks = [s.pool_k() or 1 for s in strategies]
     size = max([pool_size, *ks])
-    contexts, bins = [], []
-    for example in task.examples:
-        bin_name, allocation = policy.allocation_for(example)
-        contexts.append(example_context(policy.prompt, task, example,
-                                        temperature=allocation.temperature,
-                                        max_tokens=allocation.max_tokens, seed=seed))
-        bins.append(bin_name)
+    contexts, bins = policy_contexts(policy, task, seed)
     results = backend.generate([c.request(n=1 if c.temperature == 0 else size)
                                 for c in contexts]) if contexts else []
     per_variant: list[list[ExampleRecord]] = [[] for _ in variants]

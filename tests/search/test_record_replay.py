@@ -649,7 +649,8 @@ def test_a_replay_config_runs_offline_like_the_live_study(tmp_path):
                search_space="space.yaml", output_dir=str(tmp_path / "replayed"),
                task={"builtin": {"family": "reverse_words", "levels": [1, 2, 3],
                                  "n_per_level": 3, "seed": 0}},
-               optimizer={"n_trials": 10}, tracking={"enabled": False})
+               optimizer={"n_trials": 10, "expand_variants": False},
+               tracking={"enabled": False})
     (tmp_path / "replay.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(_space()))
     config = load_config(tmp_path / "replay.yaml")

@@ -164,7 +164,9 @@ def test_racing_saves_samples_and_keeps_the_front(tmp_path):
     runs = {}
     for racing in (False, True):
         folder = tmp_path / f"racing_{racing}"
-        path = write_study(folder, prompts, n_trials=10, racing={"enabled": racing})
+        # A (never reached) budget queues every setting in both runs, cheapest first.
+        path = write_study(folder, prompts, n_trials=10, racing={"enabled": racing},
+                           max_generated_tokens=10 ** 9)
         backend = Counting()
         result = run_study(load_config(path), backend=backend)
         front = [(t.policy.describe(), t.params["prompt"], round(t.accuracy, 9),
