@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 import warnings
 

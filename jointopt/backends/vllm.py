@@ -25,6 +25,7 @@ from typing import Any
 from jointopt.errors import BackendError, JointoptError
 from jointopt.core.generation import (
     ChatMessage,
+    Completion,
     GenerationRequest,
     GenerationResult,
     check_request,
@@ -35,7 +36,7 @@ from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import is_cpu_platform, setup_cpu_engine
-from jointopt.backends.vllm_outputs import completion_of
+from jointopt.backends.vllm_outputs import completion_of, cut_completion
 from jointopt.backends.vllm_process import end_engine_processes, engine_processes
 
 __all__ = ["VLLMBackend"]
@@ -200,6 +201,11 @@ class VLLMBackend(Backend):
     def tokenizer(self) -> Any:
         """The engine's tokenizer."""
         return self._tokenizer
+
+    def cut(self, completion: Completion, max_tokens: int) -> Completion:
+        """A sample cut at ``max_tokens``: its first tokens, decoded by the engine's tokenizer."""
+        return cut_completion(completion, max_tokens,
+                              lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True))
 
     def engine_record(self) -> dict[str, str | int | float]:
         """The CPU engine's dtype, threads, KV cache and CPU (see :class:`CpuEngineChoice`);

@@ -167,7 +167,8 @@ class RacingConfig(StrictModel):
     confidence by the current Pareto front."""
 
     enabled: bool = False
-    """Race new settings (needs free-variant expansion, ``optimizer.expand_variants``)."""
+    """Race new settings (needs free-variant expansion, ``optimizer.expand_variants``;
+    settings with several difficulty bins are not raced)."""
     rungs: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5])
     """Prefix sizes checked before the full dev set: fractions of the dev examples (< 1),
     increasing. After each rung a setting whose every variant is dominated stops."""

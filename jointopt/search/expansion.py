@@ -10,7 +10,7 @@ a setting is scored on the whole dev set, its derived trials
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -67,7 +67,10 @@ class SettingExpansion:
         has a front); returns the :data:`RACED_ATTR` record when it is raced out."""
         cfg = self.plan.config.optimizer.racing
         task = self.plan.task
-        if not cfg.enabled or setting_key(policy) in expanded_settings(study):
+        # Per-bin choices combine variants: only one-bin settings are raced (a setting
+        # whose every uniform variant is dominated may still hold a front combination).
+        if (not cfg.enabled or len(policy.bins) > 1
+                or setting_key(policy) in expanded_settings(study)):
             return None
         front = [t for t in front_trials(study)
                  if len(t.user_attrs.get("correct", ())) == len(task.examples)

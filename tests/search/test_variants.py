@@ -177,3 +177,36 @@ def test_racing_saves_samples_and_keeps_the_front(tmp_path):
     assert {p for _, p, _, _ in plain_front} <= {"good", "fine"}
     assert raced <= 0.5 * plain, (raced, plain)
     assert saved > 0
+
+
+def test_per_bin_choices_record_the_exact_front_of_all_combinations():
+    import itertools
+
+    from jointopt.evaluation.evaluate import ExampleRecord
+    from jointopt.search.results import non_dominated
+    from jointopt.search.variants import Variant, VariantScores, setting_front
+
+    rng = random.Random(5)
+    variants = tuple(Variant("majority", (("n", n),)) for n in range(1, 6))
+    bins = tuple(rng.choice(["easy", "hard"]) for _ in range(30))
+
+    def record(i, j):  # more samples: more tokens, mostly more accuracy
+        return ExampleRecord(f"e{i}", bins[i], None, min(1.0, rng.random() * (0.5 + j / 8)),
+                             10.0, (j + 1) * rng.uniform(5, 50), 1, 1, 0, 0.0, pooled=True)
+
+    records = tuple(tuple(record(i, j) for i in range(30)) for j in range(len(variants)))
+    scores = VariantScores(variants, bins, records, tuple(f"e{i}" for i in range(30)))
+
+    def value(choice):
+        rows = [records[choice[b]][i] for i, b in enumerate(bins)]
+        return sum(r.correct for r in rows), sum(r.tokens for r in rows)
+
+    every = [dict(zip(("easy", "hard"), c)) for c in itertools.product(range(5), repeat=2)]
+    brute = non_dominated(range(len(every)), accuracy=lambda j: value(every[j])[0],
+                          tokens=lambda j: value(every[j])[1], number=lambda j: j)
+    got = setting_front(scores, ["easy", "hard"])
+    assert len(brute) > 2
+    rounded = [(round(a, 9), round(t, 6)) for a, t in sorted(map(value, got))]
+    assert rounded == [(round(a, 9), round(t, 6))
+                       for a, t in sorted(value(every[j]) for j in brute)]
+    assert len(setting_front(scores, ["all"])) == 5
