@@ -83,11 +83,29 @@ class Bank:
                 self.acc[i, q] = majority_curve(pool)
                 self.tok[i, q] = self.prompt_tokens[i] + ks * self.sample_tokens[
                     i, q, :N_MAX].mean()
-        self.true_acc = self.acc.mean(axis=1)  # [prompt, n-1]
+        self._finish(MAX_TOKENS)
+
+    @classmethod
+    def from_pools(cls, acc: np.ndarray, tok: np.ndarray, sample_tokens: np.ndarray,
+                   prompt_tokens: np.ndarray, strata: list[str], max_tokens: int) -> "Bank":
+        """A bank of recorded pools: ``acc`` / ``tok`` [setting, question, n-1],
+        ``sample_tokens`` [setting, question, sample], ``prompt_tokens`` [setting]."""
+        bank = cls.__new__(cls)
+        bank.acc, bank.tok, bank.sample_tokens = acc, tok, sample_tokens
+        bank.prompt_tokens, bank.strata = prompt_tokens, strata
+        bank._finish(max_tokens)
+        return bank
+
+    def _finish(self, max_tokens: int) -> None:
+        self.settings, self.questions, self.n_max = self.acc.shape
+        self.max_tokens = max_tokens
+        self.true_acc = self.acc.mean(axis=1)  # [setting, n-1]
         self.true_tok = self.tok.mean(axis=1)
-        self.exhaustive = float(self.fill_cost(range(PROMPTS), range(QUESTIONS), 0, N_MAX))
+        self.exhaustive = float(self.fill_cost(range(self.settings), range(self.questions), 0,
+                                               self.n_max))
         self.tok_ref = float(self.true_tok.max())
-        self.hv_all = self.hypervolume({(i, n) for i in range(PROMPTS) for n in range(N_MAX)})
+        self.hv_all = self.hypervolume({(i, n) for i in range(self.settings)
+                                        for n in range(self.n_max)})
 
     def fill_cost(self, prompts, questions, have: int, want: int) -> float:
         """Tokens to grow the pools of ``prompts`` x ``questions`` from ``have`` to ``want``."""
@@ -95,7 +113,13 @@ class Bank:
             return 0.0
         prompts, questions = list(prompts), list(questions)
         sub = self.sample_tokens[np.ix_(prompts, questions)][..., have:want]
+        if self.prompt_tokens.ndim == 2:  # per (setting, question)
+            return float(sub.sum() + self.prompt_tokens[np.ix_(prompts, questions)].sum())
         return float(sub.sum() + self.prompt_tokens[prompts].sum() * len(questions))
+
+    def prompt_cost(self, setting: int) -> float:
+        """Mean prompt tokens of a setting (what queueing cheapest first knows)."""
+        return float(np.mean(self.prompt_tokens[setting]))
 
     def hypervolume(self, policies) -> float:
         points = [(self.true_acc[i, n], self.true_tok[i, n], j)
@@ -119,24 +143,31 @@ def _study(sampler):
     return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
 
 
-def run_jointopt(bank: Bank, seed: int) -> list[tuple[float, float]]:
-    """(cost spent, HV ratio) after each proposed trial of jointopt's settings loop."""
+def run_jointopt(bank: Bank, seed: int, queue_first: bool = True,
+                 trials: int | None = None) -> list[tuple[float, float]]:
+    """(cost spent, HV ratio) after each proposed trial of jointopt's settings loop
+    (``queue_first``: every setting queued cheapest first, as a study racing settings or
+    under a budget does; otherwise the sampler proposes from the first trial)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     racing = RacingConfig()
     study = _study(make_sampler(OptimizerConfig(seed=seed)))
-    dists = {"prompt": CategoricalDistribution([f"p{i}" for i in range(PROMPTS)]),
-             "majority.n": IntDistribution(1, N_MAX)}
+    dists = {"prompt": CategoricalDistribution([f"p{i}" for i in range(bank.settings)]),
+             "majority.n": IntDistribution(1, bank.n_max)}
     order = race_order(bank.strata, seed)
-    sizes = rung_sizes(QUESTIONS, racing.rungs, racing.min_examples)
+    sizes = rung_sizes(bank.questions, racing.rungs, racing.min_examples)
     # Cheapest to complete first (jointopt.search.budget): prompt tokens + pool x cap.
-    queue = sorted(range(PROMPTS), key=lambda i: (bank.prompt_tokens[i] + N_MAX * MAX_TOKENS, i))
-    for i in queue:
+    cap = bank.n_max * bank.max_tokens
+    queue = sorted(range(bank.settings), key=lambda i: (bank.prompt_cost(i) + cap, i))
+    for i in queue if queue_first else ():
         study.enqueue_trial({"prompt": f"p{i}", "majority.n": 1})
     spent, scored, drawn, curve = 0.0, set(), {}, []
     front_rows: list[tuple[np.ndarray, np.ndarray]] = []
-    for _ in range(PROMPTS):
+    for _ in range(trials or bank.settings):
+        if len(scored) // bank.n_max + sum(v == "raced" for v in drawn.values()) \
+                == bank.settings:
+            break
         trial = study.ask(dists)
         i = int(trial.params["prompt"][1:])
         if i in scored or drawn.get(i) == "raced":
@@ -147,9 +178,9 @@ def run_jointopt(bank: Bank, seed: int) -> list[tuple[float, float]]:
         def score(prefix, i=i):
             nonlocal spent
             new = [q for q in prefix if q not in drawn.setdefault(i, set())]
-            spent += bank.fill_cost([i], new, 0, N_MAX)
+            spent += bank.fill_cost([i], new, 0, bank.n_max)
             drawn[i].update(new)
-            return [(bank.acc[i, prefix, n], bank.tok[i, prefix, n]) for n in range(N_MAX)]
+            return [(bank.acc[i, prefix, n], bank.tok[i, prefix, n]) for n in range(bank.n_max)]
 
         def front(prefix):
             return [(c[prefix], t[prefix]) for c, t in front_rows]
@@ -159,10 +190,10 @@ def run_jointopt(bank: Bank, seed: int) -> list[tuple[float, float]]:
             drawn[i] = "raced"
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            spent += bank.fill_cost([i], set(range(QUESTIONS)) - drawn[i], 0, N_MAX)
+            spent += bank.fill_cost([i], set(range(bank.questions)) - drawn[i], 0, bank.n_max)
             n0 = trial.params["majority.n"] - 1
             study.tell(trial, [bank.true_acc[i, n0], bank.true_tok[i, n0]])
-            for n in range(N_MAX):
+            for n in range(bank.n_max):
                 scored.add((i, n))
                 if n != n0:
                     study.add_trial(optuna.trial.create_trial(
@@ -186,15 +217,15 @@ def run_plain(bank: Bank, seed: int, sampler: str, trials: int) -> list[tuple[fl
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
     study = _study(make_sampler(OptimizerConfig(seed=seed, sampler=sampler)))
-    dists = {"prompt": CategoricalDistribution([f"p{i}" for i in range(PROMPTS)]),
-             "majority.n": IntDistribution(1, N_MAX)}
-    pools = [0] * PROMPTS
+    dists = {"prompt": CategoricalDistribution([f"p{i}" for i in range(bank.settings)]),
+             "majority.n": IntDistribution(1, bank.n_max)}
+    pools = [0] * bank.settings
     spent, scored, curve = 0.0, set(), []
     for _ in range(trials):
         trial = study.ask(dists)
         i, n = int(trial.params["prompt"][1:]), trial.params["majority.n"]
         want = max(BASE_POOL, n)
-        spent += bank.fill_cost([i], range(QUESTIONS), pools[i], want)
+        spent += bank.fill_cost([i], range(bank.questions), pools[i], want)
         pools[i] = max(pools[i], want)
         scored.add((i, n - 1))
         study.tell(trial, [bank.true_acc[i, n - 1], bank.true_tok[i, n - 1]])
