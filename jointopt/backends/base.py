@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from jointopt.core.generation import GenerationRequest, GenerationResult
+from jointopt.core.generation import Completion, GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
     from jointopt.core.pool_data import PoolData
@@ -95,6 +95,15 @@ class Backend(ABC):
         correctness as recorded. ``ids[i]`` is (prompt id, example id) of ``requests[i]``.
         None (the default) means the backend generates: the caller scores completions.
         """
+        return None
+
+    def cut(self, completion: Completion, max_tokens: int) -> Completion | None:
+        """``completion`` cut after its first ``max_tokens`` tokens, as a generation with
+        that cap would have ended (finish reason ``length`` when tokens were dropped), or
+        None when this backend cannot cut exactly (it needs each token's text). The first
+        ``k`` tokens of a sample drawn with a larger cap are distributed exactly as a
+        sample drawn with ``max_tokens=k``, so a sample store can serve every smaller cap
+        from one pool (see :class:`~jointopt.backends.CachedBackend`). None by default."""
         return None
 
     def engine_record(self) -> dict[str, str | int | float]:

@@ -37,6 +37,7 @@ from jointopt.backends.model_registry import (
 )
 
 __all__ = [
+    "model_id",
     "EmbeddedModel",
     "EMBEDDED_MODELS",
     "ALIASES",
@@ -333,3 +334,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def model_id(path: str) -> str:
+    """A model's id in records: a hub id as given; a local folder as ``name@hash`` (its
+    manifest's source sha256, else a hash of its config and weight file sizes)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return path  # a hub id
+    manifest = read_manifest(folder)
+    source = (manifest or {}).get("source", {}).get("sha256") if manifest else None
+    if isinstance(source, str) and source:
+        return f"{folder.name}@{source[:12]}"
+    digest = hashlib.sha256()
+    for item in sorted(folder.iterdir()):
+        if item.name == "config.json":
+            digest.update(item.read_bytes())
+        elif item.suffix in {".safetensors", ".bin", ".json"} and item.is_file():
+            digest.update(f"{item.name}:{item.stat().st_size}".encode())
+    return f"{folder.name}@{digest.hexdigest()[:12]}"

@@ -128,6 +128,20 @@ class ScriptedBackend(Backend):
             thinking_text="".join(thinking),
             thinking_token_ids=tuple(_token_id(t) for t in thinking))
 
+    def cut(self, completion: Completion, max_tokens: int) -> Completion | None:
+        """Exact: tokens are words and punctuation marks, so the text of the first
+        ``max_tokens`` tokens is their concatenation."""
+        if completion.num_tokens <= max_tokens:
+            return completion
+        tokens = tokenize(completion.text)
+        if len(tokens) != completion.num_tokens:
+            return None
+        logprobs = (completion.logprobs[:max_tokens] if completion.logprobs is not None
+                    else None)
+        return Completion(text="".join(tokens[:max_tokens]),
+                          token_ids=completion.token_ids[:max_tokens], finish_reason="length",
+                          logprobs=logprobs)
+
     @staticmethod
     def _complete(text: str, request: GenerationRequest, rng: random.Random) -> Completion:
         finish = "stop"

@@ -15,27 +15,27 @@ because the spawned engine process re-imports the main module.
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from jointopt.errors import BackendError, JointoptError
 from jointopt.core.generation import (
     ChatMessage,
+    Completion,
     GenerationRequest,
     GenerationResult,
     check_request,
     serve_greedy_once,
 )
-from jointopt.backends.models import read_manifest, resolve_model
+from jointopt.backends.models import model_id, resolve_model
 from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import import_vllm, is_cpu_platform, setup_cpu_engine
-from jointopt.backends.vllm_outputs import completion_of, reasoning_markers, split_thinking
+from jointopt.backends.vllm_outputs import (completion_of, cut_completion, reasoning_markers,
+                                            split_thinking)
 from jointopt.backends.vllm_process import end_engine_processes, engine_processes
 
 __all__ = ["VLLMBackend"]
@@ -113,7 +113,7 @@ class VLLMBackend(Backend):
         self._seed = int(seed)
         self._llm: Any = None
         self._render_cache: dict[tuple[ChatMessage, ...], str] = {}
-        self._model_id = _model_id(self._path)
+        self._model_id = model_id(self._path)
         #: How the CPU engine runs (dtype, threads, KV cache) and why; None on GPU.
         self.engine_choice: CpuEngineChoice | None = None
         self._watch = ThroughputWatch()
@@ -215,6 +215,11 @@ class VLLMBackend(Backend):
         """The engine's reasoning start and end strings (from ``engine_kwargs``
         ``reasoning_parser`` or ``reasoning_config``), or None without."""
         return self._reasoning[:2] if self._reasoning else None
+
+    def cut(self, completion: Completion, max_tokens: int) -> Completion:
+        """A sample cut at ``max_tokens``: its first tokens, decoded by the engine's tokenizer."""
+        return cut_completion(completion, max_tokens,
+                              lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True))
 
     def engine_record(self) -> dict[str, str | int | float]:
         """The CPU engine's dtype, threads, KV cache and CPU (see :class:`CpuEngineChoice`);
@@ -377,23 +382,3 @@ class VLLMBackend(Backend):
     def __repr__(self) -> str:
         state = "closed" if self._llm is None else ("cpu" if self._on_cpu else "gpu")
         return f"VLLMBackend(model={self._model_arg!r}, model_id={self._model_id!r}, {state})"
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _model_id(path: str) -> str:
-    folder = Path(path)
-    if not folder.is_dir():
-        return path  # a hub id
-    manifest = read_manifest(folder)
-    source = (manifest or {}).get("source", {}).get("sha256") if manifest else None
-    if isinstance(source, str) and source:
-        return f"{folder.name}@{source[:12]}"
-    digest = hashlib.sha256()
-    for item in sorted(folder.iterdir()):
-        if item.name == "config.json":
-            digest.update(item.read_bytes())
-        elif item.suffix in {".safetensors", ".bin", ".json"} and item.is_file():
-            digest.update(f"{item.name}:{item.stat().st_size}".encode())
-    return f"{folder.name}@{digest.hexdigest()[:12]}"

@@ -10,7 +10,7 @@ from typing import Any
 
 from jointopt.core.generation import Completion
 
-__all__ = ["completion_of", "reasoning_markers", "split_thinking"]
+__all__ = ["completion_of", "cut_completion", "reasoning_markers", "split_thinking"]
 
 _FINISH_REASONS = {"length": "length"}
 
@@ -25,6 +25,19 @@ def completion_of(out: Any, want_logprobs: bool) -> Completion:
         finish_reason=_FINISH_REASONS.get(out.finish_reason, "stop"),
         logprobs=logprobs,
     )
+
+
+def cut_completion(completion: Completion, max_tokens: int,
+                   decode: Callable[[list[int]], str]) -> Completion:
+    """``completion`` cut after ``max_tokens`` tokens, its text the engine's detokenization
+    of the kept token ids (``decode``: the tokenizer's ``decode`` with special tokens
+    skipped, as vLLM's output text is built), finish reason ``length``."""
+    if completion.num_tokens <= max_tokens:
+        return completion
+    ids = completion.token_ids[:max_tokens]
+    logprobs = completion.logprobs[:max_tokens] if completion.logprobs is not None else None
+    return Completion(text=decode(list(ids)), token_ids=ids, finish_reason="length",
+                      logprobs=logprobs)
 
 
 def _sampled_logprobs(lps: Any, token_ids: tuple[int, ...]) -> tuple[float, ...] | None:

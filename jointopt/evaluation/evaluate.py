@@ -24,6 +24,7 @@ from jointopt.strategies.pool import pool_samples
 from jointopt.tasks import Task
 
 __all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy",
+           "policy_contexts",
            "example_context", "pool_samples"]
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,22 @@ def _cost(costs: Mapping[str, TokenCost] | None, default: str,
                for r in results)
 
 
+def policy_contexts(policy: Policy, task: Task, seed: int = 0
+                    ) -> tuple[list[StrategyContext], list[str]]:
+    """The context of every example of ``task`` under ``policy`` (its bin's model,
+    temperature and max_tokens) and the example's bin (by label; probing sources pick
+    theirs later)."""
+    bins, contexts = [], []
+    for example in task.examples:
+        bin_name, allocation = policy.allocation_for(example)
+        contexts.append(example_context(policy.prompt, task, example,
+                                        temperature=allocation.temperature,
+                                        max_tokens=allocation.max_tokens, seed=seed,
+                                        model=policy.model_of(allocation)))
+        bins.append(bin_name)
+    return contexts, bins
+
+
 def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
              pool_size: int | None = None,
              costs: Mapping[str, TokenCost] | None = None) -> EvaluationResult:
@@ -217,14 +234,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
 
     strategies = check_policy(policy, task, backend)
     start = time.perf_counter()
-    bins, contexts = [], []
-    for example in task.examples:
-        bin_name, allocation = policy.allocation_for(example)
-        contexts.append(example_context(policy.prompt, task, example,
-                                        temperature=allocation.temperature,
-                                        max_tokens=allocation.max_tokens, seed=seed,
-                                        model=policy.model_of(allocation)))
-        bins.append(bin_name)
+    contexts, bins = policy_contexts(policy, task, seed)
 
     source = policy.difficulty.source_class()
     probed = source.probes  # the bin is picked while running: nothing is scored from pools

@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from jointopt.errors import ConfigError
+from jointopt.search.config_optimizer import (DEFAULT_POOL_SIZE, BankConfig, OptimizerConfig,
+                                              RacingConfig)
 from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
 
 __all__ = [
@@ -30,9 +32,11 @@ __all__ = [
     "OptimizerConfig",
     "TrackingConfig",
     "BankConfig",
+    "RacingConfig",
     "CompareConfig",
     "ValidationConfig",
     "load_config",
+    "DEFAULT_POOL_SIZE",
 ]
 
 
@@ -188,75 +192,6 @@ class TaskConfig(StrictModel):
     """A generated task family."""
     dataset: DatasetConfig | None = None
     """Your own data."""
-
-
-class OptimizerConfig(StrictModel):
-    """The Optuna study."""
-
-    n_trials: int = Field(20, ge=1)
-    """Completed trials the study should hold; a rerun continues up to this number."""
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    """Optuna sampler (multi-objective TPE, NSGA-II or random)."""
-    seed: int = 0
-    """Sampler seed."""
-    storage: str | None = None
-    """Optuna storage: any SQLAlchemy URL (``sqlite:///abs/path.db``,
-    ``postgresql+psycopg2://user@host/db``) or ``journal:///abs/path/file.log`` (Optuna's
-    journal file storage); default ``sqlite:///<output_dir>/optuna.db``. Several workers
-    share a study through PostgreSQL or a journal file."""
-    study_name: str | None = None
-    """Name inside the storage; default: the config's ``name``."""
-    max_mean_tokens: float | None = Field(None, gt=0)
-    """Optional constraint: trials spending more mean tokens per example are infeasible
-    (Optuna constraints; they never enter the Pareto front)."""
-    cost: Literal["tokens", "flops", "price"] = "tokens"
-    """Second objective per example: ``tokens``, ``flops`` (2 x params of the model that ran
-    each token) or ``price`` (each model's ``prices``); mean tokens are always reported."""
-    workers: int = Field(1, ge=1)
-    """Worker processes ``jointopt run`` starts on this machine (``--workers`` wins). Each
-    builds its own backend, so more than one suits remote engines (``backend: openai``);
-    use a shared storage (PostgreSQL, or a ``journal:///`` file) to add workers on other
-    machines with ``jointopt worker``."""
-    heartbeat_interval: int = Field(10, ge=1)
-    """Seconds between heartbeats of a running trial (Optuna heartbeat; RDB and journal
-    storages). A trial whose heartbeat stops is failed and retried by any live worker."""
-    grace_period: int | None = Field(None, ge=1)
-    """Seconds without a heartbeat after which a running trial counts as dead; default
-    twice ``heartbeat_interval``. Trials of a dead process on the same machine are failed
-    at once (the process id is checked), without waiting."""
-    max_trial_retries: int = Field(2, ge=0)
-    """How often a trial whose worker died (killed, machine lost) is retried with the same
-    parameters (Optuna ``RetryHeartbeatStaleTrialCallback``); 0 = never."""
-    max_consecutive_failures: int = Field(3, ge=1)
-    """A worker stops with an error after this many failed trials in a row (an engine or
-    upstream that is down); completed trials are kept and a rerun continues."""
-    max_input_chars: int = Field(100_000, ge=1)
-    """Largest input of one example (characters over its fields, demonstrations
-    included); larger examples are refused when the study is validated."""
-    max_completions_per_input: int = Field(256, ge=1)
-    """Cap on the completions any policy of the search space may spend on one input (the
-    strategy's budget at its largest parameters, e.g. ``n`` of ``majority``); a search
-    space that can exceed it is refused when the study is validated."""
-    max_tokens_cap: int = Field(8192, ge=1)
-    """Cap on the search space's ``max_tokens`` values; larger values are refused when the
-    study is validated."""
-
-
-#: ``bank.pool_size`` of a live study when the config leaves it unset.
-DEFAULT_POOL_SIZE = 8
-
-
-class BankConfig(StrictModel):
-    """Sample once, score many: how parallel strategies are evaluated."""
-
-    enabled: bool = True
-    """Score single / majority / best-of-n / weighted vote from shared sample pools with
-    the exact expected accuracy over k-subsets, instead of running them trial by trial."""
-    pool_size: int | None = Field(None, ge=1)
-    """Samples per (prompt, temperature, max_tokens, example) pool; a trial that needs
-    more grows the pool. Default: 8 for a live study; every recorded sample for a replayed
-    one (a smaller value scores each pool from its first ``pool_size`` samples and says so;
-    a pool imported as a histogram cannot be cut)."""
 
 
 class ValidationConfig(StrictModel):

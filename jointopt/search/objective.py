@@ -81,7 +81,11 @@ class TrialRunner:
             if self.on_engine_ready:
                 self.on_engine_ready()
             if self.plan.config.cache:
-                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"))
+                cap = None
+                if self.plan.config.bank.cut_max_tokens:
+                    cap = max(int(v) for v in self.plan.space.max_tokens.extremes())
+                engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"),
+                                       draw_max_tokens=cap)
             self.engine = engine
             self._record_engine(engine.engine_record())
         return self.engine
@@ -191,6 +195,34 @@ class TrialRunner:
                                         proposals,
                                         artifact_file=f"proposals/{proposals.key[:12]}.json")
 
+    def _expansion(self, policy: Any) -> Any:
+        """The study's :class:`~jointopt.search.expansion.SettingExpansion` when it applies
+        to ``policy`` (its setting is scored from pools), else None."""
+        from jointopt.search.expansion import SettingExpansion
+
+        expansion = SettingExpansion.for_plan(self.plan)
+        return expansion if expansion is not None and expansion.applies(policy) else None
+
+    def _race(self, trial: "optuna.Trial", expansion: Any, policy: Any, engine: Backend,
+              engine_tokens: int | None, pool_size: int) -> None:
+        """Race a new setting over dev-example prefixes; a setting raced out is PRUNED
+        (with its cost and the samples it saved recorded)."""
+        import optuna
+
+        from jointopt.search.expansion import RACED_ATTR
+
+        raced = expansion.race(self.study, policy, engine, pool_size)
+        if raced is None:
+            return
+        if engine_tokens is not None:
+            trial.set_user_attr("tokens_generated",
+                                float(engine.engine_tokens - engine_tokens))
+        trial.set_user_attr(RACED_ATTR, raced)
+        log.info("trial %d: setting raced out after %d examples (%d samples saved)",
+                 trial.number, raced["examples"], raced["saved"])
+        raise optuna.TrialPruned(f"dominated with confidence after {raced['examples']} "
+                                 "examples")
+
     def close(self) -> None:
         if self.engine is None:
             return
@@ -206,6 +238,8 @@ class TrialRunner:
         self.engine = None
 
     def run(self, trial: "optuna.Trial") -> list[float]:
+        from optuna import TrialPruned
+
         from jointopt.safety.secrets import redact
         from jointopt.search.storage import FAIL_ATTR, MLFLOW_ATTR, WORKER_ATTR
         from jointopt.search.recovery import worker_identity
@@ -223,13 +257,22 @@ class TrialRunner:
         if self.tracker is not None:
             run_id = self.tracker.start_trial(trial.number, trial.params, policy)
             trial.set_user_attr(MLFLOW_ATTR, run_id)
+        expansion = self._expansion(policy)
+        pool_size = bank_pool_size(plan)
+        if expansion is not None and pool_size is not None:
+            pool_size = expansion.pool_size(pool_size)
         try:
             engine = self.ready()
             engine_tokens = getattr(engine, "engine_tokens", None)
+            if expansion is not None:
+                self._race(trial, expansion, policy, engine, engine_tokens, pool_size)
             result: EvaluationResult = evaluate(policy, plan.task, engine,
-                                                seed=plan.config.seed,
-                                                pool_size=bank_pool_size(plan),
+                                                seed=plan.config.seed, pool_size=pool_size,
                                                 costs=self.costs)
+            if expansion is not None:
+                expansion.expand(self.study, trial, policy, engine, pool_size)
+        except TrialPruned:  # raced out: a normal outcome, told to Optuna as PRUNED
+            raise
         except JointoptError as exc:
             trial.set_user_attr(FAIL_ATTR, redact(str(exc)))
             log.warning("trial %d failed: %s", trial.number, exc)

@@ -74,12 +74,18 @@ def process_is_gone(identity: Any) -> bool:
 
 
 def study_counts(study: "optuna.Study") -> tuple[int, int, int]:
-    """(COMPLETE, RUNNING, WAITING) trials of the study."""
+    """(COMPLETE, RUNNING, WAITING) proposed trials of the study: derived trials are left
+    out, raced-out (PRUNED) trials count as complete."""
     from optuna.trial import TrialState
 
+    from jointopt.search.derived import is_derived, raced_out
+
     counts = {TrialState.COMPLETE: 0, TrialState.RUNNING: 0, TrialState.WAITING: 0}
-    for t in study.get_trials(deepcopy=False, states=tuple(counts)):
-        counts[t.state] += 1
+    for t in study.get_trials(deepcopy=False, states=(*counts, TrialState.PRUNED)):
+        if t.state == TrialState.PRUNED:  # a raced-out proposal is done
+            counts[TrialState.COMPLETE] += raced_out(t)
+        elif not is_derived(t):  # derived trials are not proposed: n_trials leaves them out
+            counts[t.state] += 1
     return counts[TrialState.COMPLETE], counts[TrialState.RUNNING], counts[TrialState.WAITING]
 
 

@@ -54,6 +54,9 @@ class TrialSummary:
     #: (``optimizer.cost``: ``flops`` or ``price``; its name in ``cost_objective``).
     mean_cost: float | None = None
     cost_objective: str | None = None
+    #: For a derived trial (a free variant scored from another trial's pools, see
+    #: :mod:`jointopt.search.derived`): the number of that trial; None otherwise.
+    derived_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class StudyResult:
     Attributes:
         pareto: non-dominated trials (accuracy up, tokens down), by increasing tokens,
             one per distinct objective point.
-        trials: every complete trial of the study (including earlier runs).
+        trials: every complete trial of the study (including earlier runs and derived
+            trials: free variants recorded from another trial's pools).
     """
 
     study_name: str
@@ -74,6 +78,11 @@ class StudyResult:
     mlflow_run_id: str | None = None
     wall_time: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def proposed(self) -> tuple[TrialSummary, ...]:
+        """The trials the sampler proposed (``trials`` without derived ones)."""
+        return tuple(t for t in self.trials if t.derived_from is None)
 
     @property
     def pareto_policies(self) -> list[Policy]:
@@ -107,6 +116,7 @@ def summarize(trial: "optuna.trial.FrozenTrial",
         generated=trial.user_attrs.get("completions_generated"),
         cached=trial.user_attrs.get("completions_cached"),
         tokens_generated=trial.user_attrs.get("tokens_generated"),
+        derived_from=trial.user_attrs.get("derived_from"),
     )
 
 
@@ -169,7 +179,8 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
                              "allocation", "dev_accuracy_ci", "test_accuracy",
                              "test_accuracy_ci", "test_mean_tokens", "completions_generated",
-                             "completions_cached", "tokens_generated", "mean_cost"])
+                             "completions_cached", "tokens_generated", "mean_cost",
+                             "derived_from"])
             for t in rows:
                 dev = (t.dev or {}).get("accuracy")
                 test = t.test or {}
@@ -185,6 +196,7 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
                     *("" if v is None else int(v)
                       for v in (t.generated, t.cached, t.tokens_generated)),
                     "" if t.mean_cost is None else f"{t.mean_cost:.6g}",
+                    "" if t.derived_from is None else t.derived_from,
                 ])
     policy_dir = result_dir / "policies"
     policy_dir.mkdir(exist_ok=True)

@@ -238,6 +238,7 @@ def _run(config: StudyConfig, *, backend: Backend | None = None, n_trials: int |
     preflight(plan, model=backend is None)  # before storage, MLflow DB or engine exist
     study = open_study(plan, worker=None if role == "worker" else 0)
     recover_trials(study, config.optimizer)
+    _seed_settings(study, plan)
     tracker = _open_tracker(plan, study)
     done, running, _ = study_counts(study)
     log.info("study %s: %d complete trials, %d running, target %d", plan.study_name, done,
@@ -281,10 +282,29 @@ def _run(config: StudyConfig, *, backend: Backend | None = None, n_trials: int |
         run_id = tracker.parent_run_id
     if failure is not None:
         raise failure
+    from jointopt.search.budget import spent_tokens
+    from jointopt.search.expansion import samples_saved
+
+    extra = {"reports_written": finalize, "tokens_generated": spent_tokens(study),
+             "samples_saved": samples_saved(study)}
+    log.info("study %s: %d tokens generated, %d samples saved by racing", plan.study_name,
+             extra["tokens_generated"], extra["samples_saved"])
     return StudyResult(study_name=plan.study_name, storage=plan.storage, out_dir=plan.out_dir,
                        trials=trials, pareto=front, mlflow_run_id=run_id,
-                       wall_time=time.perf_counter() - start,
-                       extra={"reports_written": finalize})
+                       wall_time=time.perf_counter() - start, extra=extra)
+
+
+def _seed_settings(study: "optuna.Study", plan: StudyPlan) -> None:
+    """A fresh study with free-variant expansion that races settings or has a generation
+    budget queues its settings cheapest first (:func:`jointopt.search.budget.seed_settings`)."""
+    from jointopt.search.budget import seed_settings
+    from jointopt.search.expansion import SettingExpansion
+
+    expansion = SettingExpansion.for_plan(plan)
+    opt = plan.config.optimizer
+    if expansion is not None and (opt.racing.enabled or opt.max_generated_tokens is not None):
+        seed_settings(study, plan, expansion.variants,
+                      expansion.pool_size(bank_pool_size(plan) or 0))
 
 
 def _finished_last(study: "optuna.Study") -> bool:

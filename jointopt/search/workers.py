@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from jointopt.errors import JointoptError
 from jointopt.safety.secrets import redact
+from jointopt.search.budget import budget_spent
 from jointopt.search.recovery import recover_trials, study_counts
 from jointopt.search.storage import FAIL_ATTR, SURPLUS_ATTR, retry_callback
 
@@ -64,7 +65,8 @@ class WorkerReport:
     failed: int = 0
     surplus: int = 0
     error: str | None = None
-    #: "full" (the study holds n_trials), "failures", "orphaned", "interrupted"
+    #: "full" (the study holds n_trials), "failures", "orphaned", "interrupted", "budget"
+    #: (``optimizer.max_generated_tokens`` is spent)
     stopped: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,10 +78,14 @@ def _surplus(study: "optuna.Study", trial: "optuna.Trial", target: int) -> bool:
     were created before this one already reach ``target``."""
     from optuna.trial import TrialState
 
+    from jointopt.search.derived import is_derived, raced_out
+
     taken = 0
-    for t in study.get_trials(deepcopy=False,
-                              states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.state == TrialState.COMPLETE or t.number < trial.number:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                       TrialState.PRUNED)):
+        if is_derived(t) or (t.state == TrialState.PRUNED and not raced_out(t)):
+            continue
+        if t.state != TrialState.RUNNING or t.number < trial.number:
             taken += 1
     return taken >= target
 
@@ -121,6 +127,12 @@ class _TrialHooks:
     def objective(self, trial: "optuna.Trial") -> list[float]:
         import optuna
 
+        if budget_spent(self.study, self.opt):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            self.report.stopped = "budget"
+            self.study.stop()
+            raise optuna.TrialPruned("the generation budget "
+                                     "(optimizer.max_generated_tokens) is spent")
         if _surplus(self.study, trial, self.target):
             trial.set_user_attr(SURPLUS_ATTR, True)
             self.report.surplus += 1
@@ -165,6 +177,19 @@ class _TrialHooks:
             st.stop()
 
 
+class _Full:
+    """``optuna.study.MaxTrialsCallback`` over COMPLETE + RUNNING trials, derived trials
+    left out (they are not proposed, so ``n_trials`` does not count them)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        complete, running, _ = study_counts(study)
+        if complete + running >= self.target:
+            study.stop()
+
+
 def work_on_study(
     study: "optuna.Study",
     opt: "OptimizerConfig",
@@ -191,9 +216,6 @@ def work_on_study(
     Raises:
         TooManyFailures: ``opt.max_consecutive_failures`` failed trials in a row.
     """
-    import optuna
-    from optuna.trial import TrialState
-
     report = WorkerReport()
     hooks = _TrialHooks(study, opt, target, run_trial, report, after_trial, get_ready,
                         parent_pid)
@@ -208,16 +230,17 @@ def work_on_study(
             complete, running, _ = study_counts(study)
             if complete >= target:
                 break
+            if budget_spent(study, opt):
+                report.stopped = "budget"
+                break
             if complete + running >= target:
                 if not linger or running == 0:
                     break
                 time.sleep(poll)  # a running trial may still fail and free its slot
                 continue
-            full = optuna.study.MaxTrialsCallback(
-                target, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            study.optimize(hooks.objective, callbacks=[hooks.callback, full],
+            study.optimize(hooks.objective, callbacks=[hooks.callback, _Full(target)],
                            catch=(JointoptError,), gc_after_trial=False)
-            if report.stopped in ("failures", "orphaned"):
+            if report.stopped in ("failures", "orphaned", "budget"):
                 break
     except KeyboardInterrupt as exc:
         report.stopped = "interrupted"

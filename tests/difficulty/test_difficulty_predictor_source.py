@@ -130,7 +130,7 @@ def test_a_study_with_predicted_bins_reports_dev_and_held_out_agreement(tmp_path
 
     result = study_with_difficulty(
         tmp_path, {"source": "predictor", "n_bins": 2, "oracle_samples": 4}, n_trials=5)
-    assert len(result.trials) == 5
+    assert len(result.proposed) == 5
     report = json.loads((tmp_path / "run" / "difficulty_report.json").read_text())
     assert report["source"] == "predictor" and {"dev", "test"} <= set(report)
     predictors = {t.policy.difficulty.predictor for t in result.trials}

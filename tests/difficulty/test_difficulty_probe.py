@@ -93,7 +93,7 @@ def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path)
     result = study_with_difficulty(tmp_path, {
         "source": "probe", "n_bins": 2, "probe_k": 3, "probe_temperature": 0.7,
         "probe_max_tokens": 16}, n_trials=6)
-    assert len(result.trials) == 6
+    assert len(result.proposed) == 6
     report = json.loads((tmp_path / "run" / "difficulty_report.json").read_text())
     item = report["prompts"]["fewshot_nearest"]
     assert len(item["thresholds"]) == 1
@@ -109,7 +109,7 @@ def test_a_study_with_probe_bins_fits_thresholds_and_reports_agreement(tmp_path)
 def test_a_study_with_oracle_bins_labels_dev_and_test_by_pass_rate(tmp_path):
     result = study_with_difficulty(
         tmp_path, {"source": "oracle", "n_bins": 2, "oracle_samples": 4}, n_trials=5)
-    assert len(result.trials) == 5
+    assert len(result.proposed) == 5
     for t in result.trials:
         assert t.policy.difficulty.source == "label"
         assert set(t.policy.bins) == {"1", "2"}

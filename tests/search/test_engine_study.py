@@ -24,7 +24,7 @@ def test_a_real_study_end_to_end(engine, tmp_path):
         "output_dir": str(tmp_path / "run"), "optimizer": {"n_trials": 5},
         "task": {"builtin": {"family": "reverse_words", "n_per_level": 2}}})
     result = run_study(config, backend=engine)
-    assert len(result.trials) == 5 and result.pareto
+    assert len(result.proposed) == 5 and result.pareto
     for t in result.trials:
         assert 0.0 <= t.accuracy <= 1.0
         assert t.mean_tokens > 20  # a chat prompt alone is more than that

@@ -74,6 +74,9 @@ def _config(tmp_path: Path, sub: str, space: dict | None = None, **overrides):
         "tracking": {"enabled": False},
     }
     data.update(overrides)
+    # Live and replayed studies draw the same pools: no free-variant expansion (its larger
+    # pools are not in a bank recorded at bank.pool_size).
+    data["optimizer"] = {"expand_variants": False, **data["optimizer"]}
     return load_config(ROOT / "experiments/quickstart.yaml", data)
 
 
@@ -237,7 +240,7 @@ def _trial_rows(result):
 def test_replay_reproduces_the_live_study(tmp_path):
     live_config = _config(tmp_path, "live")
     live = run_study(live_config, backend=ScriptedBackend(reverse_responder))
-    assert len(live.trials) == N_TRIALS
+    assert len(live.proposed) == N_TRIALS
     used = {(t.params["prompt"], t.params["temperature"], t.params["max_tokens"])
             for t in live.trials}
     assert len(used) == 12, f"the live study should touch every setting, touched {used}"
@@ -651,7 +654,8 @@ def test_a_replay_config_runs_offline_like_the_live_study(tmp_path):
                search_space="space.yaml", output_dir=str(tmp_path / "replayed"),
                task={"builtin": {"family": "reverse_words", "levels": [1, 2, 3],
                                  "n_per_level": 3, "seed": 0}},
-               optimizer={"n_trials": 10}, tracking={"enabled": False})
+               optimizer={"n_trials": 10, "expand_variants": False},
+               tracking={"enabled": False})
     (tmp_path / "replay.yaml").write_text(yaml.safe_dump(cfg))
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(_space()))
     config = load_config(tmp_path / "replay.yaml")

@@ -60,7 +60,8 @@ def write(folder: Path, name: str, model: dict, n_trials: int, **optimizer) -> P
     path.write_text(yaml.safe_dump({
         "name": name, "output_dir": str(folder / "run"), "model": model, "task": TASK,
         "search_space": "space.yaml",
-        "optimizer": {"n_trials": n_trials, "seed": 0, "heartbeat_interval": 1, **optimizer},
+        "optimizer": {"n_trials": n_trials, "seed": 0, "heartbeat_interval": 1,
+                      "expand_variants": False, **optimizer},
         "tracking": {"enabled": True},
     }))
     return path

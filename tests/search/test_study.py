@@ -28,7 +28,7 @@ def test_study_runs_logs_and_resumes(config, tmp_path):
     backend = ScriptedBackend(reverse_responder)
     engine = RecordingBackend(backend)  # sees only what passes the sample store
     result = run_study(config, backend=engine)
-    assert len(result.trials) == 8
+    assert len(result.proposed) == 8
     # per-trial engine cost: all of it is accounted to trials, none to cache hits
     assert sum(t.tokens_generated for t in result.trials) == engine.total_tokens > 0
     for t in result.trials:
@@ -68,8 +68,8 @@ def test_study_runs_logs_and_resumes(config, tmp_path):
 
     # Rerunning continues the same study up to the new target and reuses samples.
     again = run_study(config, backend=backend, n_trials=11)
-    assert len(again.trials) == 11
-    assert sorted(t.number for t in again.trials) == list(range(11))
+    assert len(again.proposed) == 11
+    assert sorted(t.number for t in again.trials) == list(range(len(again.trials)))
     runs = client.search_runs([exp.experiment_id])
     assert len([r for r in runs if r.data.tags.get("jointopt.role") == "study"]) == 1
     assert len([r for r in runs if r.data.tags.get("jointopt.role") == "trial"]) == 11

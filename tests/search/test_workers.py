@@ -48,7 +48,9 @@ def write_study(folder: Path, *, name: str = "scale", n_trials: int = N_TRIALS,
     """A study config on the scripted backend (every process builds its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    optimizer = {"n_trials": n_trials, "seed": 0, "heartbeat_interval": 1}
+    # Worker mechanics only: every complete trial is a proposed one (no derived trials).
+    optimizer = {"n_trials": n_trials, "seed": 0, "heartbeat_interval": 1,
+                 "expand_variants": False}
     if storage:
         optimizer["storage"] = storage
     config = {

@@ -1,0 +1,115 @@
+"""Generation budget and cost-aware proposals.
+
+**Cost.** A trial's cost is the tokens the engine processed for it
+(``tokens_generated``: prompt + completion tokens of the samples the store lacked; 0 for
+a setting whose pools are already filled, and for derived trials). The study's spending is
+their sum over every trial (failed and raced-out ones included), and
+``optimizer.max_generated_tokens`` stops the study once it is reached.
+
+**Cheap first when equally promising.** Before the study has scored anything, every
+setting is equally promising; so a fresh study that races settings or has a generation
+budget, and whose settings form a small finite grid
+(prompts x temperature choices x max_tokens choices, at most :data:`MAX_SEEDED`) queues
+each setting once, cheapest to complete first, before the sampler proposes anything. The
+cost to complete a setting is estimated from what is known before generating: the
+rendered prompt (about 4 characters a token) once per pool request, plus the pool size
+times the max_tokens cap (1 sample at temperature 0). With racing, expensive settings are
+then compared against the front the cheap ones already built, and stop early when they
+cannot join it. After the queue the sampler proposes; settings it repeats cost nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from jointopt.core.prompts import render_messages
+
+if TYPE_CHECKING:
+    import optuna
+
+    from jointopt.search.config import OptimizerConfig
+    from jointopt.search.plan import StudyPlan
+    from jointopt.search.variants import Variant
+
+__all__ = ["MAX_SEEDED", "spent_tokens", "budget_spent", "setting_grid", "estimated_cost",
+           "seed_settings"]
+
+log = logging.getLogger(__name__)
+
+#: Largest grid of settings a fresh study queues (larger grids are left to the sampler).
+MAX_SEEDED = 64
+
+
+def spent_tokens(study: "optuna.Study") -> float:
+    """Tokens the engine processed for the study's trials so far."""
+    return float(sum(t.user_attrs.get("tokens_generated", 0.0) or 0.0
+                     for t in study.get_trials(deepcopy=False)))
+
+
+def budget_spent(study: "optuna.Study", opt: "OptimizerConfig") -> bool:
+    """``optimizer.max_generated_tokens`` is set and the study has spent it."""
+    budget = getattr(opt, "max_generated_tokens", None)
+    return budget is not None and spent_tokens(study) >= budget
+
+
+def _values(spec: Any) -> list | None:
+    from jointopt.search.variants import _values as enumerate_values
+
+    return enumerate_values(spec)
+
+
+def setting_grid(plan: "StudyPlan") -> list[dict[str, Any]] | None:
+    """Every setting of the space as (prompt, temperature, max_tokens), or None when the
+    space's settings are not a small finite grid."""
+    space = plan.space
+    temps, caps = _values(space.temperature), _values(space.max_tokens)
+    if temps is None or caps is None or space.proposals:
+        return None
+    grid = [{"prompt": p.id, "temperature": float(t), "max_tokens": int(m)}
+            for p, t, m in itertools.product(space.prompts, temps, caps)]
+    return grid if len(grid) <= MAX_SEEDED else None
+
+
+def estimated_cost(plan: "StudyPlan", setting: dict[str, Any], pool: int) -> float:
+    """Tokens to fill ``setting``'s pools on the dev set (see the module docstring)."""
+    prompt = plan.space.prompt(setting["prompt"])
+    samples = 1 if setting["temperature"] == 0 else pool
+    total = 0.0
+    for example in plan.task.examples:
+        chars = sum(len(m.content) for m in render_messages(prompt, plan.task, example))
+        total += chars / 4 + samples * setting["max_tokens"]
+    return total
+
+
+def seed_settings(study: "optuna.Study", plan: "StudyPlan",
+                  variants: "list[Variant] | tuple[Variant, ...]", pool: int) -> int:
+    """Queue every setting of a fresh study once, cheapest first (see the module
+    docstring), with the first free variant as its strategy. Returns how many."""
+    if study.get_trials(deepcopy=False) or not variants:
+        return 0
+    grid = setting_grid(plan)
+    if grid is None:
+        return 0
+    from jointopt.search.space import Fixed
+
+    space = plan.space
+    source = space.bin_source()
+    prefixes = [f"{b}." for b in space.difficulty.bins] if source.splits else [""]
+    first = variants[0]
+    order = sorted(grid, key=lambda s: (estimated_cost(plan, s, pool), s["prompt"]))
+    for setting in order:
+        params: dict[str, Any] = {"prompt": setting["prompt"]}
+        for prefix in prefixes:
+            for name, spec, value in (("temperature", space.temperature, setting["temperature"]),
+                                      ("max_tokens", space.max_tokens, setting["max_tokens"])):
+                if not isinstance(spec, Fixed):
+                    params[f"{prefix}{name}"] = value
+            params[f"{prefix}strategy"] = first.strategy
+            for pname, value in first.params:
+                if not isinstance(space.strategies[first.strategy][pname], Fixed):
+                    params[f"{prefix}{first.strategy}.{pname}"] = value
+        study.enqueue_trial(params, skip_if_exists=True)
+    log.info("queued %d settings, cheapest to complete first", len(order))
+    return len(order)

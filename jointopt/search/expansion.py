@@ -1,0 +1,121 @@
+"""What a trial does with its setting: race it over examples, then expand its free variants.
+
+:class:`SettingExpansion` is the one object :class:`~jointopt.search.objective.TrialRunner`
+asks: the pool size trials draw (the largest ``k`` of the free variants, so every variant
+is scorable), whether a new setting is raced out (:mod:`jointopt.search.racing`) and, once
+a setting is scored on the whole dev set, its derived trials
+(:mod:`jointopt.search.derived`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from jointopt.core.policy import Policy
+from jointopt.search.derived import (RACED_ATTR, SETTING_ATTR, expanded_settings,
+                                     record_variants)
+from jointopt.search.racing import race_order, race_setting, rung_sizes
+from jointopt.search.results import front_trials
+from jointopt.search.variants import (free_variants, max_pool_k, pooled_setting,
+                                      score_variants, setting_key)
+
+if TYPE_CHECKING:
+    import optuna
+
+    from jointopt.backends import Backend
+    from jointopt.search.plan import StudyPlan
+
+__all__ = ["SettingExpansion", "RACED_ATTR", "samples_saved"]
+
+log = logging.getLogger(__name__)
+
+
+
+class SettingExpansion:
+    """Free-variant expansion and racing for the trials of one study plan."""
+
+    def __init__(self, plan: "StudyPlan") -> None:
+        self.plan = plan
+        self.variants = free_variants(plan.space.strategies)
+        self.k = max_pool_k(self.variants)
+
+    @classmethod
+    def for_plan(cls, plan: "StudyPlan") -> "SettingExpansion | None":
+        """The expansion of ``plan``, or None when it is off (``optimizer.expand_variants``
+        false; by default off without pool-scored strategies or without the sample bank)."""
+        from jointopt.search.plan import bank_pool_size
+
+        wanted = plan.config.optimizer.expand_variants
+        if wanted is False or bank_pool_size(plan) is None:
+            return None
+        expansion = cls(plan)
+        return expansion if expansion.variants else None
+
+    def pool_size(self, base: int) -> int:
+        """Samples per pool trials draw: enough for every free variant."""
+        return max(base, self.k)
+
+    def applies(self, policy: Policy) -> bool:
+        return pooled_setting(policy)
+
+    def race(self, study: "optuna.Study", policy: Policy, engine: "Backend",
+             pool: int) -> dict[str, int] | None:
+        """Race ``policy``'s setting (when racing is on, the setting is new and the study
+        has a front); returns the :data:`RACED_ATTR` record when it is raced out."""
+        cfg = self.plan.config.optimizer.racing
+        task = self.plan.task
+        # Per-bin choices combine variants: only one-bin settings are raced (a setting
+        # whose every uniform variant is dominated may still hold a front combination).
+        if (not cfg.enabled or len(policy.bins) > 1
+                or setting_key(policy) in expanded_settings(study)):
+            return None
+        front = [t for t in front_trials(study)
+                 if len(t.user_attrs.get("correct", ())) == len(task.examples)
+                 and t.user_attrs.get("dataset_hash") == self.plan.task_hash]
+        if not front:
+            return None
+        order = race_order([str(e.difficulty) for e in task.examples], self.plan.config.seed)
+        sizes = rung_sizes(len(task.examples), cfg.rungs, cfg.min_examples)
+        rows = [(np.asarray(t.user_attrs["correct"], float),
+                 np.asarray(t.user_attrs["tokens"], float)) for t in front]
+
+        def score(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+            subset = task.subset(task.examples[i] for i in prefix)
+            scores = score_variants(policy, self.variants, subset, engine,
+                                    seed=self.plan.config.seed, pool_size=pool)
+            return [(np.array([r.correct for r in recs]), np.array([r.tokens for r in recs]))
+                    for recs in scores.records]
+
+        def front_rows(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+            return [(c[prefix], t[prefix]) for c, t in rows]
+
+        result = race_setting(score, front_rows, order, sizes, cfg.confidence)
+        if result.stopped_at is None:
+            return None
+        saved = (len(task.examples) - result.stopped_at) * pool
+        return {"examples": result.stopped_at, "saved": saved}
+
+    def expand(self, study: "optuna.Study", trial: "optuna.Trial", policy: Policy,
+               engine: "Backend", pool: int) -> None:
+        """Record the free variants of ``trial``'s setting (scored on the whole dev set,
+        from the pools the trial filled), once per setting."""
+        key = setting_key(policy)
+        trial.set_user_attr(SETTING_ATTR, key)
+        if key in expanded_settings(study):
+            return
+        plan = self.plan
+        scores = score_variants(policy, self.variants, plan.task, engine,
+                                seed=plan.config.seed, pool_size=pool)
+        record_variants(study, trial, policy, scores, plan.space.strategies,
+                        validation=plan.config.validation, dataset_hash=plan.task_hash,
+                        max_mean_tokens=plan.config.optimizer.max_mean_tokens)
+
+
+def samples_saved(study: "optuna.Study") -> int:
+    """Samples the study's raced-out trials did not draw."""
+    return int(sum(t.user_attrs.get(RACED_ATTR, {}).get("saved", 0)
+                   for t in study.get_trials(deepcopy=False)))
+
