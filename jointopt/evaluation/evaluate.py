@@ -24,7 +24,7 @@ from jointopt.strategies.pool import pool_samples
 from jointopt.tasks import Task
 
 __all__ = ["ExampleRecord", "EvaluationResult", "evaluate", "drive", "check_policy",
-           "policy_contexts",
+           "policy_contexts", "priced",
            "example_context", "pool_samples"]
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,17 @@ def _cost(costs: Mapping[str, TokenCost] | None, default: str,
                for r in results)
 
 
+def priced(record: ExampleRecord, ctx: StrategyContext,
+           costs: Mapping[str, TokenCost] | None, default: str) -> ExampleRecord:
+    """A pool-scored ``record`` with its ``cost``: its expected tokens at the price of the
+    model of its context (``default`` when the context names none); as is without costs."""
+    if costs is None:
+        return record
+    rate = costs[ctx.model or default]
+    return dataclasses.replace(record, cost=rate.of(record.prompt_tokens,
+                                                    record.completion_tokens))
+
+
 def policy_contexts(policy: Policy, task: Task, seed: int = 0
                     ) -> tuple[list[StrategyContext], list[str]]:
     """The context of every example of ``task`` under ``policy`` (its bin's model,
@@ -252,11 +263,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         pool_cached = sum(p.cached for p in pools)
         for i, record in score_pooled(strategies, bins, contexts, pooled, ks, pools).items():
             records[i] = record
-        if costs is not None:
-            for i in pooled:
-                rate = costs[contexts[i].model or policy.model]
-                records[i] = dataclasses.replace(records[i], cost=rate.of(
-                    records[i].prompt_tokens, records[i].completion_tokens))
+        for i in pooled:
+            records[i] = priced(records[i], contexts[i], costs, policy.model)
     direct = [i for i in range(len(contexts)) if records[i] is None]
     driven = drive(backend, [
         source.run(policy, strategies, contexts[i]) if probed

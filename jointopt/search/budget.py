@@ -9,11 +9,14 @@ their sum over every trial (failed and raced-out ones included), and
 **Cheap first when equally promising.** Before the study has scored anything, every
 setting is equally promising; so a fresh study that races settings or has a generation
 budget, and whose settings form a small finite grid
-(prompts x temperature choices x max_tokens choices, at most :data:`MAX_SEEDED`) queues
+(prompts x temperature choices x max_tokens choices x models of a multi-model study, at
+most :data:`MAX_SEEDED`; none when a thinking budget is searched: thinking bins have no
+free variants) queues
 each setting once, cheapest to complete first, before the sampler proposes anything. The
 cost to complete a setting is estimated from what is known before generating: the
 rendered prompt (about 4 characters a token) once per pool request, plus the pool size
-times the max_tokens cap (1 sample at temperature 0). With racing, expensive settings are
+times the max_tokens cap (1 sample at temperature 0), priced at the model's rate under
+a cost objective (``optimizer.cost``). With racing, expensive settings are
 then compared against the front the cheap ones already built, and stop early when they
 cannot join it. After the queue the sampler proposes; settings it repeats cost nothing.
 """
@@ -61,26 +64,35 @@ def _values(spec: Any) -> list | None:
 
 
 def setting_grid(plan: "StudyPlan") -> list[dict[str, Any]] | None:
-    """Every setting of the space as (prompt, temperature, max_tokens), or None when the
-    space's settings are not a small finite grid."""
+    """Every setting of the space as (prompt, temperature, max_tokens, model: None when
+    the study has one), or None when the space's settings are not a small finite grid or
+    a thinking budget is searched."""
     space = plan.space
     temps, caps = _values(space.temperature), _values(space.max_tokens)
-    if temps is None or caps is None or space.proposals:
+    if temps is None or caps is None or space.proposals or space.thinking is not None:
         return None
-    grid = [{"prompt": p.id, "temperature": float(t), "max_tokens": int(m)}
-            for p, t, m in itertools.product(space.prompts, temps, caps)]
+    models = list(space.models) if len(space.models) > 1 else [None]
+    grid = [{"prompt": p.id, "temperature": float(t), "max_tokens": int(m), "model": model}
+            for p, t, m, model in itertools.product(space.prompts, temps, caps, models)]
     return grid if len(grid) <= MAX_SEEDED else None
 
 
 def estimated_cost(plan: "StudyPlan", setting: dict[str, Any], pool: int) -> float:
-    """Tokens to fill ``setting``'s pools on the dev set (see the module docstring)."""
+    """Tokens (or, under a cost objective, their price) to fill ``setting``'s pools on the
+    dev set (see the module docstring)."""
+    from jointopt.search.multi_model import study_costs
+
     prompt = plan.space.prompt(setting["prompt"])
     samples = 1 if setting["temperature"] == 0 else pool
-    total = 0.0
+    prompt_tokens = completion_tokens = 0.0
     for example in plan.task.examples:
         chars = sum(len(m.content) for m in render_messages(prompt, plan.task, example))
-        total += chars / 4 + samples * setting["max_tokens"]
-    return total
+        prompt_tokens += chars / 4
+        completion_tokens += samples * setting["max_tokens"]
+    costs = study_costs(plan.config)
+    if costs is None:
+        return prompt_tokens + completion_tokens
+    return costs[setting.get("model") or plan.model].of(prompt_tokens, completion_tokens)
 
 
 def seed_settings(study: "optuna.Study", plan: "StudyPlan",
@@ -106,6 +118,8 @@ def seed_settings(study: "optuna.Study", plan: "StudyPlan",
                                       ("max_tokens", space.max_tokens, setting["max_tokens"])):
                 if not isinstance(spec, Fixed):
                     params[f"{prefix}{name}"] = value
+            if setting["model"] is not None:
+                params[f"{prefix}model"] = setting["model"]
             params[f"{prefix}strategy"] = first.strategy
             for pname, value in first.params:
                 if not isinstance(space.strategies[first.strategy][pname], Fixed):

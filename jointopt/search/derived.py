@@ -16,15 +16,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from jointopt.core.policy import Allocation, Policy
+from jointopt.core.policy import Policy
 from jointopt.evaluation.stats import objective_intervals
 from jointopt.search.variants import Variant, VariantScores, setting_front, setting_key
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["DERIVED_ATTR", "SETTING_ATTR", "RACED_ATTR", "is_derived", "raced_out", "variant_policy", "record_variants",
-           "expanded_settings"]
+__all__ = ["DERIVED_ATTR", "SETTING_ATTR", "RACED_ATTR", "is_derived", "raced_out",
+           "variant_policy", "record_variants", "expanded_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ def expanded_settings(study: "optuna.Study") -> set[str]:
 
 def variant_policy(policy: Policy, choice: Mapping[str, Variant]) -> Policy:
     """``policy`` with each bin's strategy replaced by the chosen variant."""
-    bins = {name: Allocation(strategy=choice[name].strategy, params=dict(choice[name].params),
-                             temperature=a.temperature, max_tokens=a.max_tokens)
+    # Model and thinking spec stay: a variant differs only in the strategy of each bin.
+    bins = {name: dataclasses.replace(a, strategy=choice[name].strategy,
+                                      params=dict(choice[name].params))
             for name, a in policy.bins.items()}
     return dataclasses.replace(policy, bins=bins)
 
@@ -102,10 +103,11 @@ def variant_params(params: Mapping[str, Any], distributions: Mapping[str, Any],
     return params, dists
 
 
-def _metrics(records: Sequence[Any]) -> dict[str, float]:
+def _metrics(records: Sequence[Any], priced: bool) -> dict[str, float]:
     # Summed as evaluate() sums them, so a derived trial equals its policy's evaluation.
     count = max(len(records), 1)
-    return {
+    extra = {"mean_cost": sum(r.cost or 0.0 for r in records) / count} if priced else {}
+    return {**extra,
         "accuracy": sum(r.correct for r in records) / count,
         "mean_tokens": sum(r.tokens for r in records) / count,
         "mean_prompt_tokens": sum(r.prompt_tokens for r in records) / count,
@@ -118,9 +120,12 @@ def _metrics(records: Sequence[Any]) -> dict[str, float]:
 def record_variants(study: "optuna.Study", trial: "optuna.Trial", policy: Policy,
                     scores: VariantScores, strategies: Mapping[str, Mapping[str, Any]], *,
                     validation: Any, dataset_hash: str,
-                    max_mean_tokens: float | None = None) -> list[int]:
+                    max_mean_tokens: float | None = None,
+                    cost_objective: str | None = None) -> list[int]:
     """Add the free variants of ``trial``'s setting (scored in ``scores`` on the whole dev
-    set) to ``study`` as derived trials; the trial's own policy is not repeated.
+    set) to ``study`` as derived trials; the trial's own policy is not repeated. With a
+    ``cost_objective`` (``optimizer.cost`` other than tokens; records priced), values are
+    [accuracy, mean cost], as the objective returns them.
 
     Returns:
         numbers of the trials added.
@@ -136,7 +141,7 @@ def record_variants(study: "optuna.Study", trial: "optuna.Trial", policy: Policy
         if derived.to_dict() == own:
             continue
         records = [scores.records[choice_idx[b]][i] for i, b in enumerate(scores.bins)]
-        metrics = _metrics(records)
+        metrics = _metrics(records, cost_objective is not None)
         params, dists = variant_params(trial.params, trial.distributions, strategies,
                                        policy, choice)
         attrs: dict[str, Any] = {
@@ -148,11 +153,14 @@ def record_variants(study: "optuna.Study", trial: "optuna.Trial", policy: Policy
             "dev_intervals": {k: v.to_dict()
                               for k, v in objective_intervals(records, validation).items()},
         }
+        if cost_objective is not None:
+            attrs.update(cost_objective=cost_objective, costs=[r.cost for r in records])
         if max_mean_tokens is not None:
             attrs["constraint"] = [metrics["mean_tokens"] - max_mean_tokens]
+        second = metrics["mean_cost"] if cost_objective is not None else metrics["mean_tokens"]
         frozen = optuna.trial.create_trial(
             params=params, distributions=dists,
-            values=[metrics["accuracy"], metrics["mean_tokens"]], user_attrs=attrs)
+            values=[metrics["accuracy"], second], user_attrs=attrs)
         study.add_trial(frozen)
         added.append(frozen)
     numbers = [t.number for t in study.get_trials(deepcopy=False)

@@ -19,8 +19,8 @@ from jointopt.search.derived import (RACED_ATTR, SETTING_ATTR, expanded_settings
                                      record_variants)
 from jointopt.search.racing import race_order, race_setting, rung_sizes
 from jointopt.search.results import front_trials
-from jointopt.search.variants import (free_variants, max_pool_k, pooled_setting,
-                                      score_variants, setting_key)
+from jointopt.search.variants import (free_variants, max_pool_k, objective_cost,
+                                      pooled_setting, score_variants, setting_key)
 
 if TYPE_CHECKING:
     import optuna
@@ -33,14 +33,17 @@ __all__ = ["SettingExpansion", "RACED_ATTR", "samples_saved"]
 log = logging.getLogger(__name__)
 
 
-
 class SettingExpansion:
     """Free-variant expansion and racing for the trials of one study plan."""
 
     def __init__(self, plan: "StudyPlan") -> None:
+        from jointopt.search.multi_model import study_costs
+
         self.plan = plan
         self.variants = free_variants(plan.space.strategies)
         self.k = max_pool_k(self.variants)
+        #: Model name -> cost per token under ``optimizer.cost`` (None: mean tokens).
+        self.costs = study_costs(plan.config)
 
     @classmethod
     def for_plan(cls, plan: "StudyPlan") -> "SettingExpansion | None":
@@ -55,8 +58,15 @@ class SettingExpansion:
         return expansion if expansion.variants else None
 
     def pool_size(self, base: int) -> int:
-        """Samples per pool trials draw: enough for every free variant."""
+        """Samples per pool trials draw: enough for every free variant (a replayed bank's
+        pools hold that many: :func:`~jointopt.search.replay_check.check_replayable`
+        requires the largest ``k`` of the space's strategies)."""
         return max(base, self.k)
+
+    def second(self) -> str:
+        """The per-example trial attribute of the second objective: ``costs`` under a
+        cost objective, else ``tokens``."""
+        return "tokens" if self.costs is None else "costs"
 
     def applies(self, policy: Policy) -> bool:
         return pooled_setting(policy)
@@ -74,20 +84,23 @@ class SettingExpansion:
             return None
         front = [t for t in front_trials(study)
                  if len(t.user_attrs.get("correct", ())) == len(task.examples)
+                 and len(t.user_attrs.get(self.second(), ())) == len(task.examples)
                  and t.user_attrs.get("dataset_hash") == self.plan.task_hash]
         if not front:
             return None
         order = race_order([str(e.difficulty) for e in task.examples], self.plan.config.seed)
         sizes = rung_sizes(len(task.examples), cfg.rungs, cfg.min_examples)
+        second = self.second()
         rows = [(np.asarray(t.user_attrs["correct"], float),
-                 np.asarray(t.user_attrs["tokens"], float)) for t in front]
+                 np.asarray(t.user_attrs[second], float)) for t in front]
 
         def score(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             subset = task.subset(task.examples[i] for i in prefix)
             scores = score_variants(policy, self.variants, subset, engine,
-                                    seed=self.plan.config.seed, pool_size=pool)
-            return [(np.array([r.correct for r in recs]), np.array([r.tokens for r in recs]))
-                    for recs in scores.records]
+                                    seed=self.plan.config.seed, pool_size=pool,
+                                    costs=self.costs)
+            return [(np.array([r.correct for r in recs]),
+                     np.array([objective_cost(r) for r in recs])) for recs in scores.records]
 
         def front_rows(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             return [(c[prefix], t[prefix]) for c, t in rows]
@@ -108,10 +121,12 @@ class SettingExpansion:
             return
         plan = self.plan
         scores = score_variants(policy, self.variants, plan.task, engine,
-                                seed=plan.config.seed, pool_size=pool)
+                                seed=plan.config.seed, pool_size=pool, costs=self.costs)
         record_variants(study, trial, policy, scores, plan.space.strategies,
                         validation=plan.config.validation, dataset_hash=plan.task_hash,
-                        max_mean_tokens=plan.config.optimizer.max_mean_tokens)
+                        max_mean_tokens=plan.config.optimizer.max_mean_tokens,
+                        cost_objective=None if self.costs is None
+                        else plan.config.optimizer.cost)
 
 
 def samples_saved(study: "optuna.Study") -> int:

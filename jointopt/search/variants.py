@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from jointopt.backends.base import Backend
 from jointopt.core.policy import Policy
 from jointopt.errors import StrategyError
-from jointopt.evaluation.evaluate import ExampleRecord, policy_contexts
+from jointopt.core.cost import TokenCost
+from jointopt.evaluation.evaluate import ExampleRecord, policy_contexts, priced
+from jointopt.evaluation.pooled import pools_for, score_pooled
 from jointopt.strategies import Strategy, get_strategy_class, make_strategy
-from jointopt.strategies.pool import pool_samples
 from jointopt.tasks import Task
 
 __all__ = ["Variant", "free_variants", "max_pool_k", "setting_key", "VariantScores",
-           "score_variants", "setting_front", "pooled_setting"]
+           "score_variants", "setting_front", "pooled_setting", "objective_cost"]
 
 #: A parameter range with more values than this is not expanded (it stays sampled).
 MAX_VALUES = 64
@@ -93,17 +94,23 @@ def max_pool_k(variants: Sequence[Variant]) -> int:
 
 
 def setting_key(policy: Policy) -> str:
-    """Identity of a policy's setting: prompt, model and per-bin temperature and max_tokens."""
-    bins = {name: [a.temperature, a.max_tokens] for name, a in sorted(policy.bins.items())}
+    """Identity of a policy's setting: prompt and, per bin, the model that answers it,
+    temperature, max_tokens and thinking spec (absent when the bin does not think)."""
+    bins = {}
+    for name, a in sorted(policy.bins.items()):
+        bins[name] = [a.temperature, a.max_tokens, policy.model_of(a) or policy.model]
+        if a.thinking is not None:
+            bins[name].append(a.thinking.to_dict())
     return json.dumps([policy.prompt.id, policy.model, bins], sort_keys=True)
 
 
 def pooled_setting(policy: Policy) -> bool:
     """Every bin's strategy of ``policy`` is scored from pools, and bins are known before
-    running (no probing difficulty source): its setting can be expanded."""
+    running (no probing difficulty source): its setting can be expanded. A bin with a
+    thinking phase is never scored from pools (its samples are two-phase)."""
     if policy.difficulty.source_class().probes:
         return False
-    return all(make_strategy(a.strategy, dict(a.params)).pool_k() is not None
+    return all(not a.thinks and make_strategy(a.strategy, dict(a.params)).pool_k() is not None
                for a in policy.bins.values())
 
 
@@ -122,33 +129,34 @@ class VariantScores:
 
 
 def score_variants(policy: Policy, variants: Sequence[Variant], task: Task, backend: Backend,
-                   *, seed: int = 0, pool_size: int = 1) -> VariantScores:
+                   *, seed: int = 0, pool_size: int = 1,
+                   costs: Mapping[str, TokenCost] | None = None) -> VariantScores:
     """Score every variant on ``task``'s examples from the pools of ``policy``'s setting:
-    one backend call for all pools (of ``max(pool_size, largest k)`` samples, as
-    :func:`~jointopt.evaluation.evaluate.evaluate` draws them), answers extracted once
-    per sample. Values equal ``evaluate`` of the variant's policy with that pool size."""
+    one fetch of all pools (of ``max(pool_size, largest k)`` samples, as
+    :func:`~jointopt.evaluation.evaluate.evaluate` draws them; a sample bank's recorded
+    arrays when the backend has them), then each variant's strategy scores them in one
+    batch per bin. Values equal ``evaluate`` of the variant's policy with that pool size,
+    ``costs`` included (each record priced at the model of its bin)."""
     strategies = [v.make() for v in variants]
     ks = [s.pool_k() or 1 for s in strategies]
     size = max([pool_size, *ks])
     contexts, bins = policy_contexts(policy, task, seed)
-    results = backend.generate([c.request(n=1 if c.temperature == 0 else size)
-                                for c in contexts]) if contexts else []
-    per_variant: list[list[ExampleRecord]] = [[] for _ in variants]
-    for ctx, bin_name, result in zip(contexts, bins, results):
-        completions = list(result.completions)
-        samples = pool_samples(ctx, completions)
-        for j, (strategy, k) in enumerate(zip(strategies, ks)):
-            greedy = len(completions) < k
-            pool, comps = (samples * k, completions * k) if greedy else (samples, completions)
-            expected = strategy.score_pool(pool, comps, ctx)
-            tokens = comps[0].num_tokens if greedy else expected.completion_tokens
-            per_variant[j].append(ExampleRecord(
-                example_id=ctx.example.id, bin=bin_name, answer=None,
-                correct=float(expected.accuracy), prompt_tokens=result.prompt_tokens,
-                completion_tokens=float(tokens), engine_calls=1, completions=k,
-                cached=result.cached, wall_time=result.wall_time, pooled=True))
-    return VariantScores(tuple(variants), tuple(bins), tuple(tuple(r) for r in per_variant),
+    everyone = list(range(len(contexts)))
+    requests = [c.request(n=1 if c.temperature == 0 else size) for c in contexts]
+    pools = pools_for(backend, requests, contexts, policy.prompt.id)[0] if contexts else []
+    per_variant = []
+    for strategy, k in zip(strategies, ks):
+        scored = score_pooled({b: strategy for b in set(bins)}, bins, contexts, everyone,
+                              dict.fromkeys(everyone, k), pools)
+        per_variant.append(tuple(priced(scored[i], contexts[i], costs, policy.model)
+                                 for i in everyone))
+    return VariantScores(tuple(variants), tuple(bins), tuple(per_variant),
                          tuple(c.example.id for c in contexts))
+
+
+def objective_cost(record: ExampleRecord) -> float:
+    """The second objective of one example: its cost when priced, else its tokens."""
+    return record.tokens if record.cost is None else record.cost
 
 
 def setting_front(scores: VariantScores, bin_names: Sequence[str], *,
@@ -156,7 +164,7 @@ def setting_front(scores: VariantScores, bin_names: Sequence[str], *,
     """Per-bin variant choices (bin -> variant index) to record for a setting.
 
     One bin: every variant. Several bins: the exact Pareto front (accuracy up, tokens
-    down) of all combinations, found by merging per-bin fronts (sums of per-example
+    or, for priced records, cost down) of all combinations, found by merging per-bin fronts (sums of per-example
     values), at most ``limit`` of them (evenly spread along the front)."""
     if len(bin_names) == 1:
         return [{bin_names[0]: j} for j in range(len(scores.variants))]
@@ -164,7 +172,7 @@ def setting_front(scores: VariantScores, bin_names: Sequence[str], *,
     for b in bin_names:
         rows = [i for i, name in enumerate(scores.bins) if name == b]
         options = [(math.fsum(scores.records[j][i].correct for i in rows),
-                    math.fsum(scores.records[j][i].tokens for i in rows), j)
+                    math.fsum(objective_cost(scores.records[j][i]) for i in rows), j)
                    for j in range(len(scores.variants))]
         merged = [(a + c, t + u, {**choice, b: j})
                   for a, t, choice in partial for c, u, j in options]
