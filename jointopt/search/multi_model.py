@@ -91,15 +91,18 @@ def for_each_model(config: StudyConfig, check: Callable[[StudyConfig], object]) 
 
 
 def engine_factories(config: StudyConfig, build: Callable[[StudyConfig], "Backend"],
-                     store: "SampleStore | None") -> dict[str, Callable[[], "Backend"]]:
+                     store: "SampleStore | None", *, draw_max_tokens: int | None = None
+                     ) -> dict[str, Callable[[], "Backend"]]:
     """Model name -> a function building its engine with ``build`` (a one-model config),
-    with ``store`` in front when given."""
+    with ``store`` in front when given (pools drawn at ``draw_max_tokens`` and cut, see
+    :class:`~jointopt.backends.CachedBackend`)."""
     from jointopt.backends import CachedBackend
 
     def factory(entry: ModelEntry) -> Callable[[], "Backend"]:
         def make() -> "Backend":
             engine = build(entry_config(config, entry))
-            return CachedBackend(engine, store) if store is not None else engine
+            return (CachedBackend(engine, store, draw_max_tokens=draw_max_tokens)
+                    if store is not None else engine)
         return make
 
     return {entry.label: factory(entry) for entry in config.model_entries()}

@@ -81,14 +81,18 @@ class TrialRunner:
             if self.on_engine_ready:
                 self.on_engine_ready()
             if self.plan.config.cache:
-                cap = None
-                if self.plan.config.bank.cut_max_tokens:
-                    cap = max(int(v) for v in self.plan.space.max_tokens.extremes())
                 engine = CachedBackend(engine, SampleStore(self.plan.out_dir / "samples.sqlite"),
-                                       draw_max_tokens=cap)
+                                       draw_max_tokens=self._draw_cap())
             self.engine = engine
             self._record_engine(engine.engine_record())
         return self.engine
+
+    def _draw_cap(self) -> int | None:
+        """The max_tokens pools are drawn at under ``bank.cut_max_tokens`` (the space's
+        largest), else None: a pool per cap."""
+        if not self.plan.config.bank.cut_max_tokens:
+            return None
+        return max(int(v) for v in self.plan.space.max_tokens.extremes())
 
     def _router(self) -> Backend:
         """Several models: one engine per model, each built on its first request."""
@@ -99,7 +103,8 @@ class TrialRunner:
             self._store = SampleStore(self.plan.out_dir / "samples.sqlite")
         if self.on_engine_ready:
             self.on_engine_ready()
-        return ModelRouter(engine_factories(config, build_backend, self._store),
+        return ModelRouter(engine_factories(config, build_backend, self._store,
+                                            draw_max_tokens=self._draw_cap()),
                            default=model_labels(config)[0],
                            max_loaded=config.max_engines_loaded)
 

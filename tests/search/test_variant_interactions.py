@@ -126,3 +126,20 @@ def test_a_bank_smaller_than_the_largest_variant_is_refused_before_any_compute(t
                      model={"backend": "replay", "bank": str(bank), "model": "m"})
     with pytest.raises(ConfigError, match="needs 6"):  # majority etc. go up to n=6
         plan_study(config)
+
+
+def test_a_multi_model_study_cuts_each_models_pools_at_max_tokens(tmp_path, monkeypatch):
+    caps: set[int] = set()
+    original = ScriptedBackend.generate
+
+    def logged(self, requests):
+        caps.update(r.max_tokens for r in requests)
+        return original(self, requests)
+
+    monkeypatch.setattr(ScriptedBackend, "generate", logged)
+    space = {**POOLED_SPACE, "max_tokens": {"choices": [8, 16]}}
+    result = run_study(write(tmp_path, space=space, models=[SMALL, LARGE],
+                             bank={"cut_max_tokens": True},
+                             optimizer={"n_trials": 8, "max_generated_tokens": 10 ** 9}))
+    assert caps == {16}  # every model's pools drawn once, at the largest cap
+    assert {a.max_tokens for t in result.trials for a in t.policy.bins.values()} == {8, 16}
