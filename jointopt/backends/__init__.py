@@ -32,19 +32,13 @@ def backend_class(name: str) -> type[Backend]:
 def backend_from_settings(name: str, settings: BackendSettings) -> Backend:
     """The backend ``name`` built from a study config's settings: the class's
     :meth:`Backend.from_settings`, or a factory called with ``model``, ``seed``,
-    ``max_model_len`` and ``engine_kwargs``."""
+    ``max_model_len`` and ``engine_kwargs`` (its result checked by the registry)."""
     obj = _registry.BACKENDS.load(name, where="model.backend")
     if isinstance(obj, type):
-        backend = obj.from_settings(settings)
-    else:
-        backend = obj(model=settings.model, seed=settings.seed,
-                      max_model_len=settings.max_model_len, engine_kwargs=dict(settings.engine))
-    if not isinstance(backend, Backend):
-        from jointopt.errors import BackendError
-
-        raise BackendError("the factory did not return a Backend", where="model.backend",
-                           value=name, fix="return an instance of jointopt.backends.Backend")
-    return backend
+        return obj.from_settings(settings)
+    return _registry.BACKENDS.create(name, model=settings.model, seed=settings.seed,
+                                     max_model_len=settings.max_model_len,
+                                     engine_kwargs=dict(settings.engine), where="model.backend")
 
 
 def settings_takers(key: str) -> list[str]:

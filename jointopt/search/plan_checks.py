@@ -132,7 +132,6 @@ def check_credentials(config: StudyConfig) -> None:
 def check_limits(config: StudyConfig, space: SearchSpace, task: Task) -> None:
     """Oversize inputs and budgets above the configured caps are refused, naming the field,
     the value and the fix."""
-    import dataclasses
     import itertools
 
     from jointopt.errors import StrategyError
@@ -172,7 +171,7 @@ def check_limits(config: StudyConfig, space: SearchSpace, task: Task) -> None:
                 worst, worst_params = budget, chosen
         if worst > opt.max_completions_per_input:
             shown = ", ".join(f"{k}={v!r}" for k, v in worst_params.items()) or "defaults"
-            field_names = {f.name for f in dataclasses.fields(cls.Params)}
+            field_names = set(cls.param_names())
             raise ConfigError(
                 f"strategy {name!r} may spend {worst} completions per input ({shown}), above "
                 f"optimizer.max_completions_per_input = {opt.max_completions_per_input}",

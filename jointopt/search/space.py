@@ -196,7 +196,7 @@ class SearchSpace:
                 raise relocate(exc, f"{self.source}: ") from None
         for name, params in self.strategies.items():
             cls = get_strategy_class(name, where=f"{self.source}: strategies.{name}")
-            defaults = {f.name for f in dataclasses.fields(cls.Params)}
+            defaults = set(cls.param_names())
             # Every extreme value of each parameter, with the others at their first value
             # (parameters can depend on each other, e.g. chain_share needs budget).
             base = {pname: spec.extremes()[0] for pname, spec in params.items()}

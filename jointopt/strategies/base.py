@@ -204,9 +204,14 @@ class Strategy(ABC):
         self.params = self.parse_params(params)
 
     @classmethod
+    def param_names(cls) -> list[str]:
+        """The names of the strategy's parameters (the fields of :attr:`Params`)."""
+        return [f.name for f in dataclasses.fields(cls.Params)]
+
+    @classmethod
     def parse_params(cls, params: Mapping[str, Any]) -> Any:
         """Build and validate :attr:`Params`; unknown names raise :class:`StrategyError`."""
-        known = [f.name for f in dataclasses.fields(cls.Params)]
+        known = cls.param_names()
         for key in params:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)

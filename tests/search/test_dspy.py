@@ -655,3 +655,14 @@ def test_an_interrupted_leader_fails_every_waiter_instead_of_stranding_it():
         assert "stopped" in str(outcomes[f"w{i}"])
     assert dispatcher._leader is None and not dispatcher._queue
     assert dispatcher.submit(_request("after")).completions[0].text == "after"
+
+
+def test_program_strategies_that_take_a_scorer_rank_rollouts_by_logprob():
+    from jointopt.search.dspy_program.space import _normalize_space
+    from jointopt.search.space import Fixed
+
+    space = _normalize_space({"strategies": {"single": {}, "majority": {"n": 3},
+                                             "best_of_n": {"n": 3}}}, None)
+    assert space.strategies["best_of_n"]["scorer"] == Fixed("logprob")
+    assert "scorer" not in space.strategies["majority"]
+    assert "scorer" not in space.strategies["single"]

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
@@ -188,6 +186,6 @@ def _rank_by_logprob(strategies: Mapping[str, Mapping[str, Param]]
     gets ``scorer: logprob``."""
     out = {}
     for name, params in strategies.items():
-        takes_scorer = "scorer" in inspect.signature(get_strategy_class(name)).parameters
+        takes_scorer = "scorer" in get_strategy_class(name).param_names()
         out[name] = {**params, "scorer": Fixed("logprob")} if takes_scorer else dict(params)
     return out
