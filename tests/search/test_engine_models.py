@@ -37,7 +37,7 @@ def test_a_study_over_both_embedded_models_picks_a_model_per_bin(tmp_path):
     start = time.perf_counter()
     result = run_study(load_config(tmp_path / "study.yaml"))
     print(f"3 trials over two models, one engine at a time: {time.perf_counter() - start:.0f} s")
-    assert len(result.trials) == 3
+    assert len(result.proposed) == 3
     chosen = set()
     for t in result.trials:
         assert {"1.model", "3.model"} <= set(t.params)
