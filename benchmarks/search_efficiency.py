@@ -15,12 +15,14 @@ prompt tokens once plus the completion tokens of the samples it adds. The unit i
 
 Methods, each for ``--seeds`` sampler seeds (medians reported):
 
-* ``jointopt``: the study's settings loop. Settings (here: prompts) are queued cheapest
-  first (:mod:`jointopt.search.budget`: prompt tokens + pool x max_tokens cap), raced
-  over a stratified prefix of the questions against the current front
-  (:mod:`jointopt.search.racing`, the default rungs and confidence), and a setting that
-  survives has every free variant (n = 1..16) recorded as derived trials
-  (``study.add_trial``) in an Optuna study driven by jointopt's sampler.
+* ``jointopt``: the settings loop of a study that races settings. Every setting (here: a
+  prompt) is screened on a short stratified prefix of the questions
+  (:mod:`jointopt.search.promise`, the default ``racing.screen``); then, always the most
+  promising setting per token still needed is raced over the remaining rungs against
+  the current front (:mod:`jointopt.search.racing`, the default rungs and confidence)
+  and, if it survives, completed with every free variant (n = 1..16) recorded as derived
+  trials (``study.add_trial``) in an Optuna study driven by jointopt's sampler, which
+  proposes once no screened setting could add to the front.
 * ``tpe``: today's study: jointopt's TPE proposes (prompt, n); a trial grows its prompt's
   pools to ``max(8, n)`` samples.
 * ``random``: the same with Optuna's random sampler.
@@ -41,6 +43,7 @@ import warnings
 import numpy as np
 
 from jointopt.search.config import OptimizerConfig, RacingConfig
+from jointopt.search.promise import Screen, next_setting, screen_points, screen_size
 from jointopt.search.racing import race_order, race_setting, rung_sizes
 from jointopt.search.results import non_dominated
 from jointopt.search.sampler import make_sampler
@@ -145,9 +148,15 @@ def _study(sampler):
 
 def run_jointopt(bank: Bank, seed: int, queue_first: bool = True,
                  trials: int | None = None) -> list[tuple[float, float]]:
-    """(cost spent, HV ratio) after each proposed trial of jointopt's settings loop
-    (``queue_first``: every setting queued cheapest first, as a study racing settings or
-    under a budget does; otherwise the sampler proposes from the first trial)."""
+    """(cost spent, HV ratio) after each step of jointopt's settings loop.
+
+    With ``queue_first`` (a fresh study that races settings): every setting is screened
+    on a short prefix of the questions (:mod:`jointopt.search.promise`), then the most
+    promising setting per token still needed is raced over the remaining rungs against
+    the current front (:mod:`jointopt.search.racing`) and, if it survives, completed with
+    every free variant (n = 1..16) recorded as derived trials (``study.add_trial``); when
+    no screened setting could add to the front, the sampler proposes. Without
+    ``queue_first`` the sampler proposes from the first trial."""
     import optuna
     from optuna.distributions import CategoricalDistribution, IntDistribution
 
@@ -156,41 +165,32 @@ def run_jointopt(bank: Bank, seed: int, queue_first: bool = True,
     dists = {"prompt": CategoricalDistribution([f"p{i}" for i in range(bank.settings)]),
              "majority.n": IntDistribution(1, bank.n_max)}
     order = race_order(bank.strata, seed)
-    sizes = rung_sizes(bank.questions, racing.rungs, racing.min_examples)
-    # Cheapest to complete first (jointopt.search.budget): prompt tokens + pool x cap.
-    cap = bank.n_max * bank.max_tokens
-    queue = sorted(range(bank.settings), key=lambda i: (bank.prompt_cost(i) + cap, i))
-    for i in queue if queue_first else ():
-        study.enqueue_trial({"prompt": f"p{i}", "majority.n": 1})
-    spent, scored, drawn, curve = 0.0, set(), {}, []
-    front_rows: list[tuple[np.ndarray, np.ndarray]] = []
-    for _ in range(trials or bank.settings):
-        if len(scored) // bank.n_max + sum(v == "raced" for v in drawn.values()) \
-                == bank.settings:
-            break
-        trial = study.ask(dists)
-        i = int(trial.params["prompt"][1:])
-        if i in scored or drawn.get(i) == "raced":
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            curve.append((spent, bank.hypervolume(scored) / bank.hv_all))
-            continue
+    first = screen_size(bank.questions, racing.screen, racing.screen_min_examples)
+    sizes = [s for s in rung_sizes(bank.questions, racing.rungs, racing.min_examples)
+             if s > first]
+    spent, scored, drawn, out, curve = 0.0, set(), {}, set(), []
 
-        def score(prefix, i=i):
-            nonlocal spent
-            new = [q for q in prefix if q not in drawn.setdefault(i, set())]
-            spent += bank.fill_cost([i], new, 0, bank.n_max)
-            drawn[i].update(new)
-            return [(bank.acc[i, prefix, n], bank.tok[i, prefix, n]) for n in range(bank.n_max)]
+    def draw(i: int, questions) -> None:
+        nonlocal spent
+        new = [q for q in questions if q not in drawn.setdefault(i, set())]
+        spent += bank.fill_cost([i], new, 0, bank.n_max)
+        drawn[i].update(new)
 
-        def front(prefix):
-            return [(c[prefix], t[prefix]) for c, t in front_rows]
+    def rows(i: int, prefix) -> list[tuple[np.ndarray, np.ndarray]]:
+        draw(i, prefix)
+        return [(bank.acc[i, prefix, n], bank.tok[i, prefix, n]) for n in range(bank.n_max)]
 
-        result = race_setting(score, front, order, sizes, racing.confidence)
+    def complete(i: int, trial) -> None:
+        """Race setting ``i`` against the current front, then complete it."""
+        front = [(bank.acc[p, :, n], bank.tok[p, :, n]) for p, n in _front(bank, scored)]
+        result = race_setting(lambda prefix: rows(i, prefix),
+                              lambda prefix: [(c[prefix], t[prefix]) for c, t in front],
+                              order, sizes, racing.confidence)
         if result.stopped_at is not None:
-            drawn[i] = "raced"
+            out.add(i)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
-            spent += bank.fill_cost([i], set(range(bank.questions)) - drawn[i], 0, bank.n_max)
+            draw(i, range(bank.questions))
             n0 = trial.params["majority.n"] - 1
             study.tell(trial, [bank.true_acc[i, n0], bank.true_tok[i, n0]])
             for n in range(bank.n_max):
@@ -200,9 +200,40 @@ def run_jointopt(bank: Bank, seed: int, queue_first: bool = True,
                         params={"prompt": f"p{i}", "majority.n": n + 1}, distributions=dists,
                         values=[bank.true_acc[i, n], bank.true_tok[i, n]],
                         user_attrs={"derived_from": trial.number}))
-            front_rows = [(bank.acc[p, :, n], bank.tok[p, :, n]) for p, n in _front(bank, scored)]
         curve.append((spent, bank.hypervolume(scored) / bank.hv_all))
+
+    screens = {}
+    if queue_first:
+        for i in range(bank.settings):
+            before = spent
+            points = screen_points(rows(i, order[:first]))
+            screens[i] = Screen(points, (spent - before) * (bank.questions - first) / first)
+            curve.append((spent, bank.hypervolume(scored) / bank.hv_all))
+    while True:
+        waiting = {i: s for i, s in screens.items() if i not in out
+                   and (i, 0) not in scored}
+        front = [(bank.true_acc[i, n], bank.true_tok[i, n]) for i, n in _front(bank, scored)]
+        i = next_setting(waiting, front, racing.optimism)
+        if i is None:
+            break
+        complete(i, _enqueued(study, dists, i))
+    for _ in range(trials if trials is not None else bank.settings):
+        if len(scored) // bank.n_max + len(out) == bank.settings:
+            break
+        trial = study.ask(dists)
+        i = int(trial.params["prompt"][1:])
+        if (i, 0) in scored or i in out:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            curve.append((spent, bank.hypervolume(scored) / bank.hv_all))
+            continue
+        complete(i, trial)
     return curve
+
+
+def _enqueued(study, dists, i: int):
+    """The trial of setting ``i`` queued as the study queues the next promising setting."""
+    study.enqueue_trial({"prompt": f"p{i}", "majority.n": 1})
+    return study.ask(dists)
 
 
 def _front(bank: Bank, scored) -> list[tuple[int, int]]:

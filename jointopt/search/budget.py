@@ -16,9 +16,10 @@ each setting once, cheapest to complete first, before the sampler proposes anyth
 cost to complete a setting is estimated from what is known before generating: the
 rendered prompt (about 4 characters a token) once per pool request, plus the pool size
 times the max_tokens cap (1 sample at temperature 0), priced at the model's rate under
-a cost objective (``optimizer.cost``). With racing, expensive settings are
-then compared against the front the cheap ones already built, and stop early when they
-cannot join it. After the queue the sampler proposes; settings it repeats cost nothing.
+a cost objective (``optimizer.cost``). With racing (one-bin spaces), the queued trials
+*screen* their settings instead, and the settings are then completed by promise, not by
+price (:mod:`jointopt.search.promise`). After the queue the sampler proposes; settings it
+repeats cost nothing.
 """
 
 from __future__ import annotations
@@ -28,16 +29,18 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from jointopt.core.prompts import render_messages
+from jointopt.search.derived import SCREEN_ATTR
 
 if TYPE_CHECKING:
     import optuna
 
+    from jointopt.core.policy import Policy
     from jointopt.search.config import OptimizerConfig
     from jointopt.search.plan import StudyPlan
     from jointopt.search.variants import Variant
 
 __all__ = ["MAX_SEEDED", "spent_tokens", "budget_spent", "setting_grid", "estimated_cost",
-           "seed_settings"]
+           "setting_of", "seed_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +98,19 @@ def estimated_cost(plan: "StudyPlan", setting: dict[str, Any], pool: int) -> flo
     return costs[setting.get("model") or plan.model].of(prompt_tokens, completion_tokens)
 
 
+def setting_of(policy: "Policy") -> dict[str, Any]:
+    """The setting of a one-bin ``policy`` as :func:`setting_grid` lists it."""
+    allocation = next(iter(policy.bins.values()))
+    return {"prompt": policy.prompt.id, "temperature": allocation.temperature,
+            "max_tokens": allocation.max_tokens, "model": allocation.model}
+
+
 def seed_settings(study: "optuna.Study", plan: "StudyPlan",
-                  variants: "list[Variant] | tuple[Variant, ...]", pool: int) -> int:
+                  variants: "list[Variant] | tuple[Variant, ...]", pool: int,
+                  screen: bool = False) -> int:
     """Queue every setting of a fresh study once, cheapest first (see the module
-    docstring), with the first free variant as its strategy. Returns how many."""
+    docstring), with the first free variant as its strategy; with ``screen`` (one-bin
+    spaces) as screening trials (:mod:`jointopt.search.promise`). Returns how many."""
     if study.get_trials(deepcopy=False) or not variants:
         return 0
     grid = setting_grid(plan)
@@ -124,6 +136,8 @@ def seed_settings(study: "optuna.Study", plan: "StudyPlan",
             for pname, value in first.params:
                 if not isinstance(space.strategies[first.strategy][pname], Fixed):
                     params[f"{prefix}{first.strategy}.{pname}"] = value
-        study.enqueue_trial(params, skip_if_exists=True)
-    log.info("queued %d settings, cheapest to complete first", len(order))
+        attrs = {SCREEN_ATTR: True} if screen and prefixes == [""] else None
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+    log.info("queued %d settings, %s", len(order),
+             "to screen" if screen and prefixes == [""] else "cheapest to complete first")
     return len(order)

@@ -30,6 +30,16 @@ class RacingConfig(StrictModel):
     confidence: float = Field(0.99, gt=0.5, lt=1.0)
     """Confidence of each paired comparison (variant against a front trial, on the same
     examples) that declares a variant dominated."""
+    screen: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of the dev examples every setting of a fresh study's grid is screened on
+    before any is completed (0: no screening; settings are then completed cheapest
+    first). Screening orders the settings by promise (see :mod:`jointopt.search.promise`);
+    it decides nothing."""
+    screen_min_examples: int = Field(4, ge=1)
+    """Smallest screening prefix."""
+    optimism: float = Field(0.5, ge=0.0)
+    """Standard errors added to a screened variant's accuracy when settings are ordered
+    by promise (higher: more settings look worth completing)."""
 
 
 class OptimizerConfig(StrictModel):

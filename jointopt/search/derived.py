@@ -23,8 +23,8 @@ from jointopt.search.variants import Variant, VariantScores, setting_front, sett
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["DERIVED_ATTR", "SETTING_ATTR", "RACED_ATTR", "is_derived", "raced_out",
-           "variant_policy", "record_variants", "expanded_settings"]
+__all__ = ["DERIVED_ATTR", "SETTING_ATTR", "RACED_ATTR", "SCREEN_ATTR", "SCREENED_ATTR",
+           "is_derived", "raced_out", "variant_policy", "record_variants", "expanded_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ DERIVED_ATTR = "derived_from"
 #: Trial user attribute of a raced-out trial (PRUNED; see :mod:`jointopt.search.racing`):
 #: {"examples": prefix size it stopped at, "saved": samples it did not draw}.
 RACED_ATTR = "raced_out"
+#: Trial user attribute of a trial queued to screen its setting (see
+#: :mod:`jointopt.search.promise`).
+SCREEN_ATTR = "screen"
+#: Trial user attribute of a screened trial (PRUNED): its
+#: :class:`~jointopt.search.promise.Screen` as a dict, with ``examples`` screened.
+SCREENED_ATTR = "screened"
 #: Trial user attribute: the setting key (:func:`~jointopt.search.variants.setting_key`)
 #: of a trial whose variants were expanded, and of its derived trials.
 SETTING_ATTR = "setting"

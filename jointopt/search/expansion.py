@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jointopt.core.policy import Policy
-from jointopt.search.derived import (RACED_ATTR, SETTING_ATTR, expanded_settings,
-                                     record_variants)
+from jointopt.search.derived import (RACED_ATTR, SCREENED_ATTR, SETTING_ATTR,
+                                     expanded_settings, raced_out, record_variants)
+from jointopt.search.promise import Screen, next_setting, screen_points, screen_size
 from jointopt.search.racing import race_order, race_setting, rung_sizes
 from jointopt.search.results import front_trials
 from jointopt.search.variants import (free_variants, max_pool_k, objective_cost,
@@ -95,12 +96,7 @@ class SettingExpansion:
                  np.asarray(t.user_attrs[second], float)) for t in front]
 
         def score(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
-            subset = task.subset(task.examples[i] for i in prefix)
-            scores = score_variants(policy, self.variants, subset, engine,
-                                    seed=self.plan.config.seed, pool_size=pool,
-                                    costs=self.costs)
-            return [(np.array([r.correct for r in recs]),
-                     np.array([objective_cost(r) for r in recs])) for recs in scores.records]
+            return self._prefix_rows(policy, engine, pool, prefix)
 
         def front_rows(prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
             return [(c[prefix], t[prefix]) for c, t in rows]
@@ -110,6 +106,65 @@ class SettingExpansion:
             return None
         saved = (len(task.examples) - result.stopped_at) * pool
         return {"examples": result.stopped_at, "saved": saved}
+
+    def _prefix_rows(self, policy: Policy, engine: "Backend", pool: int,
+                     prefix: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per free variant: per-example (correct, cost) on the dev examples ``prefix``
+        (drawing their pools)."""
+        task = self.plan.task
+        subset = task.subset(task.examples[i] for i in prefix)
+        scores = score_variants(policy, self.variants, subset, engine,
+                                seed=self.plan.config.seed, pool_size=pool, costs=self.costs)
+        return [(np.array([r.correct for r in recs]),
+                 np.array([objective_cost(r) for r in recs])) for recs in scores.records]
+
+    def screen(self, study: "optuna.Study", policy: Policy, engine: "Backend",
+               pool: int) -> tuple[Screen, int] | None:
+        """Screen ``policy``'s setting (:mod:`jointopt.search.promise`): its variants on the
+        screening prefix, and the estimated tokens to complete it. None when screening
+        does not apply (several bins, or the setting is already expanded)."""
+        cfg = self.plan.config.optimizer.racing
+        examples = self.plan.task.examples
+        if len(policy.bins) > 1 or setting_key(policy) in expanded_settings(study):
+            return None
+        size = screen_size(len(examples), cfg.screen, cfg.screen_min_examples)
+        order = race_order([str(e.difficulty) for e in examples], self.plan.config.seed)
+        before = getattr(engine, "engine_tokens", None)
+        rows = self._prefix_rows(policy, engine, pool, order[:size])
+        spent = None if before is None else engine.engine_tokens - before
+        if not spent:  # no store counting, or pools already drawn: estimate from the grid
+            from jointopt.search.budget import estimated_cost, setting_of
+
+            spent = estimated_cost(self.plan, setting_of(policy), pool) * size / len(examples)
+        remaining = spent * (len(examples) - size) / size
+        return Screen(screen_points(rows), float(remaining)), size
+
+    def enqueue_next(self, study: "optuna.Study") -> str | None:
+        """Queue the screened setting to complete next (the most promising per token,
+        :func:`~jointopt.search.promise.next_setting`) when nothing is waiting; returns
+        its setting key."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == states.WAITING for t in trials):
+            return None
+        done = expanded_settings(study) | {
+            t.user_attrs.get(SETTING_ATTR) for t in trials
+            if t.state == states.RUNNING or raced_out(t)}
+        screens, params = {}, {}
+        for t in trials:
+            key = t.user_attrs.get(SETTING_ATTR)
+            if SCREENED_ATTR in t.user_attrs and key not in done:
+                screens[key] = Screen.from_dict(t.user_attrs[SCREENED_ATTR])
+                params[key] = t.params
+        front = [(t.values[0], t.values[1]) for t in front_trials(study)
+                 if t.user_attrs.get("dataset_hash") == self.plan.task_hash]
+        key = next_setting(screens, front, self.plan.config.optimizer.racing.optimism)
+        if key is not None:
+            study.enqueue_trial(params[key], user_attrs={SETTING_ATTR: key})
+            log.info("completing the most promising screened setting next: %s", key[:12])
+        return key
 
     def expand(self, study: "optuna.Study", trial: "optuna.Trial", policy: Policy,
                engine: "Backend", pool: int) -> None:

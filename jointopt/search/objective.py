@@ -13,9 +13,11 @@ from jointopt.errors import JointoptError
 from jointopt.evaluation.evaluate import EvaluationResult, evaluate
 from jointopt.evaluation.stats import objective_intervals
 from jointopt.search.config import StudyConfig
+from jointopt.search.derived import SCREEN_ATTR, SCREENED_ATTR, SETTING_ATTR
 from jointopt.search.multi_model import engine_factories, model_labels, study_costs
 from jointopt.search.plan import StudyPlan, bank_pool_size
 from jointopt.search.results import TrialCallback, summarize
+from jointopt.search.variants import setting_key
 from jointopt.tasks import Task
 
 if TYPE_CHECKING:
@@ -228,6 +230,23 @@ class TrialRunner:
         raise optuna.TrialPruned(f"dominated with confidence after {raced['examples']} "
                                  "examples")
 
+    def _screen(self, trial: "optuna.Trial", expansion: Any, policy: Any, engine: Backend,
+                pool_size: int) -> None:
+        """Screen a queued setting on a short prefix (:mod:`jointopt.search.promise`); the
+        trial is PRUNED with what it saw (it does not count towards ``n_trials``)."""
+        import optuna
+
+        before = getattr(engine, "engine_tokens", None)
+        screened = expansion.screen(self.study, policy, engine, pool_size)
+        if screened is None:
+            return
+        screen, examples = screened
+        if before is not None:
+            trial.set_user_attr("tokens_generated", float(engine.engine_tokens - before))
+        trial.set_user_attr(SCREENED_ATTR, {**screen.to_dict(), "examples": examples})
+        log.info("trial %d: setting screened on %d examples", trial.number, examples)
+        raise optuna.TrialPruned(f"screened on {examples} examples")
+
     def close(self) -> None:
         if self.engine is None:
             return
@@ -270,6 +289,9 @@ class TrialRunner:
             engine = self.ready()
             engine_tokens = getattr(engine, "engine_tokens", None)
             if expansion is not None:
+                trial.set_user_attr(SETTING_ATTR, setting_key(policy))
+                if trial.user_attrs.get(SCREEN_ATTR):
+                    self._screen(trial, expansion, policy, engine, pool_size)
                 self._race(trial, expansion, policy, engine, engine_tokens, pool_size)
             result: EvaluationResult = evaluate(policy, plan.task, engine,
                                                 seed=plan.config.seed, pool_size=pool_size,
@@ -314,5 +336,11 @@ class TrialRunner:
     def after(self, frozen: "optuna.trial.FrozenTrial", complete: int) -> None:
         if self.tracker is not None:
             self.tracker.end_trial(frozen)
+        if self.plan.config.optimizer.racing.enabled and self.study is not None:
+            from jointopt.search.expansion import SettingExpansion
+
+            expansion = SettingExpansion.for_plan(self.plan)
+            if expansion is not None:
+                expansion.enqueue_next(self.study)
         if self.on_trial:
             self.on_trial(summarize(frozen), complete, self.target)

@@ -304,7 +304,8 @@ def _seed_settings(study: "optuna.Study", plan: StudyPlan) -> None:
     opt = plan.config.optimizer
     if expansion is not None and (opt.racing.enabled or opt.max_generated_tokens is not None):
         seed_settings(study, plan, expansion.variants,
-                      expansion.pool_size(bank_pool_size(plan) or 0))
+                      expansion.pool_size(bank_pool_size(plan) or 0),
+                      screen=opt.racing.enabled and opt.racing.screen > 0)
 
 
 def _finished_last(study: "optuna.Study") -> bool:

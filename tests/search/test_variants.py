@@ -39,8 +39,10 @@ def write_study(folder: Path, prompts: list[tuple[str, float, int]], *, n_trials
     """A study over ``prompts`` (id, quality, verbosity) on an addition dataset."""
     rng = random.Random(0)
     rows = []
-    for i in range(N_EXAMPLES):
-        a, b = rng.randint(1, 50), rng.randint(1, 50)
+    # distinct questions: two examples with one prompt share a pool, drawn by whichever
+    # asks first, so runs that visit examples in different orders could differ
+    pairs = rng.sample([(a, b) for a in range(1, 51) for b in range(1, 51)], N_EXAMPLES)
+    for i, (a, b) in enumerate(pairs):
         rows.append({"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(a + b),
                      "difficulty": str(1 + i % 2)})
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,3 +212,56 @@ def test_per_bin_choices_record_the_exact_front_of_all_combinations():
     assert rounded == [(round(a, 9), round(t, 6))
                        for a, t in sorted(value(every[j]) for j in brute)]
     assert len(setting_front(scores, ["all"])) == 5
+
+
+def completed_order(result) -> list[str]:
+    """Prompts of the study's complete proposed trials, in trial order."""
+    return [t.params["prompt"] for t in sorted(result.proposed, key=lambda t: t.number)]
+
+
+def test_screening_completes_promising_settings_before_cheap_poor_ones(tmp_path):
+    """Cheap prompts are poor, the good one is wordy: completing cheapest first spends
+    most of the budget on the poor ones before the good one builds the front; screening
+    every setting first completes the good one early and draws fewer samples, with the
+    same front."""
+    prompts = [(f"poor{i}", 0.25, i // 2) for i in range(8)] + [("fine", 0.7, 4),
+                                                                 ("good", 0.85, 4)]
+    runs = {}
+    for screen in (0.0, 0.1):
+        folder = tmp_path / f"screen_{screen}"
+        path = write_study(folder, prompts, n_trials=10, max_generated_tokens=10 ** 9,
+                           racing={"enabled": True, "screen": screen})
+        backend = Counting()
+        result = run_study(load_config(path), backend=backend)
+        front = [(t.policy.describe(), round(t.accuracy, 9), round(t.mean_tokens, 6))
+                 for t in result.pareto]
+        runs[screen] = (backend.samples, front, completed_order(result), result)
+    (plain, plain_front, plain_order, _), (screened, front, order, result) = (runs[0.0],
+                                                                              runs[0.1])
+    assert front == plain_front
+    assert plain_order.index("good") == 9  # cheapest first: the good prompt came last
+    assert order.index("good") <= 2, order
+    assert screened < plain, (screened, plain)
+    # generation spent until the front's accurate end was known: well under half
+    until = {screen: spent_until(run[3], "good") for screen, run in runs.items()}
+    assert until[0.1] < 0.5 * until[0.0], until
+    study = optuna_study(result)
+    marks = [t for t in study.get_trials(deepcopy=False) if "screened" in t.user_attrs]
+    assert len(marks) == len(prompts)  # every setting screened once, on 8 of 80 examples
+    assert {t.state.name for t in marks} == {"PRUNED"}
+    assert {t.user_attrs["screened"]["examples"] for t in marks} == {8}
+    assert len(result.proposed) >= 10  # screens do not count towards n_trials
+
+
+def optuna_study(result):
+    import optuna
+
+    return optuna.load_study(study_name=result.study_name, storage=result.storage)
+
+
+def spent_until(result, prompt: str) -> float:
+    """Tokens the study generated up to the first complete trial of ``prompt``."""
+    trials = optuna_study(result).get_trials(deepcopy=False)
+    last = min(t.number for t in trials
+               if t.state.name == "COMPLETE" and t.params.get("prompt") == prompt)
+    return sum(t.user_attrs.get("tokens_generated", 0.0) for t in trials if t.number <= last)
