@@ -171,5 +171,6 @@ def record_variants(study: "optuna.Study", trial: "optuna.Trial", policy: Policy
         added.append(frozen)
     numbers = [t.number for t in study.get_trials(deepcopy=False)
                if t.user_attrs.get(DERIVED_ATTR) == trial.number]
+    trial.set_user_attr("derived_trials", len(added))
     log.info("trial %d: %d free variants of its setting recorded", trial.number, len(added))
     return numbers

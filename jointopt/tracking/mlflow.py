@@ -217,6 +217,15 @@ class StudyTracker:
             _retry("logging metrics", self.client.log_batch, self.parent_run_id, metrics=[
                 Metric(f"trial_{k}", float(metrics[k]), 0, trial.number)
                 for k in ("accuracy", "mean_tokens") if k in metrics])
+        elif outcome := _outcome(trial.user_attrs):
+            # screened or raced out: a normal end of a proposal, not a failure
+            metrics = {k: trial.user_attrs[k] for k in ("tokens_generated",)
+                       if k in trial.user_attrs}
+            metrics["examples"] = trial.user_attrs[outcome].get("examples", 0)
+            _retry("logging metrics", self.client.log_batch, run_id,
+                   metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
+            _retry("tagging a run", self.client.set_tag, run_id, "jointopt.outcome", outcome)
+            _retry("closing a trial run", self.client.set_terminated, run_id, status="FINISHED")
         else:
             reason = trial.user_attrs.get("fail_reason") or f"trial ended {trial.state.name}"
             self.end_run(run_id, "FAILED", str(reason))
@@ -260,34 +269,6 @@ class StudyTracker:
         if closed:
             log.info("closed %d MLflow trial run(s) left RUNNING by dead workers", len(closed))
         return closed
-
-    # ------------------------------------------------------------------ compatibility
-
-    def log_trial(self, number: int, params: Mapping[str, Any], metrics: Mapping[str, float],
-                  policy: Policy, failed: str | None = None) -> str:
-        """One nested run with the trial's parameters, metrics and policy."""
-        from mlflow.entities import Metric, Param
-
-        run = self.client.create_run(self.experiment_id, run_name=f"trial-{number:04d}", tags={
-            "mlflow.parentRunId": self.parent_run_id, "jointopt.role": "trial",
-            "jointopt.trial": str(number)})
-        run_id = run.info.run_id
-        flat = {"trial": number, **params}
-        self.client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in _flatten(flat).items()],
-        )
-        self.client.log_text(run_id, redact(policy.to_yaml()), "policy.yaml")
-        if failed:
-            self.client.set_tag(run_id, "jointopt.fail_reason", redact(failed)[:5000])
-        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
-        if not failed:
-            self.client.log_batch(self.parent_run_id, metrics=[
-                Metric(f"trial_{k}", float(metrics[k]), 0, number)
-                for k in ("accuracy", "mean_tokens")
-            ])
-        return run_id
 
     def finish(self, trials: Sequence["TrialSummary"], front: Sequence["TrialSummary"],
                paths: Mapping[str, Path]) -> str:
@@ -377,9 +358,14 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
+def _outcome(attrs: Mapping[str, Any]) -> str | None:
+    """"screened" or "raced_out" for a PRUNED trial that ended so, else None."""
+    return next((k for k in ("screened", "raced_out") if attrs.get(k) is not None), None)
+
+
 _METRICS = ("accuracy", "mean_tokens", "mean_prompt_tokens", "mean_completion_tokens",
             "wall_time_s", "completions_generated", "completions_cached", "tokens_generated",
-            "mean_cost")
+            "mean_cost", "derived_trials")
 
 
 def _params(values: Mapping[str, Any]) -> list[Any]:

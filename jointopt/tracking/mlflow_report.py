@@ -31,7 +31,7 @@ def front_table(front: Sequence["TrialSummary"]) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {k: [] for k in (
         "trial", "accuracy", "accuracy_low", "accuracy_high", "mean_tokens",
         "test_accuracy", "test_accuracy_low", "test_accuracy_high", "test_mean_tokens",
-        "prompt", "strategy", "allocation", "model")}
+        "prompt", "strategy", "allocation", "model", "derived_from")}
     for t in front:
         dev = (t.dev or {}).get("accuracy")
         test = t.test or {}
@@ -46,6 +46,7 @@ def front_table(front: Sequence["TrialSummary"]) -> dict[str, list[Any]]:
             "strategy": t.policy.strategy_label if t.policy else "",
             "allocation": redact(t.policy.describe()) if t.policy else "",
             "model": t.policy.model if t.policy else "",
+            "derived_from": t.derived_from,
         }
         for key, value in values.items():
             columns[key].append(round(value, 4) if isinstance(value, float) else value)

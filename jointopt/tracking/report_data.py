@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from jointopt.search.plan import StudyPlan
 
 __all__ = ["collect_report", "plan_settings", "token_budgets", "best_at_budgets",
-           "SETTINGS_FILE"]
+           "search_counts", "SETTINGS_FILE"]
 
 #: File in a study's output folder with its settings (read by ``jointopt report RUN_DIR``
 #: and ``jointopt dashboard RUN_DIR``).
@@ -75,7 +75,7 @@ def _row(t: TrialSummary, extra: Mapping[str, Any], front: set[int],
         "models": _models(policy) if policy else [],
         "generated": int(t.generated or 0), "cached": int(t.cached or 0),
         "tokens_generated": int(t.tokens_generated or 0),
-        "front": t.number in front,
+        "front": t.number in front, "derived_from": t.derived_from,
         **{k: extra.get(k) for k in _EXTRA_ATTRS},
     }
     return row, policy
@@ -164,9 +164,28 @@ def collect_report(study: "optuna.Study", *, out_dir: Path,
         "policies": policies,
         "prompts": prompts,
         "tokens": _token_use(rows, replayed=backend == "replay"),
+        "search": search_counts(study),
         "difficulty": difficulty,
         "settings": json.loads(redact(json.dumps({**settings, "engine": engine}, default=str))),
     }
+
+
+def search_counts(study: "optuna.Study") -> dict[str, int]:
+    """How the study's trials came about: proposed and complete, derived (free variants
+    scored from another trial's pools), screened and raced out (PRUNED, see
+    :mod:`jointopt.search.promise` and :mod:`jointopt.search.racing`), and the samples
+    racing saved."""
+    counts = {"proposed": 0, "derived": 0, "screened": 0, "raced_out": 0, "samples_saved": 0}
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        if attrs.get("screened") is not None:
+            counts["screened"] += 1
+        elif attrs.get("raced_out") is not None:
+            counts["raced_out"] += 1
+            counts["samples_saved"] += int(attrs["raced_out"].get("saved", 0))
+        elif t.state.name == "COMPLETE":
+            counts["derived" if attrs.get("derived_from") is not None else "proposed"] += 1
+    return counts
 
 
 def plan_settings(plan: "StudyPlan") -> dict[str, Any]:

@@ -47,6 +47,7 @@ function hoverText(t) {
   const ci = t.dev_acc ? " [" + fmt(t.dev_acc.low, 2) + ", " + fmt(t.dev_acc.high, 2) + "]" : "";
   let s = "<b>trial " + t.n + "</b>  accuracy " + fmt(t.acc) + ci + "  tokens " + fmt(t.tok, 1);
   if (t.test_acc) s += "<br>held-out: accuracy " + fmt(t.test_acc.value) + "  tokens " + fmt(t.test_tok.value, 1);
+  if (t.derived_from !== null && t.derived_from !== undefined) s += "<br>derived from trial " + t.derived_from + " (a free variant: scored from its pools, nothing generated)";
   if (p) {
     s += "<br>model " + esc(p.model) + "  prompt <b>" + esc(p.prompt.id || "") + "</b>";
     for (const [bin, a] of Object.entries(p.bins || {})) s += "<br>bin " + esc(bin) + ": " + esc(allocText(a));
@@ -169,7 +170,8 @@ function allocationTable() {
       const params = Object.entries(a.params || {}).map(([k, v]) => esc(k) + "=" + esc(v)).join(", ");
       const extra = Object.entries(a).filter(([k]) => !["strategy", "params", "temperature", "max_tokens"].includes(k))
         .map(([k, v]) => esc(k) + "=" + esc(typeof v === "object" ? JSON.stringify(v) : v)).join(", ");
-      rows.push(["<a href='#' data-trial='" + n + "'>" + n + "</a>", dev, test, fmt(t.tok, 1), esc(p.prompt.id || ""),
+      const from = t.derived_from !== null && t.derived_from !== undefined ? " <span class=muted>(derived from " + t.derived_from + ")</span>" : "";
+      rows.push(["<a href='#' data-trial='" + n + "'>" + n + "</a>" + from, dev, test, fmt(t.tok, 1), esc(p.prompt.id || ""),
                  esc(bin), esc(a.model || p.model), esc(a.strategy), params, fmt(a.temperature, 2), esc(a.max_tokens), extra]);
     }
   }
@@ -182,7 +184,11 @@ function tokenTable() {
   const rows = Object.entries(T.per_model).map(([m, v]) => [esc(m), v.trials, v.generated, v.replayed, v.cached, v.engine_tokens]);
   const t = T.totals;
   rows.push(["<b>all</b>", t.trials, t.generated, t.replayed, t.cached, t.engine_tokens]);
-  return table(["model", "trials", "completions generated", "completions replayed (bank)", "completions from the sample store",
+  const S = D.search || {};
+  const how = S.derived || S.screened || S.raced_out
+    ? "<p>" + S.proposed + " proposed trials, " + S.derived + " derived trials (free variants scored from the proposed trials' pools, nothing generated), " +
+      S.screened + " settings screened, " + S.raced_out + " raced out (" + S.samples_saved + " samples not drawn).</p>" : "";
+  return how + table(["model", "trials", "completions generated", "completions replayed (bank)", "completions from the sample store",
                 "engine tokens (prompt + completion)"], rows);
 }
 
