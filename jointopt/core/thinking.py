@@ -50,7 +50,7 @@ class ThinkingSpec:
         budget: thinking tokens at most; 0 answers directly (no thinking phase).
         min: thinking tokens at least (``forcing`` only; at most ``budget`` unless that is
             0): a thought that stops earlier is extended with ``continue_cue``, at most
-            ``jointopt.strategies.thinking.MAX_EXTENSIONS`` times.
+            ``jointopt.core.thinking_forcing.MAX_EXTENSIONS`` times.
         engine: ``auto``, ``vllm`` or ``forcing`` (see the module docstring).
         start: text that opens the thought (the assistant turn starts with it).
         end: text that closes the thought; its stripped form is the stop string of the
