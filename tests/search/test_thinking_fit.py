@@ -117,8 +117,9 @@ def test_the_models_own_context_and_tokenizer_are_used_when_at_hand(tmp_path):
 
     count, how = token_counter(folder)
     assert how == f"estimated as characters/{CHARS_PER_TOKEN}" and count("abcdefgh") == 2
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
+    tokenizers = pytest.importorskip("tokenizers")  # comes with transformers (vllm extra)
+    Tokenizer, models, pre_tokenizers = (tokenizers.Tokenizer, tokenizers.models,
+                                         tokenizers.pre_tokenizers)
     tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "seven": 1}, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.save(str(folder / "tokenizer.json"))
