@@ -25,6 +25,11 @@ revision contexts) is sent as a final assistant message with vLLM's chat extensi
 ``continue_final_message: true, add_generation_prompt: false`` (vLLM and SGLang; not the
 OpenAI API); ``continuation="error"`` refuses such requests.
 
+``GenerationRequest.thinking_budget`` is sent as vLLM's ``thinking_token_budget`` when the
+server's reasoning markers are given (``thinking_markers``); the thought comes back apart
+or inline and is split off, and a server that refuses the field is answered by two-phase
+budget forcing instead (:mod:`jointopt.backends.openai_thinking`).
+
 Failures become :class:`UpstreamError` (a :class:`~jointopt.errors.BackendError`) with a
 ``kind``: ``unreachable`` (connection refused/reset, DNS), ``timeout`` (no answer within
 ``timeout`` seconds; not retried, since the server may still be working on it), ``http``
@@ -49,10 +54,11 @@ from jointopt.errors import BackendError
 from jointopt.core.generation import Completion, GenerationRequest, GenerationResult, check_request
 from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.openai_http import (
-    RETRY_STATUS, UNREACHABLE_FIX, UpstreamError, base_url_list, check_server_urls,
-    check_settings, excerpt, http_fix, kwargs_from_settings, make_client, normalize_base_url,
-    read_api_key, server_urls)
+    UpstreamError, base_url_list, check_server_urls, check_settings, excerpt,
+    kwargs_from_settings, make_client, normalize_base_url, read_api_key, send_with_retries,
+    server_urls)
 from jointopt.backends.openai_payloads import chat_body, parse_chat_completion
+from jointopt.backends.openai_thinking import NO_MARKERS_FIX, ServerThinking, budget_rejected
 
 __all__ = ["OpenAIBackend", "UpstreamError", "normalize_base_url"]
 
@@ -83,6 +89,10 @@ class OpenAIBackend(Backend):
         transport: an ``httpx`` transport (tests: ``httpx.MockTransport``).
         seed, max_model_len: accepted like every backend's; the server's settings apply.
         engine_kwargs: further keyword arguments of this class (``model.engine``).
+        thinking_markers: the server's reasoning ``[start, end]`` strings: requests with a
+            thinking budget are sent with vLLM's ``thinking_token_budget`` (see
+            :mod:`jointopt.backends.openai_thinking`). None: the server has no thinking
+            budget (``thinking_markers()`` is None; thinking bins use budget forcing).
 
     From a study config: ``model.base_urls`` and the key of ``api_key_env``/``api_key_file``.
     """
@@ -123,6 +133,7 @@ class OpenAIBackend(Backend):
         headers: Mapping[str, str] | None = None,
         model_id: str | None = None,
         transport: Any = None,
+        thinking_markers: Sequence[str] | None = None,
         seed: int | None = None,
         max_model_len: int | None = None,
         engine_kwargs: Mapping[str, Any] | None = None,
@@ -133,6 +144,7 @@ class OpenAIBackend(Backend):
             max_backoff=max_backoff, max_concurrency=max_concurrency, send_seed=send_seed,
             token_ids=token_ids, continuation=continuation, extra_body=extra_body,
             headers=headers, model_id=model_id, transport=transport,
+            thinking_markers=thinking_markers,
         )
         if engine_kwargs:
             unknown = set(engine_kwargs) - set(options)
@@ -161,6 +173,7 @@ class OpenAIBackend(Backend):
         headers: Mapping[str, str] | None,
         model_id: str | None,
         transport: Any,
+        thinking_markers: Sequence[str] | None,
     ) -> None:
         self._bases = base_url_list(base_url)
         check_settings(timeout=timeout, connect_timeout=connect_timeout, backoff=backoff,
@@ -181,6 +194,7 @@ class OpenAIBackend(Backend):
         self.token_ids = token_ids
         self.continuation = continuation
         self._extra_body = dict(extra_body or {})
+        self._thinking = ServerThinking(thinking_markers) if thinking_markers else None
         self._rng = random.Random(0)
         self._lock = threading.Lock()
         self._discover_lock = threading.Lock()
@@ -244,62 +258,12 @@ class OpenAIBackend(Backend):
 
     def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One call with retries; returns the decoded JSON body."""
-        import httpx
-
         if self._closed:
             raise BackendError("the backend is closed", where="OpenAIBackend")
         start = self._start()
-        last: UpstreamError | None = None
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            url = self._base_for(attempt, start) + path
-            response = None
-            try:
-                response = self._client.request(method, url, json=body)
-            except httpx.ConnectTimeout as exc:
-                last = UpstreamError(
-                    f"cannot connect to the OpenAI-compatible server ({type(exc).__name__})",
-                    kind="unreachable", url=url, fix=UNREACHABLE_FIX)
-            except httpx.TimeoutException as exc:
-                raise UpstreamError(
-                    f"the server did not answer within {self.timeout:g}s "
-                    f"({type(exc).__name__})",
-                    kind="timeout", url=url,
-                    fix="raise the timeout, or lower max_tokens / n / the number of "
-                        "concurrent requests") from None
-            except httpx.TransportError as exc:
-                last = UpstreamError(
-                    f"cannot reach the OpenAI-compatible server "
-                    f"({type(exc).__name__}: {exc})",
-                    kind="unreachable", url=url, fix=UNREACHABLE_FIX)
-            else:
-                if response.status_code < 400:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise UpstreamError(
-                            f"the server answered HTTP {response.status_code} with a body that "
-                            f"is not JSON: {excerpt(response)}",
-                            kind="protocol", url=url,
-                            fix="check that the URL points at an OpenAI-compatible API "
-                                "(it usually ends in /v1)") from None
-                error = UpstreamError(
-                    f"the server answered HTTP {response.status_code}: {excerpt(response)}",
-                    kind="http", url=url, status=response.status_code,
-                    fix=http_fix(response.status_code))
-                if response.status_code not in RETRY_STATUS:
-                    raise error
-                last = error
-            if attempt + 1 < attempts:
-                delay = self._delay(attempt, response)
-                log.debug("retrying %s in %.2fs after: %s", url, delay, last.message)
-                time.sleep(delay)
-        if last is None:  # pragma: no cover - the loop always runs once
-            raise BackendError("no attempt was made", where="OpenAIBackend")
-        if attempts > 1:
-            raise UpstreamError(f"{last.message} (after {attempts} attempts)", kind=last.kind,
-                                url=last.url, status=last.status, fix=last.fix)
-        raise last
+        return send_with_retries(
+            self._client, method, lambda attempt: self._base_for(attempt, start) + path,
+            body, attempts=self.max_retries + 1, timeout=self.timeout, delay=self._delay)
 
     def _discover_model(self) -> str:
         data = self._send("GET", "/models")
@@ -329,9 +293,16 @@ class OpenAIBackend(Backend):
 
     def body(self, request: GenerationRequest, n: int | None = None) -> dict[str, Any]:
         """The JSON body sent for ``request`` (``n`` overrides ``request.n``)."""
-        return chat_body(request, self.model, n=n, send_seed=self.send_seed,
+        body = chat_body(request, self.model, n=n, send_seed=self.send_seed,
                          token_ids=self.token_ids, continuation=self.continuation,
                          extra_body=self._extra_body)
+        if request.thinking_budget is not None and self._thinking is not None:
+            body.update(self._thinking.fields(request))
+        return body
+
+    def thinking_markers(self) -> tuple[str, str] | None:
+        """The server's reasoning markers while it takes ``thinking_token_budget``."""
+        return self._thinking.markers() if self._thinking is not None else None
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """Send the batch concurrently; results keep the order of the requests."""
@@ -340,6 +311,10 @@ class OpenAIBackend(Backend):
         requests = list(requests)
         for index, request in enumerate(requests):
             check_request(request, index)
+            if request.thinking_budget is not None and self._thinking is None:
+                raise BackendError("the server has no thinking budget (no thinking_markers)",
+                                   where=f"requests[{index}].thinking_budget",
+                                   value=request.thinking_budget, fix=NO_MARKERS_FIX)
         if not requests:
             return []
         self.model  # noqa: B018 - discover once, before the threads start
@@ -353,17 +328,32 @@ class OpenAIBackend(Backend):
                     other.cancel()
                 raise future.exception()  # type: ignore[misc]
         results = [f.result() for f in futures]
+        forced = [i for i, r in enumerate(results) if r is None]  # refused thinking budgets
+        if forced and self._thinking is not None:
+            got = self._thinking.force([requests[i] for i in forced], self.generate)
+            for i, result in zip(forced, got):
+                results[i] = result
         log.debug("%d requests in %.2fs", len(requests), time.perf_counter() - started)
-        return results
+        return results  # type: ignore[return-value]
 
-    def _generate_one(self, request: GenerationRequest) -> GenerationResult:
+    def _generate_one(self, request: GenerationRequest) -> GenerationResult | None:
+        """One request's result; None for a thinking budget the server does not take."""
+        thinking = self._thinking if request.thinking_budget is not None else None
+        if thinking is not None and not thinking.native:
+            return None
         started = time.perf_counter()
         completions: list[Completion] = []
         prompt_tokens = 0
         asks = 0
         while len(completions) < request.n:
             missing = request.n - len(completions)
-            data = self._send("POST", "/chat/completions", self.body(request, n=missing))
+            try:
+                data = self._send("POST", "/chat/completions", self.body(request, n=missing))
+            except UpstreamError as exc:
+                if thinking is None or not budget_rejected(exc):
+                    raise
+                thinking.give_up(f"refused thinking_token_budget ({exc.message})")
+                return None
             got, used = self._parse(request, data)
             asks += 1
             prompt_tokens += used
@@ -386,8 +376,11 @@ class OpenAIBackend(Backend):
         )
 
     def _parse(self, request: GenerationRequest, data: Any) -> tuple[list[Completion], int]:
-        return parse_chat_completion(request, data, self._bases[0] + "/chat/completions",
-                                     self._warned)
+        got, used = parse_chat_completion(request, data, self._bases[0] + "/chat/completions",
+                                          self._warned)
+        if request.thinking_budget is not None and self._thinking is not None:
+            got = self._thinking.split(request, got, data)
+        return got, used
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -3,12 +3,16 @@ body excerpts and the fix to suggest for an HTTP status."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from jointopt.errors import BackendError
+
+log = logging.getLogger("jointopt.backends.openai")
 
 if TYPE_CHECKING:
     from jointopt.backends.base import BackendSettings
@@ -85,6 +89,65 @@ def http_fix(status: int) -> str:
     if status >= 500:
         return "the server failed; check its log"
     return "check the request parameters against the server's limits (e.g. max_model_len)"
+
+
+def send_with_retries(client: Any, method: str, url_for: Callable[[int], str],
+                      body: Any, *, attempts: int, timeout: float,
+                      delay: Callable[[int, Any], float]) -> Any:
+    """One API call with ``attempts`` tries (``url_for(attempt)`` names the URL of each;
+    ``delay(attempt, response)`` the pause before the next); returns the decoded JSON body.
+    Connection errors, 429 and 5xx are retried; a timeout or another status raises at once.
+    """
+    import httpx
+
+    last: UpstreamError | None = None
+    for attempt in range(attempts):
+        url = url_for(attempt)
+        response = None
+        try:
+            response = client.request(method, url, json=body)
+        except httpx.ConnectTimeout as exc:
+            last = UpstreamError(
+                f"cannot connect to the OpenAI-compatible server ({type(exc).__name__})",
+                kind="unreachable", url=url, fix=UNREACHABLE_FIX)
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(
+                f"the server did not answer within {timeout:g}s ({type(exc).__name__})",
+                kind="timeout", url=url,
+                fix="raise the timeout, or lower max_tokens / n / the number of "
+                    "concurrent requests") from None
+        except httpx.TransportError as exc:
+            last = UpstreamError(
+                f"cannot reach the OpenAI-compatible server ({type(exc).__name__}: {exc})",
+                kind="unreachable", url=url, fix=UNREACHABLE_FIX)
+        else:
+            if response.status_code < 400:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise UpstreamError(
+                        f"the server answered HTTP {response.status_code} with a body that "
+                        f"is not JSON: {excerpt(response)}",
+                        kind="protocol", url=url,
+                        fix="check that the URL points at an OpenAI-compatible API "
+                            "(it usually ends in /v1)") from None
+            error = UpstreamError(
+                f"the server answered HTTP {response.status_code}: {excerpt(response)}",
+                kind="http", url=url, status=response.status_code,
+                fix=http_fix(response.status_code))
+            if response.status_code not in RETRY_STATUS:
+                raise error
+            last = error
+        if attempt + 1 < attempts:
+            pause = delay(attempt, response)
+            log.debug("retrying %s in %.2fs after: %s", url, pause, last.message)
+            time.sleep(pause)
+    if last is None:  # pragma: no cover - the loop always runs once
+        raise BackendError("no attempt was made", where="OpenAIBackend")
+    if attempts > 1:
+        raise UpstreamError(f"{last.message} (after {attempts} attempts)", kind=last.kind,
+                            url=last.url, status=last.status, fix=last.fix)
+    raise last
 
 
 def check_settings(*, timeout: float, connect_timeout: float, backoff: float,

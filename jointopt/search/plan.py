@@ -17,6 +17,7 @@ from jointopt.search.plan_checks import (
 from jointopt.search.space import SearchSpace
 from jointopt.search.multi_model import for_each_model, study_costs, with_models
 from jointopt.search.space_build import space_from_dict
+from jointopt.search.thinking_fit import check_space_fits
 from jointopt.tasks import AnswerExtractor, AnswerMatcher, Task, make_dataset_task, make_task
 
 __all__ = ["StudyPlan", "as_plan", "plan_study", "build_task", "task_hash", "bank_pool_size"]
@@ -123,9 +124,11 @@ def plan_study(config: StudyConfig) -> StudyPlan:
         model_path = model_name
     else:
         model_path = check_model(config)
+        if not config.models:  # each entry of models: is checked below
+            check_space_fits(config, space, full_task, model_path)
     if config.models:
         model_name = config.models[0].label
-        for_each_model(config, check_model)
+        for_each_model(config, lambda c: check_space_fits(c, space, full_task, check_model(c)))
     space = with_models(space, config)
     study_costs(config)
     check_tracking(config)

@@ -378,6 +378,10 @@ def load_policy(
         name = backend or "vllm"
         if backend_class(name).loads_model:
             kwargs.setdefault("model", policy.model)
+        if kwargs.get("max_model_len"):  # thinking bins fit the engine's context
+            from jointopt.search.thinking_fit import check_policy_fits
+
+            check_policy_fits(policy, task, int(kwargs["max_model_len"]), source=where)
         backend = make_backend(name, **kwargs)
     try:
         return PolicyRunner(policy, backend, task, seed=seed, owns_backend=owns)

@@ -11,20 +11,12 @@ the evaluator counts what the wrapper receives from the backend.
 
 Engines (:class:`~jointopt.core.thinking.ThinkingSpec`):
 
-``forcing`` (every backend), per request ``R`` with ``n`` samples:
-
-1. *thought*: ``R`` with ``continuation = start``, ``max_tokens = budget``, stop at the end
-   marker (the strategy's own stop strings do not apply to the thought), ``n`` samples;
-2. *extensions* (only with ``min`` > 0): a thought that stopped before ``min`` tokens is
-   resent with ``continue_cue`` appended and continued with the budget it has left, at
-   most :data:`MAX_EXTENSIONS` times;
-3. *answer*: ``R`` with ``continuation = start + thought + end + answer_cue +
-   R.continuation`` and ``max_tokens = answer_max_tokens`` (else ``R.max_tokens``), one
-   sample per thought (samples whose contexts are equal share one request).
-
-The prompt, the thought and the cues are resent in steps 2 and 3: they are counted as
-prompt tokens of those requests (the engine's prefix cache makes them cheap in time, not
-in the count). The thought is at most ``budget`` generated tokens, exactly.
+``forcing`` (every backend): the two phases of
+:mod:`jointopt.core.thinking_forcing` (thought up to the budget, stopped at the end
+marker; extensions up to ``min``; then the answer after ``end + answer_cue``). The prompt,
+the thought and the cues are resent: they are counted as prompt tokens of those requests
+(the engine's prefix cache makes them cheap in time, not in the count). The thought is at
+most ``budget`` generated tokens, exactly.
 
 ``vllm``: one request per ``R`` with ``continuation = <engine start marker>`` and
 ``thinking_budget = budget``; the engine forces its end marker when the budget is spent
@@ -38,19 +30,17 @@ Budget 0 answers directly: the strategy's requests go out unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Literal
 
-from jointopt.core.generation import Completion, GenerationRequest, GenerationResult
+from jointopt.core.generation import GenerationRequest, GenerationResult
 from jointopt.core.thinking import ThinkingSpec
+from jointopt.core.thinking_forcing import MAX_EXTENSIONS, finish_forcing, thought_request
 from jointopt.errors import StrategyError
 from jointopt.strategies.base import Run, Strategy, StrategyContext, StrategyOutcome
 
 __all__ = ["MAX_EXTENSIONS", "ThinkingStrategy", "resolve_engine", "with_thinking"]
-
-#: Most times a thought shorter than ``min`` is extended with the continue cue.
-MAX_EXTENSIONS = 4
 
 Round = Generator[list[GenerationRequest], list[GenerationResult], list[GenerationResult]]
 
@@ -153,50 +143,16 @@ class ThinkingStrategy(Strategy):
         return f"ThinkingStrategy({self.inner!r}, budget={self.spec.budget}, {self.engine})"
 
 
-@dataclass
-class _Thought:
-    """One sample's thought while it is being generated (forcing)."""
-
-    text: str = ""
-    ids: list[int] = field(default_factory=list)
-    finish: str = "stop"
-    extensions: int = 0
-
-
-@dataclass
-class _Forced:
-    """The thoughts of one request and what its phases cost so far."""
-
-    request: GenerationRequest
-    thoughts: list[_Thought]
-    prompt_tokens: int = 0
-    wall_time: float = 0.0
-    cached: int = 0
-    copies: int = 0
-
-    def charge(self, result: GenerationResult) -> None:
-        self.prompt_tokens += result.prompt_tokens
-        self.wall_time += result.wall_time
-
-
 def _think_round(requests: list[GenerationRequest], spec: ThinkingSpec, engine: str,
                  markers: tuple[str, str] | None) -> Round:
     """Answer one round of a strategy's requests with a thinking phase each."""
     native = [engine == "vllm" and not r.continuation for r in requests]
-    first = [_native(r, spec, markers) if nat else _thought_request(r, spec)
+    first = [_native(r, spec, markers) if nat else thought_request(r, spec)
              for r, nat in zip(requests, native)]
     got = yield first
-    forced: dict[int, _Forced] = {}
-    for i, (request, result) in enumerate(zip(requests, got)):
-        if native[i]:
-            continue
-        state = _Forced(request, [_Thought(c.text, list(c.token_ids), c.finish_reason)
-                                  for c in result.completions],
-                        cached=result.cached, copies=result.copies)
-        state.charge(result)
-        forced[i] = state
-    yield from _extend(forced, spec)
-    answers = yield from _answer(forced, spec)
+    thoughts = {i: (request, result) for i, (request, result) in enumerate(zip(requests, got))
+                if not native[i]}
+    answers = yield from finish_forcing(thoughts, spec)
     return [dataclasses.replace(got[i], request=r) if native[i] else answers[i]
             for i, r in enumerate(requests)]
 
@@ -206,78 +162,3 @@ def _native(request: GenerationRequest, spec: ThinkingSpec,
     start = markers[0] if markers else spec.start
     return dataclasses.replace(request, continuation=start, thinking_budget=spec.budget,
                                max_tokens=spec.answer_cap(request.max_tokens))
-
-
-def _thought_request(request: GenerationRequest, spec: ThinkingSpec) -> GenerationRequest:
-    return dataclasses.replace(request, continuation=spec.start, max_tokens=spec.budget,
-                               stop=(spec.stop,))
-
-
-def _short(thought: _Thought, spec: ThinkingSpec) -> bool:
-    return (len(thought.ids) < spec.min and thought.finish == "stop"
-            and len(thought.ids) < spec.budget and thought.extensions < MAX_EXTENSIONS)
-
-
-def _extend(forced: dict[int, _Forced], spec: ThinkingSpec) -> Generator:
-    """Continue thoughts that stopped before ``spec.min`` tokens (s1-style), round by round."""
-    while True:
-        todo = [(state, j, thought) for state in forced.values()
-                for j, thought in enumerate(state.thoughts) if _short(thought, spec)]
-        if not todo:
-            return
-        requests = [dataclasses.replace(
-            state.request, n=1, offset=state.request.offset + j,
-            continuation=spec.start + thought.text + spec.continue_cue,
-            max_tokens=spec.budget - len(thought.ids), stop=(spec.stop,))
-            for state, j, thought in todo]
-        got = yield requests
-        for (state, _, thought), result in zip(todo, got):
-            state.charge(result)
-            piece = result.completions[0]
-            thought.text += spec.continue_cue + piece.text
-            thought.ids.extend(piece.token_ids)
-            thought.finish = piece.finish_reason
-            thought.extensions += 1
-
-
-def _answer_context(state: _Forced, thought: _Thought, spec: ThinkingSpec) -> str:
-    return spec.start + thought.text + spec.end + spec.answer_cue + state.request.continuation
-
-
-def _answer(forced: dict[int, _Forced], spec: ThinkingSpec) -> Generator:
-    """Generate every answer after its closed thought; equal contexts share one request."""
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, state in forced.items():
-        for j, thought in enumerate(state.thoughts):
-            groups.setdefault((i, _answer_context(state, thought, spec)), []).append(j)
-    keys = list(groups)
-    if not keys:
-        return {}
-    requests = [dataclasses.replace(
-        forced[i].request, n=len(groups[(i, context)]), continuation=context,
-        max_tokens=spec.answer_cap(forced[i].request.max_tokens))
-        for i, context in keys]
-    got = yield requests
-    answers: dict[int, list[Completion | None]] = {
-        i: [None] * len(state.thoughts) for i, state in forced.items()}
-    answer_copies: dict[int, int] = dict.fromkeys(forced, 0)
-    for (i, context), result in zip(keys, got):
-        forced[i].charge(result)
-        answer_copies[i] += result.copies
-        for j, completion in zip(groups[(i, context)], result.completions):
-            answers[i][j] = completion
-    return {i: _merged(state, answers[i], answer_copies[i]) for i, state in forced.items()}
-
-
-def _merged(state: _Forced, answers: Sequence[Completion | None],
-            answer_copies: int) -> GenerationResult:
-    """The result the strategy sees: its request, each sample's answer with its thought,
-    and the prompt tokens of every phase."""
-    completions = tuple(
-        dataclasses.replace(answer, thinking_text=thought.text,
-                            thinking_token_ids=tuple(thought.ids))
-        for thought, answer in zip(state.thoughts, answers))
-    return GenerationResult(
-        request=state.request, prompt_tokens=state.prompt_tokens, completions=completions,
-        wall_time=state.wall_time, cached=state.cached,
-        copies=min(state.copies, answer_copies))
