@@ -41,7 +41,7 @@ def test_lm_eval_log_samples(tmp_path):
     assert ReplayBackend(result.bank).bank.read(None, bank.pools[next(iter(bank.pools))],
                                                 0, 1)[0].text.startswith("He has")
     study = _run(result, tmp_path)
-    assert len(study.trials) == 4
+    assert len(study.proposed) == 4
 
 
 def test_openai_batch_output_with_n_choices_and_usage(tmp_path):
@@ -68,7 +68,7 @@ def test_openai_batch_output_with_n_choices_and_usage(tmp_path):
     assert dict(zip(pool.answers, pool.correct.tolist())) == {"paris": True,
                                                                "marseille": False}
     study = _run(result, tmp_path)
-    assert len(study.trials) == 4
+    assert len(study.proposed) == 4
 
 
 def test_failed_batch_request_is_named(tmp_path):

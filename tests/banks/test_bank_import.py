@@ -55,7 +55,7 @@ def test_per_sample_table_imports_and_runs(tmp_path):
     plan = plan_study(config)
     assert bank_pool_size(plan) == 6  # every recorded sample, not the live default of 8
     study = run_study(config)
-    assert len(study.trials) == 8 and all(0 <= t.accuracy <= 1 for t in study.trials)
+    assert len(study.proposed) == 8 and all(0 <= t.accuracy <= 1 for t in study.trials)
 
 
 def test_csv_histograms_with_a_dataset_and_computed_correctness(tmp_path):
@@ -78,7 +78,7 @@ def test_csv_histograms_with_a_dataset_and_computed_correctness(tmp_path):
     assert data.answers == ("3", "9", None) and data.correct.tolist() == [True, False, False]
     assert data.mean_completion_tokens == 7.5 and data.sample_group is None
     assert len(run_study(load_config(result.study, {
-        "output_dir": str(tmp_path / "run")})).trials) == 4
+        "output_dir": str(tmp_path / "run")})).proposed) == 4
 
 
 def _bad(tmp_path, rows, options=None, name="t.jsonl"):
@@ -244,4 +244,4 @@ def test_an_imported_bank_replays_with_a_calibration_split(tmp_path):
                                         "validation": {"calibration_fraction": 0.25}})
     plan = plan_study(config)
     assert plan.calibration_task is not None and plan.calibration_task.examples
-    assert len(run_study(config).trials) == 3
+    assert len(run_study(config).proposed) == 3
