@@ -79,7 +79,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     which.add_argument("--pick", choices=PICKS, default=None,
                        help="rule on the Pareto front (default: knee)")
     parser.add_argument("--budget", type=_positive_float,
-                        help="mean tokens per input for --pick budget")
+                        help="mean tokens per input for --pick budget (the mean cost under "
+                             "optimizer.cost: flops | price)")
     parser.add_argument("--out", required=True, help="folder to write into")
     parser.add_argument("--mlflow-alias", help="alias of the registered prompt version "
                                                "(default: champion)")

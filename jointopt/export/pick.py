@@ -9,6 +9,9 @@ Pick rules (among feasible complete trials; see :func:`pick_point`):
 * ``max_accuracy``: the most accurate trial (fewest tokens among ties).
 * ``min_tokens``: the cheapest trial (most accurate among ties).
 * ``budget``: the most accurate trial whose mean tokens are <= ``budget``.
+
+"Tokens" is the study's second objective: mean tokens, or under ``optimizer.cost: flops |
+price`` the mean cost (the caller passes it as ``second`` and names it in ``unit``).
 * ``certified``: the trial ``jointopt certify`` certified (read from the study's
   certificate by :func:`jointopt.export.trials.choose_trial`, not from the points).
 """
@@ -16,7 +19,8 @@ Pick rules (among feasible complete trials; see :func:`pick_point`):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Literal, Protocol, TypeVar
 
 import numpy as np
@@ -41,11 +45,11 @@ class Point(Protocol):
 P = TypeVar("P", bound=Point)
 
 
-def _knee(front: list[P]) -> P:
+def _knee(front: list[P], second: Callable[[P], float]) -> P:
     if len(front) <= 2:
-        return max(front, key=lambda p: (p.accuracy, -p.mean_tokens, -p.number))
+        return max(front, key=lambda p: (p.accuracy, -second(p), -p.number))
     acc = np.array([p.accuracy for p in front])
-    tok = np.array([p.mean_tokens for p in front])
+    tok = np.array([second(p) for p in front])
     acc_n = (acc - acc.min()) / (acc.max() - acc.min() or 1.0)
     tok_n = (tok - tok.min()) / (tok.max() - tok.min() or 1.0)
     # Signed distance from the line joining the cheapest point (first) and the most
@@ -58,8 +62,11 @@ def _knee(front: list[P]) -> P:
     return front[best]
 
 
-def pick_point(points: Sequence[P], pick: str, budget: float | None = None) -> P:
-    """Choose one point by a pick rule (see the module docstring).
+def pick_point(points: Sequence[P], pick: str, budget: float | None = None, *,
+               second: Callable[[P], float] = attrgetter("mean_tokens"),
+               unit: str = "mean tokens") -> P:
+    """Choose one point by a pick rule (see the module docstring); ``second`` reads a
+    point's second objective, named ``unit`` in messages.
 
     Raises:
         ConfigError: an unknown rule, no points, a missing budget, or no point within it.
@@ -74,23 +81,25 @@ def pick_point(points: Sequence[P], pick: str, budget: float | None = None) -> P
     if not points:
         raise ConfigError("the study has no complete (feasible) trial to pick from",
                           where="pick", fix="run the study first: jointopt run CONFIG")
+    best = lambda p: (p.accuracy, -second(p), -p.number)  # noqa: E731
     if pick == "budget":
         if budget is None or isinstance(budget, bool) or not isinstance(budget, (int, float)) \
                 or budget <= 0:
-            raise ConfigError("pick 'budget' needs a token budget > 0", where="budget",
-                              value=budget, fix="pass --budget T (mean tokens per input)")
-        within = [p for p in points if p.mean_tokens <= budget]
+            raise ConfigError(f"pick 'budget' needs a budget > 0 ({unit} per input)",
+                              where="budget", value=budget,
+                              fix=f"pass --budget B ({unit} per input)")
+        within = [p for p in points if second(p) <= budget]
         if not within:
-            cheapest = min(points, key=lambda p: p.mean_tokens)
+            cheapest = min(points, key=second)
             raise ConfigError(
-                f"no trial spends at most {budget:g} mean tokens; the cheapest (trial "
-                f"{cheapest.number}) spends {cheapest.mean_tokens:.1f}",
+                f"no trial spends at most {budget:g} {unit}; the cheapest (trial "
+                f"{cheapest.number}) spends {second(cheapest):.4g}",
                 where="budget", value=budget,
-                fix=f"raise --budget to at least {math.ceil(cheapest.mean_tokens)}, or run "
+                fix=f"raise --budget to at least {second(cheapest):.4g}, or run "
                     "more trials with cheaper strategies")
-        return max(within, key=lambda p: (p.accuracy, -p.mean_tokens, -p.number))
+        return max(within, key=best)
     if pick == "max_accuracy":
-        return max(points, key=lambda p: (p.accuracy, -p.mean_tokens, -p.number))
+        return max(points, key=best)
     if pick == "min_tokens":
-        return min(points, key=lambda p: (p.mean_tokens, -p.accuracy, p.number))
-    return _knee(non_dominated(points))
+        return min(points, key=lambda p: (second(p), -p.accuracy, p.number))
+    return _knee(non_dominated(points, tokens=second), second)

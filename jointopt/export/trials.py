@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from jointopt.core.policy import Policy
@@ -13,7 +15,7 @@ from jointopt.errors import ConfigError
 from jointopt.evaluation.stats import Interval, bootstrap
 from jointopt.export.pick import pick_point
 from jointopt.search.plan import as_plan
-from jointopt.search.results import feasible as _feasible, summarize
+from jointopt.search.results import feasible as _feasible
 from jointopt.search.study import load_study
 
 if TYPE_CHECKING:
@@ -80,8 +82,22 @@ def choose_trial(plan: "StudyPlan", study: "optuna.Study", trial: int | None, pi
 
         return certified_trial(plan, study, complete), "certified"
     feasible = [t for t in complete if _feasible(t)]
-    point = pick_point([summarize(t) for t in feasible], pick, budget)
+    # The objective values are what the front was drawn on (mean cost under a cost
+    # objective); no policy needs parsing to choose.
+    unit = ("mean tokens" if plan.config.optimizer.cost == "tokens"
+            else f"mean cost ({plan.config.optimizer.cost})")
+    point = pick_point([_Objectives(t.number, t.values[0], t.values[1]) for t in feasible],
+                       pick, budget, second=attrgetter("cost"), unit=unit)
     return next(t for t in feasible if t.number == point.number), pick
+
+
+@dataclass(frozen=True)
+class _Objectives:
+    """A trial as the pick rules read it: accuracy and the study's second objective."""
+
+    number: int
+    accuracy: float
+    cost: float
 
 
 def measure(plan: "StudyPlan", study: "optuna.Study", chosen: "optuna.trial.FrozenTrial",

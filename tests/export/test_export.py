@@ -84,6 +84,13 @@ def test_pick_rules():
     assert pick_point(POINTS, "min_tokens").number == 0
     assert pick_point(POINTS, "budget", 59).number == 1
     assert pick_point(POINTS, "budget", 60).number == 2
+    # another second objective (a cost): the rules read it instead of mean tokens
+    cost = {0: 9.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 5.0, 5: 1.0}
+    by_cost = dict(second=lambda p: cost[p.number], unit="mean cost")
+    assert pick_point(POINTS, "min_tokens", **by_cost).number == 1
+    assert pick_point(POINTS, "budget", 2.5, **by_cost).number == 2
+    with pytest.raises(ConfigError, match="mean cost"):
+        pick_point(POINTS, "budget", 0.5, **by_cost)
 
 
 def test_knee_without_a_bulge_takes_the_most_accurate_extreme():
@@ -96,7 +103,7 @@ def test_knee_without_a_bulge_takes_the_most_accurate_extreme():
 def test_pick_errors_are_clear():
     with pytest.raises(ConfigError, match="raise --budget to at least 10"):
         pick_point(POINTS, "budget", 5)
-    with pytest.raises(ConfigError, match="needs a token budget"):
+    with pytest.raises(ConfigError, match=r"needs a budget > 0 \(mean tokens"):
         pick_point(POINTS, "budget")
     with pytest.raises(ConfigError, match="did you mean 'knee'"):
         pick_point(POINTS, "kne")

@@ -98,6 +98,16 @@ def test_each_bin_picks_its_model_and_the_cost_prices_each_token_at_its_model(tm
     assert metrics["cost_objective"] == "flops"
     assert metrics["mean_cost"]["estimate"] > metrics["mean_tokens"]["estimate"] > 0
     assert metrics["test"]["mean_cost"]["estimate"] > 0
+    # Pick rules read the objective the front is on: the cheapest policy in FLOPs, and a
+    # budget in FLOPs per input.
+    cheap = export_policy(config, pick="min_tokens", out_dir=tmp_path / "cheap",
+                          register_prompt=False)
+    lowest = min(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
+                 key=lambda t: (t.values[1], -t.values[0], t.number))
+    assert cheap.trial_number == lowest.number
+    with pytest.raises(ConfigError, match="mean cost"):
+        export_policy(config, pick="budget", budget=1.0, out_dir=tmp_path / "none",
+                      register_prompt=False)
 
 
 def test_one_model_as_a_list_gives_the_same_trials_as_model(tmp_path):
