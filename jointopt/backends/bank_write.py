@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jointopt.backends.bank_file import write_atomically
+from jointopt.core.pool_data import PoolSample
 
 __all__ = ["BANK_V2", "FINISH_REASONS", "BankWriter", "SampleRow", "json_array"]
 
@@ -38,26 +39,16 @@ def _nan(value: float | None) -> float:
 
 
 @dataclass(frozen=True)
-class SampleRow:
-    """One recorded sample of a pool.
+class SampleRow(PoolSample):
+    """One recorded sample of a pool: what pool scoring reads (:class:`PoolSample`), and
+    what the bank keeps besides.
 
     Attributes:
-        answer: canonical answer (None: nothing extracted).
-        correct: whether the answer is right.
-        completion_tokens: completion tokens.
-        mean_logprob, sum_logprob: token logprob mean and sum (None: unknown).
-        score: a scorer's or reward model's value (None: unknown).
         finish_reason: ``stop``, ``length`` or another engine reason (None: unknown).
         text, token_ids, logprobs: the completion itself, when recorded (a bank without
             texts serves pool scoring only).
     """
 
-    answer: str | None
-    correct: bool
-    completion_tokens: int
-    mean_logprob: float | None = None
-    sum_logprob: float | None = None
-    score: float | None = None
     finish_reason: str | None = None
     text: str | None = None
     token_ids: Sequence[int] | None = None

@@ -19,7 +19,29 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["PoolData", "pool_data_from_samples"]
+__all__ = ["PoolSample", "PoolData", "pool_data_from_samples"]
+
+
+@dataclass(frozen=True)
+class PoolSample:
+    """One sample of a pool.
+
+    Attributes:
+        answer: canonical extracted answer; ``None`` when nothing was extracted (never
+            wins a vote while any other answer is present).
+        correct: whether ``answer`` matches the target.
+        completion_tokens: completion tokens of the sample (engine count).
+        mean_logprob: mean token logprob of the completion.
+        sum_logprob: total token logprob of the completion.
+        score: a scorer's value, higher is better (e.g. verifier or logprob).
+    """
+
+    answer: str | None
+    correct: bool
+    completion_tokens: int
+    mean_logprob: float | None = None
+    sum_logprob: float | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True, eq=False)

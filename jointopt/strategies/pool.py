@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from jointopt.core.pool_data import PoolSample
 from jointopt.errors import StrategyError
 
 if TYPE_CHECKING:
@@ -59,28 +60,6 @@ BEST_OF_KEYS = ("score", "mean_logprob", "sum_logprob")
 # table then moves to the next wider arithmetic (see _number_mode).
 _FLOAT_MAX_N = 1000
 _LONGDOUBLE_MAX_N = 16000
-
-
-@dataclass(frozen=True)
-class PoolSample:
-    """One sample of a pool.
-
-    Attributes:
-        answer: canonical extracted answer; ``None`` when nothing was extracted (never
-            wins a vote while any other answer is present).
-        correct: whether ``answer`` matches the target.
-        completion_tokens: completion tokens of the sample (engine count).
-        mean_logprob: mean token logprob of the completion.
-        sum_logprob: total token logprob of the completion.
-        score: a scorer's value, higher is better (e.g. verifier or logprob).
-    """
-
-    answer: str | None
-    correct: bool
-    completion_tokens: int
-    mean_logprob: float | None = None
-    sum_logprob: float | None = None
-    score: float | None = None
 
 
 @dataclass(frozen=True)
