@@ -10,7 +10,7 @@ value and the fix (with "did you mean" for misspelled keys); see
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,6 +18,9 @@ from jointopt.errors import ConfigError
 from jointopt.search.config_optimizer import (DEFAULT_POOL_SIZE, BankConfig, OptimizerConfig,
                                               RacingConfig)
 from jointopt.search.config_parse import StrictModel, parse_model, read_yaml
+
+if TYPE_CHECKING:
+    from jointopt.backends import BackendSettings
 
 __all__ = [
     "StudyConfig",
@@ -296,6 +299,18 @@ class StudyConfig(StrictModel):
         """A path from the config file, relative to the config file's directory."""
         p = Path(path)
         return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def backend_settings(self) -> "BackendSettings":
+        """The ``model:`` section as backends take it (paths resolved)."""
+        from jointopt.backends import BackendSettings
+
+        m = self.model
+        return BackendSettings(
+            model=m.model, seed=m.seed, max_model_len=m.max_model_len, engine=dict(m.engine),
+            cpu=m.cpu.model_dump(exclude_none=True), base_urls=tuple(m.base_urls),
+            api_key_env=m.api_key_env,
+            api_key_file=self.resolve(m.api_key_file) if m.api_key_file else None,
+            bank=self.resolve(m.bank) if m.bank else None)
 
     @property
     def out_dir(self) -> Path:

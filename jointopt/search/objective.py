@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from jointopt.backends import (Backend, BackendSettings, CachedBackend, SampleStore,
+from jointopt.backends import (Backend, CachedBackend, SampleStore,
                                backend_from_settings)
 from jointopt.errors import JointoptError
 from jointopt.evaluation.evaluate import EvaluationResult, evaluate
@@ -34,17 +34,6 @@ ENGINE_ATTR = "engine"
 COST_ATTR = "cost_objective"
 
 
-def backend_settings(config: StudyConfig) -> BackendSettings:
-    """The ``model:`` section of ``config`` as backends take it (paths resolved)."""
-    m = config.model
-    return BackendSettings(
-        model=m.model, seed=m.seed, max_model_len=m.max_model_len, engine=dict(m.engine),
-        cpu=m.cpu.model_dump(exclude_none=True), base_urls=tuple(m.base_urls),
-        api_key_env=m.api_key_env,
-        api_key_file=config.resolve(m.api_key_file) if m.api_key_file else None,
-        bank=config.resolve(m.bank) if m.bank else None)
-
-
 def build_backend(config: StudyConfig) -> Backend:
     """The engine a study config names (no cache in front): the registered backend's
     :meth:`~jointopt.backends.Backend.from_settings` (``vllm``: the offline engine;
@@ -52,7 +41,7 @@ def build_backend(config: StudyConfig) -> Backend:
     ``api_key_file``; ``replay``: ``model.bank``; ``scripted``:
     :func:`jointopt.testing.scripted_backend`), or a ``module:factory`` called with
     ``model``, ``seed``, ``max_model_len`` and ``engine_kwargs``."""
-    return backend_from_settings(config.model.backend, backend_settings(config))
+    return backend_from_settings(config.model.backend, config.backend_settings())
 
 
 class TrialRunner:

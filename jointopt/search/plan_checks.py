@@ -109,9 +109,8 @@ def check_backend(config: StudyConfig) -> None:
                           "itself (the value is not shown)", where="model.api_key_env",
                           fix="export OPENAI_API_KEY=... and write api_key_env: OPENAI_API_KEY; "
                               "if a real key was written into the config, revoke it")
-    from jointopt.search.objective import backend_settings
 
-    cls.check_settings(backend_settings(config))
+    cls.check_settings(config.backend_settings())
 
 
 def check_credentials(config: StudyConfig) -> None:

@@ -313,8 +313,7 @@ def _check_one_model(config: "StudyConfig") -> None:
     """The model can be loaded and the backend's servers answer."""
     check_model_available(config)
     from jointopt.backends import backend_class
-    from jointopt.search.objective import backend_settings
 
-    urls, field = backend_class(config.model.backend).servers(backend_settings(config))
+    urls, field = backend_class(config.model.backend).servers(config.backend_settings())
     if urls:
         check_upstreams(urls, field)
