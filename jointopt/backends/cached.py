@@ -6,7 +6,19 @@ engine only for the ones the pool lacks. So a trial that repeats a prompt and sa
 setting of an earlier trial, in this run or a previous one, generates nothing, and a
 trial that needs more samples grows the pool. The policy's token cost is counted the
 same whether a sample came from the store or the engine; ``GenerationResult.cached``
-says how many did.
+says how many did (and ``GenerationResult.reused_tokens`` how many of its tokens).
+
+Pools that differ only in ``max_tokens`` form a *family*. When the inner backend can
+:meth:`~jointopt.backends.base.Backend.cut` its completions, a request whose own pool is
+empty is served from the family's largest pool that holds its samples, each sample cut
+after ``max_tokens`` tokens. This is exact: sampling is autoregressive, so the first
+``m`` tokens of a draw capped at ``M >= m`` are distributed as a draw capped at ``m`` (a
+stop string or end of sequence inside the first ``m`` tokens ends both draws at the
+same token; otherwise the cut draw ends with ``length``, as the capped one would). A
+two-phase thought (:mod:`jointopt.strategies.thinking`, budget forcing) is such a
+request: its budget is its ``max_tokens``, so a thought drawn at budget ``B`` serves
+every smaller budget; what follows a cut thought (the forced end and the answer) is a
+new request and is generated.
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ CREATE TABLE IF NOT EXISTS pools (
 CREATE TABLE IF NOT EXISTS samples (
     key TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL, token_ids BLOB NOT NULL,
     finish TEXT NOT NULL, logprobs BLOB, PRIMARY KEY (key, idx));
+CREATE TABLE IF NOT EXISTS families (
+    family TEXT NOT NULL, max_tokens INTEGER NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (family, max_tokens));
 """
 
 
@@ -66,18 +81,31 @@ class SampleStore:
         return row[0], [_decode(r) for r in rows]
 
     def add(self, key: str, model: str, prompt_tokens: int, start: int,
-            completions: Sequence[Completion]) -> None:
-        """Append samples at indices ``start...``; existing indices are kept (first writer wins)."""
+            completions: Sequence[Completion], family: tuple[str, int] | None = None) -> None:
+        """Append samples at indices ``start...``; existing indices are kept (first writer
+        wins). ``family``: (family key, max_tokens) of the pool, for :meth:`larger`."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR IGNORE INTO pools VALUES (?, ?, ?)",
                              (key, model, prompt_tokens))
+            if family is not None:
+                self._db.execute("INSERT OR IGNORE INTO families VALUES (?, ?, ?)",
+                                 (*family, key))
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?)",
                 [(key, start + i, *_encode(c)) for i, c in enumerate(completions)])
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+    def larger(self, family: str, max_tokens: int, samples: int) -> int | None:
+        """The largest ``max_tokens`` above ``max_tokens`` at which ``family`` has a pool of
+        at least ``samples`` samples, or None."""
+        row = self._db.execute(
+            "SELECT MAX(f.max_tokens) FROM families f WHERE f.family=? AND f.max_tokens>? "
+            "AND (SELECT COUNT(*) FROM samples s WHERE s.key=f.key) >= ?",
+            (family, max_tokens, samples)).fetchone()
+        return row[0] if row else None
 
 
 def _encode(c: Completion) -> tuple:
@@ -102,17 +130,22 @@ class CachedBackend(Backend):
     completions), a request with a smaller ``max_tokens`` is served from the pool drawn
     at ``draw_max_tokens``, each sample cut after ``max_tokens`` tokens (finish reason
     ``length`` when cut): one pool per prompt and temperature serves every smaller cap.
+    With ``share_caps`` (the default; exact, see the module docstring), a request whose
+    own pool is empty is served from its family's largest pool holding its samples.
     """
 
     name = "cached"
 
     def __init__(self, inner: Backend, store: SampleStore, *,
-                 draw_max_tokens: int | None = None) -> None:
+                 draw_max_tokens: int | None = None, share_caps: bool = True) -> None:
         self.inner = inner
         self.store = store
-        can_cut = type(inner).cut is not Backend.cut
+        #: Whether a request whose own pool is empty is served from a larger pool of its
+        #: family, cut (``share_caps`` and an inner backend that cuts exactly).
+        self.share_caps = share_caps and type(inner).cut is not Backend.cut
         #: The cap pools are drawn at (None: every cap has its own pools).
-        self.draw_max_tokens = draw_max_tokens if can_cut else None
+        self.draw_max_tokens = (draw_max_tokens if type(inner).cut is not Backend.cut
+                                else None)
         #: Completions generated by the engine and served from the store, since creation.
         self.generated = 0
         self.hits = 0
@@ -146,12 +179,28 @@ class CachedBackend(Backend):
         fresh = dict(zip(thinking, direct))
         return [fresh[i] if i in fresh else next(stored) for i in range(len(requests))]
 
+    def family(self, request: GenerationRequest) -> str:
+        """The key of the pools that differ from ``request``'s only in ``max_tokens``."""
+        return self.key(replace(request, max_tokens=1))
+
     def _generate(self, asked: Sequence[GenerationRequest]) -> list[GenerationResult]:
         cap = self.draw_max_tokens
         requests = [replace(r, max_tokens=cap) if cap and r.max_tokens < cap else r
                     for r in asked]
+        if self.share_caps:
+            requests = [self._larger(r) for r in requests]
         results = self._serve(requests)
         return [self._cut(result, request) for result, request in zip(results, asked)]
+
+    def _larger(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` at the largest cap of its family whose pool holds its samples, when
+        its own pool is empty (a pool once used keeps serving its own cap, so a setting
+        scores the same samples every time)."""
+        if self.store.pool(self.key(request), 1)[1]:
+            return request
+        larger = self.store.larger(self.family(request), request.max_tokens,
+                                   request.offset + request.n)
+        return request if larger is None else replace(request, max_tokens=larger)
 
     def _cut(self, result: GenerationResult, request: GenerationRequest) -> GenerationResult:
         if result.request.max_tokens == request.max_tokens:
@@ -179,7 +228,8 @@ class CachedBackend(Backend):
             for (i, request), result in zip(todo, results):
                 self.engine_tokens += result.total_tokens
                 self.store.add(keys[i], self.model_id, result.prompt_tokens,
-                               len(have[i][1]), result.completions)
+                               len(have[i][1]), result.completions,
+                               family=(self.family(request), request.max_tokens))
                 # Another worker may have filled the same positions first (first writer
                 # wins): serve what the store now holds, so every trial scores the same
                 # samples. The engine work is still counted as generated.
