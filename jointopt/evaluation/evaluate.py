@@ -291,8 +291,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
     count = max(len(final), 1)
     cached = sum(r.cached for r in all_results) + pool_cached
     generated = sum(len(r.completions) - r.copies - r.cached for r in all_results) + pool_generated
-    reused_tokens = sum(r.reused_tokens for r in all_results) + pool_reused
-    new_tokens = sum(r.completion_tokens for r in all_results) - reused_tokens + pool_new
+    run_reused = sum(r.reused_tokens for r in all_results)
+    new_tokens = sum(r.completion_tokens for r in all_results) - run_reused + pool_new
     result = EvaluationResult(
         accuracy=sum(r.correct for r in final) / count,
         mean_tokens=sum(r.tokens for r in final) / count,
@@ -304,7 +304,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         records=tuple(final),
         mean_cost=None if costs is None else sum(r.cost or 0.0 for r in final) / count,
         tokens_generated=new_tokens,
-        tokens_reused=reused_tokens,
+        tokens_reused=run_reused + pool_reused,
     )
     log.info("evaluated %s: accuracy=%.3f tokens=%.1f (%d generated, %d cached) in %.1fs",
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,

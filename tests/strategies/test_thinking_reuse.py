@@ -202,3 +202,16 @@ def test_a_study_over_budgets_scores_as_live_and_draws_fewer_thoughts(tmp_path):
     assert all({"completion_tokens_generated", "completion_tokens_reused"} <= set(a)
                for a in attrs)
     assert sum(a["completion_tokens_reused"] for a in attrs) > 0
+
+
+def test_pooled_evaluation_counts_generated_then_reused_tokens(tmp_path):
+    task = _task()
+    cached = CachedBackend(Logged(), SampleStore(tmp_path / "s.sqlite"))
+    policy = Policy(model="scripted", prompt=PromptTemplate(id="p", user="{{ question }}"),
+                    difficulty=DifficultySpec(), bins={"all": Allocation(
+                        "majority", 0.7, 8, params={"n": 3})})
+    first = evaluate(policy, task, cached, seed=0, pool_size=4)
+    again = evaluate(policy, task, cached, seed=0, pool_size=4)
+    assert first.tokens_generated > 0 == first.tokens_reused
+    assert (again.tokens_generated, again.tokens_reused) == (0, first.tokens_generated)
+    cached.store.close()
