@@ -120,7 +120,7 @@ def test_a_larger_budget_than_any_stored_draws_anew(tmp_path):
 
 def _request(max_tokens: int, n: int = 2, offset: int = 0) -> GenerationRequest:
     return GenerationRequest(messages=(ChatMessage("user", "count"),), n=n, offset=offset,
-                             max_tokens=max_tokens, logprobs=False)  # scripted logprobs hash the cap
+                             max_tokens=max_tokens, logprobs=True)
 
 
 def _words(request, index, rng):
