@@ -140,7 +140,7 @@ def main() -> int:
         engine = VLLMBackend(config.model.model, seed=config.model.seed,
                              max_model_len=config.model.max_model_len or 1024,
                              engine_kwargs=dict(config.model.engine))
-    backend = CachedBackend(engine, SampleStore(out / "samples.sqlite"))
+    backend = CachedBackend(engine, SampleStore(out / "samples.sqlite"), share_caps=True)
     bins = tuple(sorted({e.difficulty for e in task.examples}))
     difficulty = DifficultySpec(source="label", bins=bins, default_bin=bins[-1])
     print(f"task {family} levels {list(bins)}: {len(split.dev.examples)} dev, "

@@ -8,13 +8,16 @@ trial that needs more samples grows the pool. The policy's token cost is counted
 same whether a sample came from the store or the engine; ``GenerationResult.cached``
 says how many did (and ``GenerationResult.reused_tokens`` how many of its tokens).
 
-Pools that differ only in ``max_tokens`` form a *family*. When the inner backend can
-:meth:`~jointopt.backends.base.Backend.cut` its completions, a request whose own pool is
-empty is served from the family's largest pool that holds its samples, each sample cut
-after ``max_tokens`` tokens. This is exact: sampling is autoregressive, so the first
-``m`` tokens of a draw capped at ``M >= m`` are distributed as a draw capped at ``m`` (a
-stop string or end of sequence inside the first ``m`` tokens ends both draws at the
-same token; otherwise the cut draw ends with ``length``, as the capped one would). A
+Pools that differ only in ``max_tokens`` form a *family*. With ``share_caps`` (on
+under ``bank.cut_max_tokens``) and an inner backend that can
+:meth:`~jointopt.backends.base.Backend.cut` its completions, a cap first asked for when
+its own pool is empty is bound to the family's largest pool that holds its samples and
+served from it from then on (so a setting keeps its samples when larger pools are drawn
+later), each sample cut after ``max_tokens`` tokens. This is exact: sampling is
+autoregressive, so the first ``m`` tokens of a draw capped at ``M >= m`` are distributed
+as a draw capped at ``m`` (a stop string or end of sequence inside the first ``m``
+tokens ends both draws at the same token; otherwise the cut draw ends with ``length``,
+as the capped one would; with seeded sampling they are the same tokens). A
 two-phase thought (:mod:`jointopt.strategies.thinking`, budget forcing) is such a
 request: its budget is its ``max_tokens``, so a thought drawn at budget ``B`` serves
 every smaller budget; what follows a cut thought (the forced end and the answer) is a
@@ -53,6 +56,9 @@ CREATE TABLE IF NOT EXISTS samples (
     finish TEXT NOT NULL, logprobs BLOB, PRIMARY KEY (key, idx));
 CREATE TABLE IF NOT EXISTS families (
     family TEXT NOT NULL, max_tokens INTEGER NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (family, max_tokens));
+CREATE TABLE IF NOT EXISTS served (
+    family TEXT NOT NULL, max_tokens INTEGER NOT NULL, drawn_at INTEGER NOT NULL,
     PRIMARY KEY (family, max_tokens));
 """
 
@@ -98,6 +104,20 @@ class SampleStore:
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
 
+    def bind(self, family: str, max_tokens: int, drawn_at: int) -> int:
+        """Serve ``max_tokens`` of ``family`` from its pool drawn at ``drawn_at`` from now
+        on, unless it is bound already (first writer wins); the binding in effect."""
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO served VALUES (?, ?, ?)",
+                             (family, max_tokens, drawn_at))
+        return self.bound(family, max_tokens) or drawn_at
+
+    def bound(self, family: str, max_tokens: int) -> int | None:
+        """The cap of the pool ``max_tokens`` of ``family`` is served from, or None."""
+        row = self._db.execute("SELECT drawn_at FROM served WHERE family=? AND max_tokens=?",
+                               (family, max_tokens)).fetchone()
+        return row[0] if row else None
+
     def larger(self, family: str, max_tokens: int, samples: int) -> int | None:
         """The largest ``max_tokens`` above ``max_tokens`` at which ``family`` has a pool of
         at least ``samples`` samples, or None."""
@@ -130,18 +150,22 @@ class CachedBackend(Backend):
     completions), a request with a smaller ``max_tokens`` is served from the pool drawn
     at ``draw_max_tokens``, each sample cut after ``max_tokens`` tokens (finish reason
     ``length`` when cut): one pool per prompt and temperature serves every smaller cap.
-    With ``share_caps`` (the default; exact, see the module docstring), a request whose
-    own pool is empty is served from its family's largest pool holding its samples.
+    With ``share_caps`` (exact, see the module docstring; by default on with
+    ``draw_max_tokens``, i.e. under ``bank.cut_max_tokens``), a cap first asked
+    for when its own pool is empty is served from then on from its family's largest pool
+    holding its samples.
     """
 
     name = "cached"
 
     def __init__(self, inner: Backend, store: SampleStore, *,
-                 draw_max_tokens: int | None = None, share_caps: bool = True) -> None:
+                 draw_max_tokens: int | None = None, share_caps: bool | None = None) -> None:
         self.inner = inner
         self.store = store
         #: Whether a request whose own pool is empty is served from a larger pool of its
         #: family, cut (``share_caps`` and an inner backend that cuts exactly).
+        if share_caps is None:
+            share_caps = draw_max_tokens is not None
         self.share_caps = share_caps and type(inner).cut is not Backend.cut
         #: The cap pools are drawn at (None: every cap has its own pools).
         self.draw_max_tokens = (draw_max_tokens if type(inner).cut is not Backend.cut
@@ -193,14 +217,18 @@ class CachedBackend(Backend):
         return [self._cut(result, request) for result, request in zip(results, asked)]
 
     def _larger(self, request: GenerationRequest) -> GenerationRequest:
-        """``request`` at the largest cap of its family whose pool holds its samples, when
-        its own pool is empty (a pool once used keeps serving its own cap, so a setting
-        scores the same samples every time)."""
-        if self.store.pool(self.key(request), 1)[1]:
-            return request
-        larger = self.store.larger(self.family(request), request.max_tokens,
-                                   request.offset + request.n)
-        return request if larger is None else replace(request, max_tokens=larger)
+        """``request`` at the cap of the pool that serves its cap. A cap is bound to one
+        pool the first time it is asked for: the family's largest pool holding its
+        samples, else its own (also when that already holds samples); it stays bound
+        (a bound pool grows when more samples are asked for), so a setting scores the
+        same samples every time, whatever larger pools are drawn later."""
+        family, cap = self.family(request), request.max_tokens
+        drawn_at = self.store.bound(family, cap)
+        if drawn_at is None:
+            larger = (None if self.store.pool(self.key(request), 1)[1] else
+                      self.store.larger(family, cap, request.offset + request.n))
+            drawn_at = self.store.bind(family, cap, larger or cap)
+        return request if drawn_at == cap else replace(request, max_tokens=drawn_at)
 
     def _cut(self, result: GenerationResult, request: GenerationRequest) -> GenerationResult:
         if result.request.max_tokens == request.max_tokens:

@@ -2,8 +2,7 @@
 
 Completions come from a *responder* function instead of a model. Tokens are words and
 punctuation marks with stable ids, logprobs are derived from a hash, and everything is a
-pure function of (request, sample index), so tests are exact and repeatable; the random
-draws of a sample do not depend on ``max_tokens`` (as seeded sampling's do not).
+pure function of (request, sample index), so tests are exact and repeatable.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 from jointopt.errors import BackendError
 from jointopt.core.generation import Completion, GenerationRequest, GenerationResult
@@ -101,13 +99,9 @@ class ScriptedBackend(Backend):
                                value=request.thinking_budget,
                                fix="give ScriptedBackend thinking_markers=(start, end)")
         completions = []
-        # The cap is left out of a sample's randomness, as with an engine's seeded
-        # sampling: a sample's first tokens do not depend on max_tokens, so a sample cut
-        # at a smaller cap is the sample drawn at that cap (see CachedBackend).
-        uncapped = replace(request, max_tokens=1).sampling_key()
         for index in range(request.n):
             digest = hashlib.sha256(
-                f"{uncapped}|{request.seed}|{request.offset + index}".encode()
+                f"{request.sampling_key()}|{request.seed}|{request.offset + index}".encode()
             ).digest()
             rng = random.Random(int.from_bytes(digest[:8], "big"))
             text = self._respond(request, request.offset + index, rng)

@@ -63,7 +63,7 @@ def _policy(budget: int, strategy: str = "majority", n: int = 3) -> Policy:
 @pytest.mark.parametrize("strategy", ["single", "majority"])
 def test_smaller_budgets_are_cut_from_the_largest_and_score_as_live(tmp_path, strategy):
     task, inner = _task(), Logged()
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
     got = {b: evaluate(_policy(b, strategy), task, cached, seed=0) for b in BUDGETS}
     assert set(inner.thought_caps) == {128}  # thoughts drawn once, at the largest budget
     for budget in BUDGETS:
@@ -83,7 +83,7 @@ def test_smaller_budgets_are_cut_from_the_largest_and_score_as_live(tmp_path, st
 
 def test_generated_tokens_are_the_answers_of_cut_thoughts_only(tmp_path):
     task, inner = _task(), Logged()
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
     evaluate(_policy(128), task, cached, seed=0)
     answers_at_128 = inner.answers
     result = evaluate(_policy(32), task, cached, seed=0)
@@ -111,7 +111,7 @@ def test_generated_tokens_are_the_answers_of_cut_thoughts_only(tmp_path):
 
 def test_a_larger_budget_than_any_stored_draws_anew(tmp_path):
     task, inner = _task(), Logged()
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
     evaluate(_policy(32), task, cached, seed=0)
     evaluate(_policy(64), task, cached, seed=0)
     assert sorted(set(inner.thought_caps)) == [32, 64]
@@ -120,7 +120,7 @@ def test_a_larger_budget_than_any_stored_draws_anew(tmp_path):
 
 def _request(max_tokens: int, n: int = 2, offset: int = 0) -> GenerationRequest:
     return GenerationRequest(messages=(ChatMessage("user", "count"),), n=n, offset=offset,
-                             max_tokens=max_tokens, logprobs=True)
+                             max_tokens=max_tokens, logprobs=False)  # scripted logprobs hash the cap
 
 
 def _words(request, index, rng):
@@ -129,19 +129,42 @@ def _words(request, index, rng):
 
 def test_store_serves_a_smaller_cap_from_a_larger_pool_holding_its_samples(tmp_path):
     inner = ScriptedBackend(_words)
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
     cached.generate([_request(16)])
     calls = inner.calls
     small = cached.generate([_request(5)])[0]
     assert inner.calls == calls and small.cached == 2 and small.reused_tokens == 10
     assert small.completions == ScriptedBackend(_words).generate([_request(5)])[0].completions
     assert all(c.finish_reason == "length" for c in small.completions)
-    # more samples than the larger pool holds: the request's own pool is drawn
+    # more samples than the larger pool holds: the cap's pool (the larger one) grows
     more = cached.generate([_request(5, n=3)])[0]
-    assert inner.calls == calls + 1 and more.cached == 0 and more.reused_tokens == 0
-    # once its own pool holds samples, a cap keeps serving them
-    again = cached.generate([_request(5, n=2)])[0]
-    assert inner.calls == calls + 1 and again.completions == more.completions[:2]
+    assert inner.calls == calls + 1 and more.cached == 2 and more.completions[:2] == \
+        small.completions
+    assert len(cached.store.pool(cached.key(_request(16)), 10)[1]) == 3  # grown at cap 16
+    cached.store.close()
+
+
+def _random_words(request, index, rng):
+    """Each pool its own words (the scripted rng hashes the cap): pools tell apart."""
+    return " ".join(f"w{rng.randrange(1000)}" for _ in range(20))
+
+
+def test_a_cap_keeps_its_pool_when_a_larger_one_is_drawn_later(tmp_path):
+    inner = ScriptedBackend(_random_words)
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
+    own = cached.generate([_request(4)])[0]  # drawn at its own cap: bound to it
+    cached.generate([_request(16)])
+    cut = cached.generate([_request(8)])[0]  # first asked now: cut from the 16 pool
+    cached.generate([_request(32)])
+    calls = inner.calls
+    assert cached.generate([_request(8)])[0].completions == cut.completions
+    assert cached.generate([_request(4)])[0].completions == own.completions
+    assert inner.calls == calls
+    # another process opening the store sees the same bindings
+    again = CachedBackend(ScriptedBackend(_random_words), SampleStore(tmp_path / "s.sqlite"),
+                          share_caps=True)
+    assert again.generate([_request(8)])[0].completions == cut.completions
+    again.store.close()
     cached.store.close()
 
 
@@ -149,18 +172,23 @@ def test_a_backend_that_cannot_cut_shares_nothing_between_caps(tmp_path):
     from jointopt.testing import RecordingBackend
 
     inner = RecordingBackend(ScriptedBackend(_words))
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"))
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=True)
     cached.generate([_request(16)])
     assert cached.generate([_request(5)])[0].cached == 0
     cached.store.close()
 
 
-def test_share_caps_off_keeps_a_pool_per_cap(tmp_path):
+@pytest.mark.parametrize("options", [{"share_caps": False}, {}])
+def test_share_caps_off_keeps_a_pool_per_cap(tmp_path, options):
+    # off unless asked for, or implied by draw_max_tokens (bank.cut_max_tokens)
     inner = ScriptedBackend(_words)
-    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), share_caps=False)
+    cached = CachedBackend(inner, SampleStore(tmp_path / "s.sqlite"), **options)
+    assert not cached.share_caps
     cached.generate([_request(16)])
     assert cached.generate([_request(5)])[0].cached == 0
     cached.store.close()
+    assert CachedBackend(inner, SampleStore(tmp_path / "t.sqlite"), draw_max_tokens=16
+                         ).share_caps
 
 
 def test_a_study_over_budgets_scores_as_live_and_draws_fewer_thoughts(tmp_path):
@@ -180,7 +208,8 @@ def test_a_study_over_budgets_scores_as_live_and_draws_fewer_thoughts(tmp_path):
         "task": {"builtin": {"family": "word_problems", "levels": [1, 2, 3, 4],
                              "n_per_level": 4, "seed": 0}},
         "search_space": "space.yaml", "optimizer": {"n_trials": 12, "seed": 0},
-        "tracking": {"enabled": False}, "validation": {"resamples": 100}}))
+        "tracking": {"enabled": False}, "validation": {"resamples": 100},
+        "bank": {"cut_max_tokens": True}}))  # pools of one family shared, cut
     config = load_config(tmp_path / "study.yaml")
     inner = Logged()
     result = run_study(config, backend=inner)
