@@ -6,7 +6,10 @@ cap, budgets). Every budget is evaluated with a one-sample policy on the dev and
 half of the task, through a sample store in the output folder: the first run records the
 generations (its time is printed), a rerun replays them and generates nothing (budget
 forcing, the default; the store keeps no thoughts of vLLM's own budget, so ``--engine
-vllm``/``auto`` generate every run). Per level
+vllm``/``auto`` generate every run). Budgets are evaluated largest first: with forcing,
+each smaller budget's thoughts are cut from the largest one's (exact, see
+``jointopt.strategies.thinking``) and only the answers after cut thoughts are generated;
+the completion tokens generated and reused are printed. Per level
 it prints accuracy with a 95% bootstrap interval, thinking and total tokens, and whether
 the curve saturates or turns down. The uniform policy is the budget with the best dev
 accuracy; the per-level policy is the cheapest combination of per-level budgets (on dev)
@@ -16,6 +19,7 @@ whose dev accuracy is at least the uniform one's; the ratio is their test tokens
     .venv/bin/python benchmarks/thinking_curve.py [--scripted] [--engine auto|vllm|forcing]
         [--budgets 0,32,64,128] [--family letter_count --levels 1,2,3]
         [--output-dir runs/thinking_curve] [--model qwen2.5-coder-0.5b-instruct]
+        [--n-per-level 48]
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def _curve(name: str, per_budget: dict[int, object]) -> dict[str, dict[int, list
     from jointopt.evaluation.stats import bootstrap
 
     levels: dict[str, dict[int, list]] = {}
-    for budget, result in per_budget.items():
+    for budget, result in sorted(per_budget.items()):
         for level, records in _per_level(result.records).items():
             levels.setdefault(level, {})[budget] = records
     print(f"\n{name}: accuracy [95% CI] / thinking tokens / tokens per example")
@@ -88,6 +92,9 @@ def main() -> int:
                         help="model instead of the config's (e.g. qwen2.5-coder-0.5b-instruct)")
     parser.add_argument("--family", default=None, help="task family instead of the config's")
     parser.add_argument("--levels", default=None, help="comma-separated levels (with --family)")
+    parser.add_argument("--n-per-level", type=int, default=None,
+                        help="examples per level before the dev/test split (default: the "
+                             "config's task.builtin.n_per_level)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     logging.basicConfig(level=logging.WARNING)
@@ -111,7 +118,7 @@ def main() -> int:
     family = args.family or builtin.family
     levels = (tuple(int(v) for v in args.levels.split(",")) if args.levels
               else None if args.family else tuple(builtin.levels))
-    task = make_task(family, levels=levels, n_per_level=builtin.n_per_level,
+    task = make_task(family, levels=levels, n_per_level=args.n_per_level or builtin.n_per_level,
                      seed=builtin.seed, n_demos=0)
     split = split_task(task, config.validation.test_fraction or 0.5, seed=0)
     budgets = ([int(b) for b in args.budgets.split(",")] if args.budgets
@@ -133,7 +140,7 @@ def main() -> int:
         engine = VLLMBackend(config.model.model, seed=config.model.seed,
                              max_model_len=config.model.max_model_len or 1024,
                              engine_kwargs=dict(config.model.engine))
-    backend = CachedBackend(engine, SampleStore(out / "samples.sqlite"))
+    backend = CachedBackend(engine, SampleStore(out / "samples.sqlite"), share_caps=True)
     bins = tuple(sorted({e.difficulty for e in task.examples}))
     difficulty = DifficultySpec(source="label", bins=bins, default_bin=bins[-1])
     print(f"task {family} levels {list(bins)}: {len(split.dev.examples)} dev, "
@@ -142,7 +149,7 @@ def main() -> int:
     results: dict[str, dict[int, object]] = {"dev": {}, "test": {}}
     started = time.perf_counter()
     try:
-        for budget in budgets:
+        for budget in sorted(budgets, reverse=True):  # smaller budgets cut the larger's
             policy = Policy(model=config.model.model, prompt=prompt, difficulty=difficulty,
                             bins={b: Allocation("single", float(space.temperature), answer_cap,
                                                 thinking={**settings, "budget": budget})
@@ -154,6 +161,10 @@ def main() -> int:
     generated = backend.generated
     print(f"generation: {time.perf_counter() - started:.1f} s for {generated} completions "
           f"generated, {backend.hits} replayed from {out / 'samples.sqlite'}")
+    for budget in sorted(budgets, reverse=True):
+        made = sum(results[p][budget].tokens_generated for p in results)
+        reused = sum(results[p][budget].tokens_reused for p in results)
+        print(f"  budget {budget:<4} completion tokens: {made} generated, {reused} reused")
     dev = _curve("dev", results["dev"])
     test = _curve("test (held out)", results["test"])
 

@@ -6,7 +6,22 @@ engine only for the ones the pool lacks. So a trial that repeats a prompt and sa
 setting of an earlier trial, in this run or a previous one, generates nothing, and a
 trial that needs more samples grows the pool. The policy's token cost is counted the
 same whether a sample came from the store or the engine; ``GenerationResult.cached``
-says how many did.
+says how many did (and ``GenerationResult.reused_tokens`` how many of its tokens).
+
+Pools that differ only in ``max_tokens`` form a *family*. With ``share_caps`` (on
+under ``bank.cut_max_tokens``) and an inner backend that can
+:meth:`~jointopt.backends.base.Backend.cut` its completions, a cap first asked for when
+its own pool is empty is bound to the family's largest pool that holds its samples and
+served from it from then on (so a setting keeps its samples when larger pools are drawn
+later), each sample cut after ``max_tokens`` tokens. This is exact: sampling is
+autoregressive, so the first ``m`` tokens of a draw capped at ``M >= m`` are distributed
+as a draw capped at ``m`` (a stop string or end of sequence inside the first ``m``
+tokens ends both draws at the same token; otherwise the cut draw ends with ``length``,
+as the capped one would; with seeded sampling they are the same tokens). A
+two-phase thought (:mod:`jointopt.strategies.thinking`, budget forcing) is such a
+request: its budget is its ``max_tokens``, so a thought drawn at budget ``B`` serves
+every smaller budget; what follows a cut thought (the forced end and the answer) is a
+new request and is generated.
 """
 
 from __future__ import annotations
@@ -39,6 +54,12 @@ CREATE TABLE IF NOT EXISTS pools (
 CREATE TABLE IF NOT EXISTS samples (
     key TEXT NOT NULL, idx INTEGER NOT NULL, text TEXT NOT NULL, token_ids BLOB NOT NULL,
     finish TEXT NOT NULL, logprobs BLOB, PRIMARY KEY (key, idx));
+CREATE TABLE IF NOT EXISTS families (
+    family TEXT NOT NULL, max_tokens INTEGER NOT NULL, key TEXT NOT NULL,
+    PRIMARY KEY (family, max_tokens));
+CREATE TABLE IF NOT EXISTS served (
+    family TEXT NOT NULL, max_tokens INTEGER NOT NULL, drawn_at INTEGER NOT NULL,
+    PRIMARY KEY (family, max_tokens));
 """
 
 
@@ -66,18 +87,45 @@ class SampleStore:
         return row[0], [_decode(r) for r in rows]
 
     def add(self, key: str, model: str, prompt_tokens: int, start: int,
-            completions: Sequence[Completion]) -> None:
-        """Append samples at indices ``start...``; existing indices are kept (first writer wins)."""
+            completions: Sequence[Completion], family: tuple[str, int] | None = None) -> None:
+        """Append samples at indices ``start...``; existing indices are kept (first writer
+        wins). ``family``: (family key, max_tokens) of the pool, for :meth:`larger`."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR IGNORE INTO pools VALUES (?, ?, ?)",
                              (key, model, prompt_tokens))
+            if family is not None:
+                self._db.execute("INSERT OR IGNORE INTO families VALUES (?, ?, ?)",
+                                 (*family, key))
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?)",
                 [(key, start + i, *_encode(c)) for i, c in enumerate(completions)])
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+    def bind(self, family: str, max_tokens: int, drawn_at: int) -> int:
+        """Serve ``max_tokens`` of ``family`` from its pool drawn at ``drawn_at`` from now
+        on, unless it is bound already (first writer wins); the binding in effect."""
+        with self._db:
+            self._db.execute("INSERT OR IGNORE INTO served VALUES (?, ?, ?)",
+                             (family, max_tokens, drawn_at))
+        return self.bound(family, max_tokens) or drawn_at
+
+    def bound(self, family: str, max_tokens: int) -> int | None:
+        """The cap of the pool ``max_tokens`` of ``family`` is served from, or None."""
+        row = self._db.execute("SELECT drawn_at FROM served WHERE family=? AND max_tokens=?",
+                               (family, max_tokens)).fetchone()
+        return row[0] if row else None
+
+    def larger(self, family: str, max_tokens: int, samples: int) -> int | None:
+        """The largest ``max_tokens`` above ``max_tokens`` at which ``family`` has a pool of
+        at least ``samples`` samples, or None."""
+        row = self._db.execute(
+            "SELECT MAX(f.max_tokens) FROM families f WHERE f.family=? AND f.max_tokens>? "
+            "AND (SELECT COUNT(*) FROM samples s WHERE s.key=f.key) >= ?",
+            (family, max_tokens, samples)).fetchone()
+        return row[0] if row else None
 
 
 def _encode(c: Completion) -> tuple:
@@ -102,17 +150,26 @@ class CachedBackend(Backend):
     completions), a request with a smaller ``max_tokens`` is served from the pool drawn
     at ``draw_max_tokens``, each sample cut after ``max_tokens`` tokens (finish reason
     ``length`` when cut): one pool per prompt and temperature serves every smaller cap.
+    With ``share_caps`` (exact, see the module docstring; by default on with
+    ``draw_max_tokens``, i.e. under ``bank.cut_max_tokens``), a cap first asked
+    for when its own pool is empty is served from then on from its family's largest pool
+    holding its samples.
     """
 
     name = "cached"
 
     def __init__(self, inner: Backend, store: SampleStore, *,
-                 draw_max_tokens: int | None = None) -> None:
+                 draw_max_tokens: int | None = None, share_caps: bool | None = None) -> None:
         self.inner = inner
         self.store = store
-        can_cut = type(inner).cut is not Backend.cut
+        #: Whether a request whose own pool is empty is served from a larger pool of its
+        #: family, cut (``share_caps`` and an inner backend that cuts exactly).
+        if share_caps is None:
+            share_caps = draw_max_tokens is not None
+        self.share_caps = share_caps and type(inner).cut is not Backend.cut
         #: The cap pools are drawn at (None: every cap has its own pools).
-        self.draw_max_tokens = draw_max_tokens if can_cut else None
+        self.draw_max_tokens = (draw_max_tokens if type(inner).cut is not Backend.cut
+                                else None)
         #: Completions generated by the engine and served from the store, since creation.
         self.generated = 0
         self.hits = 0
@@ -146,12 +203,32 @@ class CachedBackend(Backend):
         fresh = dict(zip(thinking, direct))
         return [fresh[i] if i in fresh else next(stored) for i in range(len(requests))]
 
+    def family(self, request: GenerationRequest) -> str:
+        """The key of the pools that differ from ``request``'s only in ``max_tokens``."""
+        return self.key(replace(request, max_tokens=1))
+
     def _generate(self, asked: Sequence[GenerationRequest]) -> list[GenerationResult]:
         cap = self.draw_max_tokens
         requests = [replace(r, max_tokens=cap) if cap and r.max_tokens < cap else r
                     for r in asked]
+        if self.share_caps:
+            requests = [self._larger(r) for r in requests]
         results = self._serve(requests)
         return [self._cut(result, request) for result, request in zip(results, asked)]
+
+    def _larger(self, request: GenerationRequest) -> GenerationRequest:
+        """``request`` at the cap of the pool that serves its cap. A cap is bound to one
+        pool the first time it is asked for: the family's largest pool holding its
+        samples, else its own (also when that already holds samples); it stays bound
+        (a bound pool grows when more samples are asked for), so a setting scores the
+        same samples every time, whatever larger pools are drawn later."""
+        family, cap = self.family(request), request.max_tokens
+        drawn_at = self.store.bound(family, cap)
+        if drawn_at is None:
+            larger = (None if self.store.pool(self.key(request), 1)[1] else
+                      self.store.larger(family, cap, request.offset + request.n))
+            drawn_at = self.store.bind(family, cap, larger or cap)
+        return request if drawn_at == cap else replace(request, max_tokens=drawn_at)
 
     def _cut(self, result: GenerationResult, request: GenerationRequest) -> GenerationResult:
         if result.request.max_tokens == request.max_tokens:
@@ -179,7 +256,8 @@ class CachedBackend(Backend):
             for (i, request), result in zip(todo, results):
                 self.engine_tokens += result.total_tokens
                 self.store.add(keys[i], self.model_id, result.prompt_tokens,
-                               len(have[i][1]), result.completions)
+                               len(have[i][1]), result.completions,
+                               family=(self.family(request), request.max_tokens))
                 # Another worker may have filled the same positions first (first writer
                 # wins): serve what the store now holds, so every trial scores the same
                 # samples. The engine work is still counted as generated.

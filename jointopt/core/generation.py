@@ -157,6 +157,10 @@ class GenerationResult:
         copies: how many of the last completions are copies of the first one: greedy
             decoding (temperature 0) gives the same completion every time, so ``n > 1``
             greedy samples are generated once. Copies cost no tokens.
+        reused: completion tokens served from a sample store instead of generated; None
+            (the default) means those of the first ``cached`` completions, as a store
+            serves them (a result assembled from several phases, such as a thinking
+            phase, sets it; see :attr:`reused_tokens`).
     """
 
     request: GenerationRequest
@@ -166,6 +170,7 @@ class GenerationResult:
     cached: int = 0
     extra: dict = field(default_factory=dict, compare=False, hash=False)
     copies: int = 0
+    reused: int | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -181,6 +186,15 @@ class GenerationResult:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def reused_tokens(self) -> int:
+        """The part of :attr:`completion_tokens` served from a sample store, not generated
+        (the policy's cost counts them all the same)."""
+        if self.reused is not None:
+            return self.reused
+        unique = self.completions[: len(self.completions) - self.copies]
+        return sum(c.num_tokens for c in unique[: self.cached])
 
 
 def greedy_single(request: GenerationRequest) -> GenerationRequest:

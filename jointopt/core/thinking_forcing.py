@@ -45,6 +45,8 @@ class _Thought:
     ids: list[int] = field(default_factory=list)
     finish: str = "stop"
     extensions: int = 0
+    #: Tokens of the thought served from a sample store rather than generated.
+    reused: int = 0
 
 
 @dataclass
@@ -82,8 +84,9 @@ def finish_forcing(thoughts: dict[int, tuple[GenerationRequest, GenerationResult
     are in; returns ``{key: merged result}`` with every phase's prompt tokens."""
     forced: dict[int, _Forced] = {}
     for i, (request, result) in thoughts.items():
-        state = _Forced(request, [_Thought(c.text, list(c.token_ids), c.finish_reason)
-                                  for c in result.completions],
+        state = _Forced(request, [_Thought(c.text, list(c.token_ids), c.finish_reason,
+                                           reused=len(c.token_ids) if j < result.cached else 0)
+                                  for j, c in enumerate(result.completions)],
                         cached=result.cached, copies=result.copies)
         state.charge(result)
         forced[i] = state
@@ -127,6 +130,7 @@ def _extend(forced: dict[int, _Forced], spec: ThinkingSpec) -> Generator:
             thought.text += spec.continue_cue + piece.text
             thought.ids.extend(piece.token_ids)
             thought.finish = piece.finish_reason
+            thought.reused += len(piece.token_ids) if result.cached else 0
             thought.extensions += 1
 
 
@@ -150,24 +154,32 @@ def _answer(forced: dict[int, _Forced], spec: ThinkingSpec) -> Generator:
     got = yield requests
     answers: dict[int, list[Completion | None]] = {
         i: [None] * len(state.thoughts) for i, state in forced.items()}
+    reused: dict[int, list[bool]] = {i: [False] * len(s.thoughts) for i, s in forced.items()}
     answer_copies: dict[int, int] = dict.fromkeys(forced, 0)
     for (i, context), result in zip(keys, got):
         forced[i].charge(result)
         answer_copies[i] += result.copies
-        for j, completion in zip(groups[(i, context)], result.completions):
+        for k, (j, completion) in enumerate(zip(groups[(i, context)], result.completions)):
             answers[i][j] = completion
-    return {i: _merged(state, answers[i], answer_copies[i]) for i, state in forced.items()}
+            reused[i][j] = k < result.cached
+    return {i: _merged(state, answers[i], answer_copies[i], reused[i])
+            for i, state in forced.items()}
 
 
-def _merged(state: _Forced, answers: Sequence[Completion | None],
-            answer_copies: int) -> GenerationResult:
+def _merged(state: _Forced, answers: Sequence[Completion | None], answer_copies: int,
+            answer_reused: Sequence[bool]) -> GenerationResult:
     """The result the caller sees: its request, each sample's answer with its thought,
-    and the prompt tokens of every phase."""
+    the prompt tokens of every phase, and the tokens of every phase served from a sample
+    store (a thought cut from a larger budget's pool is reused, its answer generated)."""
     completions = tuple(
         dataclasses.replace(answer, thinking_text=thought.text,
                             thinking_token_ids=tuple(thought.ids))
         for thought, answer in zip(state.thoughts, answers))
+    copies = min(state.copies, answer_copies)
+    unique = len(completions) - copies
+    reused = sum(thought.reused + (answer.answer_tokens if from_store else 0)
+                 for thought, answer, from_store
+                 in list(zip(state.thoughts, answers, answer_reused))[:unique])
     return GenerationResult(
         request=state.request, prompt_tokens=state.prompt_tokens, completions=completions,
-        wall_time=state.wall_time, cached=state.cached,
-        copies=min(state.copies, answer_copies))
+        wall_time=state.wall_time, cached=state.cached, copies=copies, reused=reused)

@@ -52,6 +52,9 @@ class ExampleRecord:
     pooled: bool = False
     #: Completion tokens spent thinking (part of ``completion_tokens``).
     thinking_tokens: float = 0.0
+    #: Completion tokens served from a sample store rather than generated (part of
+    #: ``completion_tokens``; 0 for pool-scored records, whose tokens are an expectation).
+    reused_tokens: float = 0.0
     #: What answering cost in the study's cost unit (None: no cost model given).
     cost: float | None = None
 
@@ -65,7 +68,9 @@ class EvaluationResult:
     """Objectives of a policy on a task, with the per-example records behind them.
 
     ``generated`` / ``cached``: completions produced by the engine / served from the
-    sample store during this evaluation (pools included).
+    sample store during this evaluation (pools included); ``tokens_generated`` /
+    ``tokens_reused``: their completion tokens (a two-phase thinking sample whose thought
+    was served and whose answer was generated counts each part where it came from).
     """
 
     accuracy: float
@@ -78,6 +83,9 @@ class EvaluationResult:
     records: tuple[ExampleRecord, ...]
     #: Mean cost per example in the cost model's unit (None: no cost model given).
     mean_cost: float | None = None
+    #: Completion tokens the engine generated / the sample store served (all examples).
+    tokens_generated: int = 0
+    tokens_reused: int = 0
 
     @property
     def mean_thinking_tokens(self) -> float:
@@ -94,6 +102,8 @@ class EvaluationResult:
             "wall_time_s": self.wall_time,
             "completions_generated": float(self.generated),
             "completions_cached": float(self.cached),
+            "completion_tokens_generated": float(self.tokens_generated),
+            "completion_tokens_reused": float(self.tokens_reused),
         }
 
 
@@ -253,7 +263,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
               if not probed and pool_size is not None and strategies[b].pool_k() is not None]
     records: list[ExampleRecord | None] = [None] * len(contexts)
     all_results: list[GenerationResult] = []
-    pool_generated = pool_cached = 0
+    pool_generated = pool_cached = pool_new = pool_reused = 0
     if pooled:
         ks = {i: strategies[bins[i]].pool_k() for i in pooled}
         requests = [contexts[i].request(n=_pool_size(contexts[i], ks[i], pool_size))
@@ -261,6 +271,7 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         pools, pool_generated = pools_for(backend, requests, [contexts[i] for i in pooled],
                                           policy.prompt.id)
         pool_cached = sum(p.cached for p in pools)
+        pool_new, pool_reused = _pool_tokens(pools)
         for i, record in score_pooled(strategies, bins, contexts, pooled, ks, pools).items():
             records[i] = record
         for i in pooled:
@@ -280,6 +291,8 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
     count = max(len(final), 1)
     cached = sum(r.cached for r in all_results) + pool_cached
     generated = sum(len(r.completions) - r.copies - r.cached for r in all_results) + pool_generated
+    run_reused = sum(r.reused_tokens for r in all_results)
+    new_tokens = sum(r.completion_tokens for r in all_results) - run_reused + pool_new
     result = EvaluationResult(
         accuracy=sum(r.correct for r in final) / count,
         mean_tokens=sum(r.tokens for r in final) / count,
@@ -290,11 +303,27 @@ def evaluate(policy: Policy, task: Task, backend: Backend, *, seed: int = 0,
         cached=cached,
         records=tuple(final),
         mean_cost=None if costs is None else sum(r.cost or 0.0 for r in final) / count,
+        tokens_generated=new_tokens,
+        tokens_reused=run_reused + pool_reused,
     )
     log.info("evaluated %s: accuracy=%.3f tokens=%.1f (%d generated, %d cached) in %.1fs",
              policy.prompt.id, result.accuracy, result.mean_tokens, result.generated,
              result.cached, wall)
     return result
+
+
+def _pool_tokens(pools) -> tuple[int, int]:
+    """Completion tokens of the pools' samples the engine generated / the store served (a
+    bank's recorded pools are served)."""
+    new = reused = 0
+    for pool in pools:
+        if pool.completions is None:
+            reused += round(pool.mean_completion_tokens * pool.samples)
+            continue
+        tokens = [c.num_tokens for c in pool.completions]
+        reused += sum(tokens[: pool.cached])
+        new += sum(tokens[pool.cached:])
+    return new, reused
 
 
 def _run_record(ctx: StrategyContext, bin_name: str, outcome: StrategyOutcome,
@@ -313,4 +342,5 @@ def _run_record(ctx: StrategyContext, bin_name: str, outcome: StrategyOutcome,
         cached=sum(r.cached for r in results),
         wall_time=sum(r.wall_time for r in results),
         thinking_tokens=float(outcome.info.get("thinking_tokens", 0)),
+        reused_tokens=float(sum(r.reused_tokens for r in results)),
     )

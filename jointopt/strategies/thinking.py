@@ -25,6 +25,28 @@ carry a continuation (tree-search prefixes, revision contexts) use forcing, sinc
 thought must precede the whole answer.
 
 Budget 0 answers directly: the strategy's requests go out unchanged.
+
+Sample reuse across budgets (``forcing``, through a
+:class:`~jointopt.backends.CachedBackend` over a backend that can cut): the thought
+request of budget ``B'`` is the thought request of budget ``B`` with a smaller
+``max_tokens``, so once the store holds thoughts drawn at ``B > B'`` it serves them cut
+to their first ``B'`` tokens. Sampling is autoregressive: the first ``B'`` tokens of a
+thought capped at ``B`` are distributed exactly as a thought capped at ``B'`` (with
+seeded sampling they are the same tokens), and a thought that reached the end marker
+within ``B'`` tokens ends there under both caps. So
+
+- a thought that ended by itself within ``B'`` tokens is the same thought, its answer
+  request is the same request, and the whole sample (thought and answer) is reused;
+- a thought longer than ``B'`` is cut (finish ``length``); its forced end and answer
+  follow a context no draw at ``B`` had, so the answer is generated (the prompt and the
+  cut thought are resent and counted as prompt tokens, as always).
+
+Only the prefix is shared: the answer after a forced end is not, nor is anything at a
+budget larger than the store's pools (drawn anew). The policy's cost counts every token
+either way; ``GenerationResult.reused_tokens`` says how many were served from the store
+rather than generated. The ``vllm`` engine's completions are not stored (the engine
+forces its end inside one request, and its answers follow the engine's own forced end,
+not a forcing continuation), so its budgets share nothing.
 """
 
 from __future__ import annotations
