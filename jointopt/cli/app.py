@@ -208,13 +208,14 @@ def _run(args: argparse.Namespace) -> int:
     from jointopt.cli.progress import StudyProgress
 
     total = args.n_trials or config.optimizer.n_trials
-    ran = {"trials": 0, "generated": 0, "cached": 0, "tokens": 0}
+    ran = {"trials": 0, "generated": 0, "cached": 0, "tokens": 0, "reused": 0}
     with StudyProgress(console, total, verbose=args.verbose > 0) as progress:
 
         def on_trial(summary: TrialSummary, done: int, total: int) -> None:
             ran["trials"] += 1
             for key, value in (("generated", summary.generated), ("cached", summary.cached),
-                               ("tokens", summary.tokens_generated)):
+                               ("tokens", summary.tokens_generated),
+                               ("reused", summary.tokens_reused)):
                 ran[key] += int(value or 0)
             progress.trial(summary, done, total)
 
@@ -259,7 +260,9 @@ def _print_totals(console, config, ran: dict) -> None:
     elif ran["trials"]:
         console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
                       f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
-                      "the sample store")
+                      "the sample store" + (f" ({ran['reused']} completion tokens, thoughts cut "
+                                            "from larger budgets included)" if ran["reused"]
+                                            else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,7 +35,10 @@ class TrialSummary:
     study searched on; ``test`` the same on the held-out split (Pareto trials only, when
     the study has one). ``generated`` / ``cached``: completions the engine produced / the
     sample store served during the trial; ``tokens_generated``: prompt + completion tokens
-    the engine processed for it (what the trial really cost to evaluate).
+    the engine processed for it (what the trial really cost to evaluate);
+    ``tokens_reused``: completion tokens its policy counts that a sample store served
+    instead of the engine (stored samples, and thoughts cut from a larger thinking
+    budget's pool).
     """
 
     number: int
@@ -48,6 +51,7 @@ class TrialSummary:
     generated: int | None = None
     cached: int | None = None
     tokens_generated: int | None = None
+    tokens_reused: int | None = None
     dev: dict[str, Interval] | None = None
     test: dict[str, Interval] | None = None
     #: Mean cost per example when the study's second objective is a cost
@@ -116,6 +120,7 @@ def summarize(trial: "optuna.trial.FrozenTrial",
         generated=trial.user_attrs.get("completions_generated"),
         cached=trial.user_attrs.get("completions_cached"),
         tokens_generated=trial.user_attrs.get("tokens_generated"),
+        tokens_reused=trial.user_attrs.get("completion_tokens_reused"),
         derived_from=trial.user_attrs.get("derived_from"),
     )
 
@@ -179,8 +184,8 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
             writer.writerow(["trial", "accuracy", "mean_tokens", "prompt", "strategy",
                              "allocation", "dev_accuracy_ci", "test_accuracy",
                              "test_accuracy_ci", "test_mean_tokens", "completions_generated",
-                             "completions_cached", "tokens_generated", "mean_cost",
-                             "derived_from"])
+                             "completions_cached", "tokens_generated", "tokens_reused",
+                             "mean_cost", "derived_from"])
             for t in rows:
                 dev = (t.dev or {}).get("accuracy")
                 test = t.test or {}
@@ -194,7 +199,7 @@ def write_reports(result_dir: Path, trials: tuple[TrialSummary, ...],
                     f"[{test['accuracy'].low:.4f}, {test['accuracy'].high:.4f}]" if test else "",
                     f"{test['mean_tokens'].value:.2f}" if test else "",
                     *("" if v is None else int(v)
-                      for v in (t.generated, t.cached, t.tokens_generated)),
+                      for v in (t.generated, t.cached, t.tokens_generated, t.tokens_reused)),
                     "" if t.mean_cost is None else f"{t.mean_cost:.6g}",
                     "" if t.derived_from is None else t.derived_from,
                 ])

@@ -231,6 +231,14 @@ def test_a_study_over_budgets_scores_as_live_and_draws_fewer_thoughts(tmp_path):
     assert all({"completion_tokens_generated", "completion_tokens_reused"} <= set(a)
                for a in attrs)
     assert sum(a["completion_tokens_reused"] for a in attrs) > 0
+    # the trial record and trials.csv carry it too
+    assert sum(t.tokens_reused or 0 for t in result.trials) > 0
+    import csv
+
+    with (tmp_path / "run" / "trials.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert sum(int(r["tokens_reused"] or 0) for r in rows) == sum(
+        int(t.tokens_reused or 0) for t in result.trials)
 
 
 def test_pooled_evaluation_counts_generated_then_reused_tokens(tmp_path):
