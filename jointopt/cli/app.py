@@ -260,9 +260,8 @@ def _print_totals(console, config, ran: dict) -> None:
     elif ran["trials"]:
         console.print(f"this run: {ran['trials']} trials, {ran['generated']} completions "
                       f"generated ({ran['tokens']} engine tokens), {ran['cached']} served from "
-                      "the sample store" + (f" ({ran['reused']} completion tokens, thoughts cut "
-                                            "from larger budgets included)" if ran["reused"]
-                                            else ""))
+                      "the sample store" + (f" ({ran['reused']} completion tokens)"
+                                            if ran["reused"] else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
