@@ -61,9 +61,10 @@ def test_report_is_written_with_the_whole_study(study_run):
         assert row["dev_acc"]["low"] <= row["acc"] <= row["dev_acc"]["high"]
         assert row["test_acc"]["value"] == pytest.approx(t.test["accuracy"].value)
     totals = data["tokens"]["totals"]
-    assert totals["generated"] == sum(t.generated for t in result.trials)
-    assert totals["cached"] == sum(t.cached for t in result.trials)
-    assert totals["engine_tokens"] == sum(t.tokens_generated for t in result.trials)
+    assert totals["generated"] == sum(t.generated for t in result.proposed)
+    assert totals["cached"] == sum(t.cached for t in result.proposed)
+    assert totals["engine_tokens"] == sum(t.tokens_generated for t in result.proposed)
+    assert totals["trials"] == len(result.proposed) < len(result.trials)  # derived drew nothing
     assert data["settings"]["config"]["optimizer"]["n_trials"] == 10
     assert data["settings"]["test_examples"] > 0
 
