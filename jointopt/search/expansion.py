@@ -119,10 +119,11 @@ class SettingExpansion:
                  np.array([objective_cost(r) for r in recs])) for recs in scores.records]
 
     def screen(self, study: "optuna.Study", policy: Policy, engine: "Backend",
-               pool: int) -> tuple[Screen, int] | None:
+               pool: int) -> tuple[Screen, int, int | None] | None:
         """Screen ``policy``'s setting (:mod:`jointopt.search.promise`): its variants on the
-        screening prefix, and the estimated tokens to complete it. None when screening
-        does not apply (several bins, or the setting is already expanded)."""
+        screening prefix and the estimated tokens to complete it, the prefix size, and the
+        engine tokens the screen spent (None: the engine does not count them). None when
+        screening does not apply (several bins, or the setting is already expanded)."""
         cfg = self.plan.config.optimizer.racing
         examples = self.plan.task.examples
         if len(policy.bins) > 1 or setting_key(policy) in expanded_settings(study):
@@ -131,13 +132,14 @@ class SettingExpansion:
         order = race_order([str(e.difficulty) for e in examples], self.plan.config.seed)
         before = getattr(engine, "engine_tokens", None)
         rows = self._prefix_rows(policy, engine, pool, order[:size])
-        spent = None if before is None else engine.engine_tokens - before
+        measured = None if before is None else engine.engine_tokens - before
+        spent = measured
         if not spent:  # no store counting, or pools already drawn: estimate from the grid
             from jointopt.search.budget import estimated_cost, setting_of
 
             spent = estimated_cost(self.plan, setting_of(policy), pool) * size / len(examples)
         remaining = spent * (len(examples) - size) / size
-        return Screen(screen_points(rows), float(remaining)), size
+        return Screen(screen_points(rows), float(remaining)), size, measured
 
     def enqueue_next(self, study: "optuna.Study") -> str | None:
         """Queue the screened setting to complete next (the most promising per token,
@@ -158,6 +160,8 @@ class SettingExpansion:
             if SCREENED_ATTR in t.user_attrs and key not in done:
                 screens[key] = Screen.from_dict(t.user_attrs[SCREENED_ATTR])
                 params[key] = t.params
+        if not screens:
+            return None
         front = [(t.values[0], t.values[1]) for t in front_trials(study)
                  if t.user_attrs.get("dataset_hash") == self.plan.task_hash]
         key = next_setting(screens, front, self.plan.config.optimizer.racing.optimism)
@@ -169,10 +173,9 @@ class SettingExpansion:
     def expand(self, study: "optuna.Study", trial: "optuna.Trial", policy: Policy,
                engine: "Backend", pool: int) -> None:
         """Record the free variants of ``trial``'s setting (scored on the whole dev set,
-        from the pools the trial filled), once per setting."""
-        key = setting_key(policy)
-        trial.set_user_attr(SETTING_ATTR, key)
-        if key in expanded_settings(study):
+        from the pools the trial filled), once per setting (the trial runner records the
+        trial's :data:`SETTING_ATTR`)."""
+        if setting_key(policy) in expanded_settings(study):
             return
         plan = self.plan
         scores = score_variants(policy, self.variants, plan.task, engine,

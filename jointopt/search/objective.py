@@ -61,6 +61,7 @@ class TrialRunner:
         self.engine: Backend | None = None
         self._labelled = False
         self._store: SampleStore | None = None  # the router's store (several models)
+        self._expansion_of: tuple[StudyPlan, Any] | None = None
         #: Model name -> cost per token under ``optimizer.cost`` (None: mean tokens).
         self.costs = study_costs(plan.config)
 
@@ -194,10 +195,17 @@ class TrialRunner:
     def _expansion(self, policy: Any) -> Any:
         """The study's :class:`~jointopt.search.expansion.SettingExpansion` when it applies
         to ``policy`` (its setting is scored from pools), else None."""
+        expansion = self._setting_expansion()
+        return expansion if expansion is not None and expansion.applies(policy) else None
+
+    def _setting_expansion(self) -> Any:
+        """The :class:`~jointopt.search.expansion.SettingExpansion` of the current plan
+        (built once per plan: fitting difficulty or expanding proposals replaces it)."""
         from jointopt.search.expansion import SettingExpansion
 
-        expansion = SettingExpansion.for_plan(self.plan)
-        return expansion if expansion is not None and expansion.applies(policy) else None
+        if self._expansion_of is None or self._expansion_of[0] is not self.plan:
+            self._expansion_of = (self.plan, SettingExpansion.for_plan(self.plan))
+        return self._expansion_of[1]
 
     def _race(self, trial: "optuna.Trial", expansion: Any, policy: Any, engine: Backend,
               engine_tokens: int | None, pool_size: int) -> None:
@@ -225,13 +233,12 @@ class TrialRunner:
         trial is PRUNED with what it saw (it does not count towards ``n_trials``)."""
         import optuna
 
-        before = getattr(engine, "engine_tokens", None)
         screened = expansion.screen(self.study, policy, engine, pool_size)
         if screened is None:
             return
-        screen, examples = screened
-        if before is not None:
-            trial.set_user_attr("tokens_generated", float(engine.engine_tokens - before))
+        screen, examples, spent = screened
+        if spent is not None:
+            trial.set_user_attr("tokens_generated", float(spent))
         trial.set_user_attr(SCREENED_ATTR, {**screen.to_dict(), "examples": examples})
         log.info("trial %d: setting screened on %d examples", trial.number, examples)
         raise optuna.TrialPruned(f"screened on {examples} examples")
@@ -326,9 +333,7 @@ class TrialRunner:
         if self.tracker is not None:
             self.tracker.end_trial(frozen)
         if self.plan.config.optimizer.racing.enabled and self.study is not None:
-            from jointopt.search.expansion import SettingExpansion
-
-            expansion = SettingExpansion.for_plan(self.plan)
+            expansion = self._setting_expansion()
             if expansion is not None:
                 expansion.enqueue_next(self.study)
         if self.on_trial:
