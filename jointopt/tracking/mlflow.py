@@ -359,8 +359,11 @@ def _quote(value: str) -> str:
 
 
 def _outcome(attrs: Mapping[str, Any]) -> str | None:
-    """"screened" or "raced_out" for a PRUNED trial that ended so, else None."""
-    return next((k for k in ("screened", "raced_out") if attrs.get(k) is not None), None)
+    """The attribute (``screened`` or ``raced_out``) of a PRUNED trial that ended so, else
+    None."""
+    from jointopt.search.derived import RACED_ATTR, SCREENED_ATTR
+
+    return next((k for k in (SCREENED_ATTR, RACED_ATTR) if attrs.get(k) is not None), None)
 
 
 _METRICS = ("accuracy", "mean_tokens", "mean_prompt_tokens", "mean_completion_tokens",

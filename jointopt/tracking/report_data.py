@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jointopt.safety.secrets import redact
+from jointopt.search.derived import SCREENED_ATTR, is_derived, raced_out
+from jointopt.search.expansion import samples_saved
 from jointopt.search.results import TEST_ATTR, TrialSummary, pareto_front, summarize
 
 if TYPE_CHECKING:
@@ -178,16 +180,15 @@ def search_counts(study: "optuna.Study") -> dict[str, int]:
     scored from another trial's pools), screened and raced out (PRUNED, see
     :mod:`jointopt.search.promise` and :mod:`jointopt.search.racing`), and the samples
     racing saved."""
-    counts = {"proposed": 0, "derived": 0, "screened": 0, "raced_out": 0, "samples_saved": 0}
+    counts = {"proposed": 0, "derived": 0, "screened": 0, "raced_out": 0,
+              "samples_saved": samples_saved(study)}
     for t in study.get_trials(deepcopy=False):
-        attrs = t.user_attrs
-        if attrs.get("screened") is not None:
+        if t.user_attrs.get(SCREENED_ATTR) is not None:
             counts["screened"] += 1
-        elif attrs.get("raced_out") is not None:
+        elif raced_out(t):
             counts["raced_out"] += 1
-            counts["samples_saved"] += int(attrs["raced_out"].get("saved", 0))
         elif t.state.name == "COMPLETE":
-            counts["derived" if attrs.get("derived_from") is not None else "proposed"] += 1
+            counts["derived" if is_derived(t) else "proposed"] += 1
     return counts
 
 
