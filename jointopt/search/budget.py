@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from jointopt.core.prompts import render_messages
 from jointopt.search.derived import SCREEN_ATTR
+from jointopt.search.thinking_fit import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
     import optuna
@@ -90,7 +91,7 @@ def estimated_cost(plan: "StudyPlan", setting: dict[str, Any], pool: int) -> flo
     prompt_tokens = completion_tokens = 0.0
     for example in plan.task.examples:
         chars = sum(len(m.content) for m in render_messages(prompt, plan.task, example))
-        prompt_tokens += chars / 4
+        prompt_tokens += chars / CHARS_PER_TOKEN
         completion_tokens += samples * setting["max_tokens"]
     costs = study_costs(plan.config)
     if costs is None:
