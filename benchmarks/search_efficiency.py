@@ -43,7 +43,8 @@ import warnings
 import numpy as np
 
 from jointopt.search.config import OptimizerConfig, RacingConfig
-from jointopt.search.promise import Screen, next_setting, screen_points, screen_size
+from jointopt.search.promise import (Screen, hypervolume, next_setting, screen_points,
+                                     screen_size)
 from jointopt.search.racing import race_order, race_setting, rung_sizes
 from jointopt.search.results import non_dominated
 from jointopt.search.sampler import make_sampler
@@ -125,15 +126,8 @@ class Bank:
         return float(np.mean(self.prompt_tokens[setting]))
 
     def hypervolume(self, policies) -> float:
-        points = [(self.true_acc[i, n], self.true_tok[i, n], j)
-                  for j, (i, n) in enumerate(sorted(policies))]
-        front = non_dominated(points, accuracy=lambda p: p[0], tokens=lambda p: p[1],
-                              number=lambda p: p[2])
-        area, best = 0.0, 0.0
-        for acc, tok, _ in front:
-            area += (acc - best) * (self.tok_ref - tok)
-            best = acc
-        return area
+        return hypervolume([(self.true_acc[i, n], self.true_tok[i, n]) for i, n in policies],
+                           self.tok_ref)
 
 
 # --------------------------------------------------------------------------- methods

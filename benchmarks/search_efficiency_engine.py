@@ -128,9 +128,10 @@ def exhaustive_points(engine, plan) -> list[tuple[float, float, Any]]:
 
 def front_of(grid):
     """The grid's Pareto-optimal points (accuracy up, tokens down)."""
-    return [p for p in grid
-            if not any(q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1])
-                       for q in grid)]
+    from jointopt.search.results import non_dominated
+
+    return [p for _, p in non_dominated(enumerate(grid), accuracy=lambda e: e[1][0],
+                                        tokens=lambda e: e[1][1], number=lambda e: e[0])]
 
 
 def found_within_ci(trials, grid, total: float) -> float:
