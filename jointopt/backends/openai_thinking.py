@@ -149,7 +149,7 @@ class ServerThinking:
         for completion, choice, (thought, answer), share in zip(completions, choices, parts,
                                                                  shares):
             cut = _token_cut(choice, thought, answer, self.end, completion.num_tokens, share)
-            out.append(_split(completion, thought, answer, cut))
+            out.append(completion.split_thought(thought, answer, cut))
         limit = (request.thinking_budget or 0) + THINKING_OVERSHOOT + len(self.end)
         if self._native and any(len(c.thinking_token_ids) > limit for c in out):
             self.give_up(f"ignored thinking_token_budget={request.thinking_budget} "
@@ -191,12 +191,3 @@ def _token_cut(choice: Mapping[str, Any], thought: str, answer: str, end: str, c
     if reported is not None:
         return min(reported, count)
     return split_tokens(count, [len(thought), len(answer)])[0] if thought or answer else 0
-
-
-def _split(completion: Completion, thought: str, answer: str, cut: int) -> Completion:
-    ids, logprobs = completion.token_ids, completion.logprobs
-    return dataclasses.replace(
-        completion, text=answer, token_ids=ids[cut:],
-        logprobs=logprobs[cut:] if logprobs is not None else None,
-        thinking_text=thought, thinking_token_ids=ids[:cut])
-

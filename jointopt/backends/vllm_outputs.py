@@ -106,8 +106,4 @@ def split_thinking(completion: Completion, end_ids: tuple[int, ...], end_text: s
         split = position + len(end_text)
     else:
         split = len(text) if cut == len(ids) else len(decode(ids[:cut]))
-    logprobs = completion.logprobs
-    return Completion(
-        text=text[split:], token_ids=ids[cut:], finish_reason=completion.finish_reason,
-        logprobs=logprobs[cut:] if logprobs is not None else None,
-        thinking_text=text[:split], thinking_token_ids=ids[:cut])
+    return completion.split_thought(text[:split], text[split:], cut)

@@ -7,6 +7,8 @@ engine's own token ids, so accounting is exact.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -128,6 +130,14 @@ class Completion:
     def thinking_tokens(self) -> int:
         """Generated tokens of the thought."""
         return len(self.thinking_token_ids)
+
+    def split_thought(self, thought: str, answer: str, tokens: int) -> "Completion":
+        """This completion (generated in one piece) with its first ``tokens`` token ids as
+        the thought, texts ``thought`` and ``answer``."""
+        return dataclasses.replace(
+            self, text=answer, token_ids=self.token_ids[tokens:],
+            logprobs=self.logprobs[tokens:] if self.logprobs is not None else None,
+            thinking_text=thought, thinking_token_ids=self.token_ids[:tokens])
 
     @property
     def mean_logprob(self) -> float | None:
